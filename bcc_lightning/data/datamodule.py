@@ -1,0 +1,159 @@
+"""LightningDataModule serving `root/{train,val,test}/{B,M}` (or benign/malignant) image folders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from bcc_lightning.data.augment import AugmentConfig, build_augment
+from bcc_lightning.data.imageio import ImageDecodeError, is_image_file, load_rgb
+from bcc_lightning.data.labels import ACCEPTED_FOLDER_NAMES, CLASS_NAMES, label_from_folder
+from bcc_lightning.errors import UserError
+
+SPLITS = ("train", "val", "test")
+HOW_TO_CREATE = (
+    "Create it with `python -m bcc_lightning.demo out=demo_data` (synthetic demo data) or arrange your images as "
+    "ROOT/{train,val,test}/{B,M}/*.png (jpg, tif and bmp work too), then pass `data.root=ROOT`."
+)
+
+
+def _show(paths: Sequence[Path]) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in paths)
+    if not names:
+        return "nothing"
+    return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+
+
+def scan_split(root: str | Path, split: str) -> list[tuple[Path, int]]:
+    """All (image path, label) pairs of one split, sorted; a clear UserError when the layout is wrong."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"Data root {root.resolve()} does not exist or is not a folder. {HOW_TO_CREATE}")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        found = [p for p in root.iterdir() if not p.name.startswith(".")]
+        raise UserError(
+            f"Data root {root} has no '{split}' folder (found: {_show(found)}); expected {root}/train, {root}/val "
+            f"and {root}/test, each with class folders {ACCEPTED_FOLDER_NAMES}. {HOW_TO_CREATE}"
+        )
+    class_dirs = [p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    unknown = [p for p in class_dirs if label_from_folder(p.name) is None]
+    if unknown:
+        raise UserError(
+            f"{split_dir} has folder(s) {_show(unknown)} that are not class names; class folders must be named "
+            f"{ACCEPTED_FOLDER_NAMES}. Rename or move them out of the data root."
+        )
+    by_label: dict[int, list[Path]] = {0: [], 1: []}
+    for class_dir in class_dirs:
+        label = label_from_folder(class_dir.name)
+        by_label[label].extend(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
+    for label, files in by_label.items():
+        if not files:
+            raise UserError(
+                f"{split_dir} has no {CLASS_NAMES[label]} images (class folders found: {_show(class_dirs)}). Each "
+                f"split needs both classes with .jpg/.jpeg/.png/.tif/.tiff/.bmp files. {HOW_TO_CREATE}"
+            )
+    return sorted(((p, label) for label, files in by_label.items() for p in files), key=lambda item: str(item[0]))
+
+
+class ImageFolderDataset(Dataset):
+    """(image tensor, label) from a list of files; every file goes through the one decoder."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: v2.Transform) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path, label = self.samples[index]
+        try:
+            image = load_rgb(path)
+        except ImageDecodeError as exc:
+            raise UserError(f"Cannot read a training image: {exc}. Remove or replace the file and run again.") from exc
+        return self.transform(image), torch.tensor(label, dtype=torch.float32)
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the backbone expects; stored in checkpoints so evaluation reproduces it exactly."""
+
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+
+def build_transform(pre: Preprocess, augment: AugmentConfig | None) -> v2.Compose:
+    """Decode result (PIL RGB) -> resized (no crop) -> augmented (train only) -> normalised float tensor."""
+    interpolation = v2.InterpolationMode(pre.interpolation)
+    # Resize the PIL image (SIMD uint8 path) to the square input: no crop, so no cell at the border is lost.
+    ops = [v2.Resize((pre.img_size, pre.img_size), interpolation=interpolation, antialias=True), v2.PILToTensor()]
+    if augment is not None:
+        ops += build_augment(augment)
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
+    return v2.Compose(ops)
+
+
+def resolve_num_workers(num_workers: int | str) -> int:
+    if num_workers == "auto":
+        return min(4, os.cpu_count() or 1)
+    return int(num_workers)
+
+
+class BCCDataModule(L.LightningDataModule):
+    def __init__(self, root: str | Path, preprocess: Preprocess, batch_size: int = 32, num_workers: int | str = "auto",
+                 augment: AugmentConfig | None = None, pin_memory: bool | None = None) -> None:
+        super().__init__()
+        if int(batch_size) < 1:
+            raise UserError(f"data.batch_size must be at least 1 (got {batch_size}).")
+        self.root = Path(root)
+        self.preprocess = preprocess
+        self.batch_size = int(batch_size)
+        self.num_workers = resolve_num_workers(num_workers)
+        self.augment = augment if augment is not None else AugmentConfig()
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.datasets: dict[str, ImageFolderDataset] = {}
+
+    def dataset(self, split: str) -> ImageFolderDataset:
+        if split not in self.datasets:
+            augment = self.augment if split == "train" else None
+            self.datasets[split] = ImageFolderDataset(scan_split(self.root, split),
+                                                      build_transform(self.preprocess, augment))
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in needed.get(stage, SPLITS):
+            self.dataset(split)
+
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+    def class_counts(self, split: str) -> tuple[int, int]:
+        labels = self.dataset(split).labels
+        return labels.count(0), labels.count(1)

@@ -1,0 +1,78 @@
+"""The only image decoder: any microscope image file -> 8-bit RGB, or a clear reason why not."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+
+# A truncated JPEG must be rejected, not silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageDecodeError(ValueError):
+    """The file could not be turned into an RGB image; the message says why."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale a high bit-depth or float array to 0..255 by its real range (16-bit TIFFs rarely use all 16 bits)."""
+    array = array.astype(np.float64)
+    lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
+    if hi <= lo:
+        return np.zeros(array.shape, dtype=np.uint8)
+    if array.dtype.kind in "iu" or lo >= 0:
+        # Integer data: keep the absolute scale if it fits the type's usual range, so darker images stay darker.
+        top = 255.0 if hi <= 255 else (4095.0 if hi <= 4095 else 65535.0)
+        return np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip((array - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, 1) to 8-bit RGB; transparency becomes white."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(image)), mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in ("RGB;16", "RGBA;16", "BGR;16"):
+        return Image.fromarray(_to_uint8(np.asarray(image))[..., :3], mode="RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode one file into an 8-bit RGB PIL image, or raise ImageDecodeError saying why it cannot be used."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            # Pillow warns before its bomb limit; treat both as errors so a huge image cannot exhaust memory.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                rgb = to_rgb(image)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"{path}: image too large to decode safely ({exc})") from exc
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(f"{path}: file not found") from exc
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError...) for bad files.
+        raise ImageDecodeError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    if rgb.width < 1 or rgb.height < 1:
+        raise ImageDecodeError(f"{path}: image has no pixels")
+    return rgb

@@ -1,0 +1,154 @@
+"""Backbone name -> feature network + one-logit head; local weight loading; the backbone's preprocessing."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from bcc_lightning.data.datamodule import Preprocess
+from bcc_lightning.errors import UserError
+
+# Short names of the original project's three backbones -> timm names whose weights match the Keras/torchvision ones.
+ALIASES = {
+    "mobilenetv2": "mobilenetv2_100.ra_in1k",
+    "densenet121": "densenet121.tv_in1k",
+    "inceptionv3": "inception_v3.tv_in1k",
+}
+# Smallest input each family accepts (pooling stages collapse below it).
+MIN_IMG_SIZE = {"inception_v3": 75}
+_PREFIXES = ("module.", "model.", "backbone.", "net.", "encoder.")
+
+
+def resolve_name(name: str) -> str:
+    name = ALIASES.get(name.lower(), name)
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=6, cutoff=0.6)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise UserError(
+            f"Unknown backbone '{name}'.{hint} Use model=mobilenetv2|inceptionv3|densenet121 or any timm model "
+            f"name via model.name=<name> (list them with `python -c \"import timm; print(timm.list_models())\"`)."
+        )
+    return name
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read tensors from a weights file without unpickling arbitrary objects."""
+    if not path.is_file():
+        raise UserError(f"Weights file {path} does not exist. Check model.weights, or set model.pretrained=false.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(
+            f"Cannot read weights file {path} ({type(exc).__name__}: {exc}). It must be a PyTorch state dict "
+            f"(.pth/.pt/.bin) or a .safetensors file; files that need arbitrary pickled code are refused for safety."
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping):
+        raise UserError(f"Weights file {path} holds a {type(state).__name__}, not a state dict of tensors.")
+    cleaned = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        cleaned[key] = value
+    return cleaned
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, arch: str) -> dict[str, int]:
+    """Load a local state dict into a headless backbone; refuse files that do not fit the architecture."""
+    path = Path(path).expanduser()
+    state = _read_state_dict(path)
+    own = backbone.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in matched]
+    unexpected = [k for k in state if k not in own]
+    if len(matched) < 0.5 * len(own):
+        raise UserError(
+            f"Weights file {path} does not fit the backbone '{arch}': only {len(matched)} of its {len(own)} tensors "
+            f"match by name and shape. Provide weights of the '{arch}' architecture (for example timm's "
+            f"`timm.create_model('{arch}', pretrained=True).state_dict()` saved with torch.save), or change model.name."
+        )
+    backbone.load_state_dict(matched, strict=False)
+    return {"loaded": len(matched), "missing": len(missing), "unexpected": len(unexpected)}
+
+
+def _pretrained_hint(name: str, exc: Exception) -> UserError:
+    return UserError(
+        f"ImageNet weights for '{name}' could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+        f"This machine is probably offline and the weights are not cached. Either (1) on a machine with internet run "
+        f"`python -c \"import timm, torch; torch.save(timm.create_model('{name}', pretrained=True).state_dict(), "
+        f"'{name.split('.')[0]}.pth')\"`, copy the file here and pass model.weights=PATH; or (2) copy the Hugging Face "
+        f"cache (~/.cache/huggingface/hub/models--timm--{name.replace('/', '--')}) here and set HF_HUB_OFFLINE=1; or "
+        f"(3) train from scratch with model.pretrained=false."
+    )
+
+
+class Head(nn.Sequential):
+    """The new top: dropout, an optional hidden dense layer, and one logit (malignant vs benign)."""
+
+    def __init__(self, in_features: int, hidden: int = 0, dropout: float = 0.0) -> None:
+        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+        if hidden:
+            layers += [nn.Linear(in_features, hidden), nn.ReLU(inplace=True)]
+            layers += [nn.Dropout(dropout)] if dropout > 0 else []
+            in_features = hidden
+        layers.append(nn.Linear(in_features, 1))
+        super().__init__(*layers)
+
+
+def build_backbone(name: str, pretrained: bool = False, weights: str | None = None,
+                   load_weights: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """A headless timm network (pooled features) and the data config of its weights.
+
+    `load_weights=False` builds the architecture only (used when a checkpoint supplies every tensor).
+    """
+    name = resolve_name(name)
+    arch = name.split(".")[0]
+    use_hub = pretrained and not weights and load_weights
+    try:
+        backbone = timm.create_model(name, pretrained=use_hub, num_classes=0)
+    except UserError:
+        raise
+    except Exception as exc:
+        if use_hub:
+            raise _pretrained_hint(name, exc) from exc
+        raise UserError(f"Cannot build backbone '{name}': {type(exc).__name__}: {exc}") from exc
+    info: dict[str, Any] = {"name": name, "weights": "random init"}
+    if use_hub:
+        info["weights"] = "imagenet (timm)"
+    if weights and load_weights:
+        info.update(load_backbone_weights(backbone, weights, arch))
+        info["weights"] = str(weights)
+    return backbone, timm.data.resolve_model_data_config(backbone)
+
+
+def preprocess_for(data_config: Mapping[str, Any], img_size: int | None, name: str,
+                   mean: Any = None, std: Any = None) -> Preprocess:
+    """Input size, mean/std and interpolation from the weights' own config, overridable from the model config."""
+    size = int(img_size) if img_size else int(data_config["input_size"][-1])
+    arch = resolve_name(name).split(".")[0]
+    minimum = MIN_IMG_SIZE.get(arch, 32)
+    if size < minimum:
+        raise UserError(f"model.img_size={size} is too small for {arch}; it needs at least {minimum} px.")
+    return Preprocess(
+        img_size=size,
+        mean=tuple(float(x) for x in (mean or data_config["mean"])),
+        std=tuple(float(x) for x in (std or data_config["std"])),
+        interpolation=str(data_config.get("interpolation", "bilinear")),
+    )

@@ -1,0 +1,158 @@
+"""LightningModule: backbone + one-logit head, BCE-with-logits loss, torchmetrics per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+)
+
+from bcc_lightning.data.datamodule import Preprocess
+from bcc_lightning.errors import UserError
+from bcc_lightning.models.backbones import Head, build_backbone, preprocess_for
+from bcc_lightning.models.optim import build_optimizer, build_scheduler
+
+
+def _metrics(prefix: str) -> MetricCollection:
+    return MetricCollection(
+        {"acc": BinaryAccuracy(), "precision": BinaryPrecision(), "recall": BinaryRecall(),
+         "f1": BinaryF1Score(), "auroc": BinaryAUROC()},
+        prefix=prefix,
+    )
+
+
+class BCCClassifier(L.LightningModule):
+    """Benign (0) vs malignant (1). Every constructor argument is a plain dict, saved in checkpoints.
+
+    `model`: name, pretrained, weights, img_size, mean, std, dropout, hidden, channels_last.
+    `optimizer`: name + keyword arguments of the torch optimizer. `scheduler`: name + options, or None.
+    `data_info`: facts about the training data (root, class names, synthetic flag) kept for reports.
+    """
+
+    def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
+                 pos_weight: float | None = None, data_info: dict[str, Any] | None = None,
+                 load_weights: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["load_weights"])
+        self.backbone, data_config = build_backbone(
+            model["name"], pretrained=bool(model.get("pretrained")), weights=model.get("weights"),
+            load_weights=load_weights)
+        self.head = Head(self.backbone.num_features, int(model.get("hidden") or 0), float(model.get("dropout") or 0))
+        self.preprocess: Preprocess = preprocess_for(
+            data_config, model.get("img_size"), model["name"], model.get("mean"), model.get("std"))
+        self.channels_last = bool(model.get("channels_last", True))
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        weight = None if pos_weight is None else torch.tensor([float(pos_weight)])
+        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
+        self.train_metrics, self.val_metrics, self.test_metrics = _metrics("train/"), _metrics("val/"), _metrics("test/")
+        self.test_probs: list[torch.Tensor] = []
+        self.test_labels: list[torch.Tensor] = []
+
+    @property
+    def preprocess_dict(self) -> dict[str, Any]:
+        p = self.preprocess
+        return {"img_size": p.img_size, "mean": list(p.mean), "std": list(p.std), "interpolation": p.interpolation}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W), normalised -> malignant logits (N,)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(x)).squeeze(-1)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        logits = self(images).float()  # loss and metrics in fp32 even under bf16 autocast
+        loss = self.loss_fn(logits, labels)
+        if not torch.isfinite(loss):
+            raise UserError(
+                f"The {stage} loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}. "
+                f"Lower optimizer.lr or train in full precision (trainer.precision=32-true); the last good "
+                f"checkpoint is kept in the run's checkpoints/ folder."
+            )
+        return loss, torch.sigmoid(logits.detach())
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, probs = self._step(batch, "train")
+        self.train_metrics.update(probs, batch[1].int())
+        bs = batch[1].shape[0]
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=bs)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, probs = self._step(batch, "val")
+        self.val_metrics.update(probs, batch[1].int())
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch[1].shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        # The sanity check's few batches must not count towards epoch 0: compute nothing, just forget them.
+        if not self.trainer.sanity_checking:
+            values = self.val_metrics.compute()
+            self.log_dict(values)
+            self.log("val/acc_prog", values["val/acc"], prog_bar=True, logger=False)
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
+        self.test_probs, self.test_labels = [], []
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        loss, probs = self._step(batch, "test")
+        self.test_metrics.update(probs, batch[1].int())
+        self.test_probs.append(probs.cpu())
+        self.test_labels.append(batch[1].int().cpu())
+        self.log("test/loss", loss, on_step=False, on_epoch=True, batch_size=batch[1].shape[0])
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels, malignant probabilities) of the last test run, in dataset order."""
+        if not self.test_probs:
+            return torch.empty(0, dtype=torch.int32), torch.empty(0)
+        return torch.cat(self.test_labels), torch.cat(self.test_probs).float()
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.hparams.optimizer)
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else 1
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, max_epochs or 1)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> BCCClassifier:
+    """Rebuild the model from a checkpoint's own hyperparameters (no config, no weight download)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"Checkpoint {path} does not exist. Pass the .ckpt written by train.py, e.g. "
+                        f"ckpt=outputs/train/<run>/checkpoints/last.ckpt.")
+    try:
+        return BCCClassifier.load_from_checkpoint(path, map_location=map_location, load_weights=False,
+                                                  weights_only=True)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(
+            f"Cannot load checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). It may be "
+            f"truncated, corrupt, or not written by bcc-lightning's train.py; use a .ckpt from a run's checkpoints/ "
+            f"folder."
+        ) from exc
