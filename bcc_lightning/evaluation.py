@@ -30,9 +30,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not str(root) or str(root) == ".":
         raise UserError(f"The checkpoint {ckpt} does not say which data it was trained on; pass data.root=ROOT.")
     datamodule = BCCDataModule(root, model.preprocess, batch_size=cfg.data.batch_size,
-                               num_workers=cfg.data.num_workers)
+                               num_workers=cfg.data.num_workers, test_split=cfg.split)
     datamodule.dataset(cfg.split)
-    datamodule.test_dataloader = lambda: datamodule.loader(cfg.split)  # evaluate the requested split
     accelerator = str(cfg.trainer.accelerator)
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                         precision=resolve_precision(cfg.trainer.precision, accelerator),

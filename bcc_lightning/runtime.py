@@ -24,9 +24,10 @@ def run_dir() -> Path:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return Path(HydraConfig.get().runtime.output_dir)
-    except Exception:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not running under Hydra (tests, notebooks)
         return Path.cwd()
+    return Path(hydra_cfg.runtime.output_dir or hydra_cfg.run.dir)
 
 
 def cpu_has_bf16() -> bool:

@@ -1,4 +1,4 @@
-"""Training-time augmentation of the original project: rotation, flips, grayscale. No crops or tilts (they lose cells)."""
+"""Training-time augmentation of the original project: rotation, flips, grayscale. No crops or tilts (lose cells)."""
 
 from __future__ import annotations
 

@@ -115,7 +115,8 @@ def resolve_num_workers(num_workers: int | str) -> int:
 
 class BCCDataModule(L.LightningDataModule):
     def __init__(self, root: str | Path, preprocess: Preprocess, batch_size: int = 32, num_workers: int | str = "auto",
-                 augment: AugmentConfig | None = None, pin_memory: bool | None = None) -> None:
+                 augment: AugmentConfig | None = None, pin_memory: bool | None = None,
+                 test_split: str = "test") -> None:
         super().__init__()
         if int(batch_size) < 1:
             raise UserError(f"data.batch_size must be at least 1 (got {batch_size}).")
@@ -126,6 +127,8 @@ class BCCDataModule(L.LightningDataModule):
         self.augment = augment if augment is not None else AugmentConfig()
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.datasets: dict[str, ImageFolderDataset] = {}
+        # eval.py can point the test stage at another split (e.g. val) without a second code path.
+        self.test_split = test_split
 
     def dataset(self, split: str) -> ImageFolderDataset:
         if split not in self.datasets:
@@ -135,24 +138,28 @@ class BCCDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": (self.test_split,),
+                  "predict": (self.test_split,)}
         for split in needed.get(stage, SPLITS):
             self.dataset(split)
 
-    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def loader(self, split: str, train: bool = False) -> DataLoader:
+        dataset = self.dataset(split)
+        # A last training batch of one image breaks BatchNorm ("more than 1 value per channel"): drop only that one.
+        drop_last = train and len(dataset) % self.batch_size == 1 and len(dataset) > 1
         return DataLoader(
-            self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, drop_last=False,
+            dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train", shuffle=True)
+        return self.loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
+        return self.loader(self.test_split)
 
     def class_counts(self, split: str) -> tuple[int, int]:
         labels = self.dataset(split).labels

@@ -125,7 +125,7 @@ def render_image(malignant: bool, size: int, rng: np.random.Generator) -> Image.
     coarse = rng.uniform(0.75, 1.25, (cells, cells)).astype(np.float32)
     if not malignant:
         coarse = 0.9 + 0.2 * (coarse - 0.75)
-    texture = np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.BILINEAR))
+    texture = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR))
 
     canvas = np.empty((size, size, 3), dtype=np.float32)
     canvas[:] = stain["background"]
@@ -140,7 +140,7 @@ def render_image(malignant: bool, size: int, rng: np.random.Generator) -> Image.
 
     canvas *= rng.uniform(0.82, 1.12)  # illumination
     canvas += rng.normal(0, 3.0, canvas.shape)  # sensor noise
-    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), mode="RGB")
+    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.1) * scale))
 
 

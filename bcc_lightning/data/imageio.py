@@ -41,7 +41,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(image)), mode="L").convert("RGB")
+        return Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
     if mode == "P" and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -49,7 +49,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode in ("RGB;16", "RGBA;16", "BGR;16"):
-        return Image.fromarray(_to_uint8(np.asarray(image))[..., :3], mode="RGB")
+        return Image.fromarray(_to_uint8(np.asarray(image))[..., :3])
     return image.convert("RGB")
 
 

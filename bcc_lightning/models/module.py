@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ class BCCClassifier(L.LightningModule):
             self.to(memory_format=torch.channels_last)
         weight = None if pos_weight is None else torch.tensor([float(pos_weight)])
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
-        self.train_metrics, self.val_metrics, self.test_metrics = _metrics("train/"), _metrics("val/"), _metrics("test/")
+        self.train_metrics, self.val_metrics = _metrics("train/"), _metrics("val/")
+        self.test_metrics = _metrics("test/")
         self.test_probs: list[torch.Tensor] = []
         self.test_labels: list[torch.Tensor] = []
 
@@ -151,8 +153,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except UserError:
         raise
     except Exception as exc:
+        # torch's own message suggests weights_only=False, which would run arbitrary code: do not pass it on.
+        detail = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else f"{type(exc).__name__}: {exc}"
         raise UserError(
-            f"Cannot load checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). It may be "
-            f"truncated, corrupt, or not written by bcc-lightning's train.py; use a .ckpt from a run's checkpoints/ "
-            f"folder."
+            f"Cannot load checkpoint {path} ({detail.splitlines()[0][:300]}). It may be truncated, corrupt, or not "
+            f"written by bcc-lightning's train.py; use a .ckpt from a run's checkpoints/ folder."
         ) from exc

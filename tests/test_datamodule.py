@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from bcc_lightning.data.augment import AugmentConfig, RandomRotateReflect
+from bcc_lightning.data.datamodule import BCCDataModule, Preprocess, build_transform, scan_split
+from bcc_lightning.errors import UserError
+from tests.conftest import make_folder, write_image
+
+PRE = Preprocess(img_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+@pytest.mark.parametrize("names", [("B", "M"), ("benign", "malignant"), ("Benign", "MALIGNANT"), ("b", "m")])
+def test_labels_fixed_whatever_the_folder_names(tmp_path: Path, names: tuple[str, str]) -> None:
+    make_folder(tmp_path, per_class=2, splits=("train",), names=names)
+    samples = scan_split(tmp_path, "train")
+    assert {p.parent.name: label for p, label in samples} == {names[0]: 0, names[1]: 1}
+
+
+def test_malignant_is_one_even_when_it_sorts_first(tmp_path: Path) -> None:
+    root = tmp_path / "ok"
+    make_folder(root, per_class=1, splits=("train",), names=("benign", "M"))  # 'M' sorts before 'benign'
+    labels = {p.parent.name: label for p, label in scan_split(root, "train")}
+    assert labels == {"benign": 0, "M": 1}
+
+
+def test_nested_folders_and_mixed_formats(tmp_path: Path) -> None:
+    write_image(tmp_path / "train/B/patient1/40X/a.tif", mode="I;16", fmt="TIFF")
+    write_image(tmp_path / "train/M/b.jpg", mode="CMYK", fmt="JPEG")
+    write_image(tmp_path / "train/M/c.png", mode="RGBA")
+    (tmp_path / "train/M/notes.txt").write_text("ignored")
+    dm = BCCDataModule(tmp_path, PRE, batch_size=4, num_workers=0)
+    images, labels = next(iter(dm.loader("train")))
+    assert images.shape == (3, 3, 32, 32) and images.dtype == torch.float32
+    assert sorted(labels.tolist()) == [0.0, 1.0, 1.0]
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist.*bcc_lightning.demo"):
+        scan_split(tmp_path / "nope", "train")
+
+
+def test_missing_split_lists_what_was_found(tmp_path: Path) -> None:
+    make_folder(tmp_path, per_class=1, splits=("train", "validation"))
+    with pytest.raises(UserError, match=r"no 'val' folder \(found: train/, validation/\)"):
+        scan_split(tmp_path, "val")
+
+
+def test_empty_class(tmp_path: Path) -> None:
+    make_folder(tmp_path, per_class=1, splits=("train",))
+    for f in (tmp_path / "train/M").iterdir():
+        f.unlink()
+    with pytest.raises(UserError, match="no malignant images"):
+        scan_split(tmp_path, "train")
+
+
+def test_unknown_class_folder(tmp_path: Path) -> None:
+    make_folder(tmp_path, per_class=1, splits=("train",))
+    (tmp_path / "train/uncertain").mkdir()
+    with pytest.raises(UserError, match="uncertain/"):
+        scan_split(tmp_path, "train")
+
+
+def test_corrupt_image_gives_user_error(tmp_path: Path) -> None:
+    make_folder(tmp_path, per_class=1, splits=("train",))
+    (tmp_path / "train/B/broken.png").write_bytes(b"garbage")
+    dm = BCCDataModule(tmp_path, PRE, batch_size=8, num_workers=0)
+    with pytest.raises(UserError, match="broken.png"):
+        next(iter(dm.loader("train")))
+
+
+def test_batch_size_zero_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="batch_size"):
+        BCCDataModule(tmp_path, PRE, batch_size=0)
+
+
+def test_normalisation_uses_given_mean_std(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (10, 10), (128, 128, 128)).save(tmp_path / "g.png")
+    tensor = build_transform(PRE, None)(Image.open(tmp_path / "g.png").convert("RGB"))
+    assert torch.allclose(tensor, torch.full_like(tensor, (128 / 255 - 0.5) / 0.25), atol=1e-5)
+
+
+def test_augmentation_only_on_train(tmp_path: Path) -> None:
+    make_folder(tmp_path, per_class=2)
+    dm = BCCDataModule(tmp_path, PRE, batch_size=4, num_workers=0,
+                       augment=AugmentConfig(rot90=True, hflip=1.0, vflip=0.0))
+    val_a = torch.stack([dm.dataset("val")[i][0] for i in range(4)])
+    val_b = torch.stack([dm.dataset("val")[i][0] for i in range(4)])
+    assert torch.equal(val_a, val_b)
+    plain = build_transform(PRE, None)
+    path = dm.dataset("train").samples[0][0]
+    from bcc_lightning.data.imageio import load_rgb
+
+    reference = plain(load_rgb(path))
+    augmented = dm.dataset("train")[0][0]
+    # Every augmented view is a flip/rotation of the same pixels: same values, other places.
+    assert not torch.equal(augmented, reference)
+    assert torch.allclose(augmented.sum(), reference.sum(), atol=1e-2)
+
+
+def test_free_rotation_keeps_size_and_fills_corners() -> None:
+    image = torch.full((3, 20, 30), 200, dtype=torch.uint8)
+    rotated = RandomRotateReflect(30)(image)
+    assert rotated.shape == image.shape
+    assert rotated.float().min() > 150  # corners reflected, not black

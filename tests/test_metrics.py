@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from bcc_lightning.reports.metrics import classification_report, compute_metrics
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.8])
+def test_matches_sklearn(seed: int, threshold: float) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 200)
+    probs = np.clip(labels * 0.3 + rng.random(200) * 0.7, 0, 1).round(2)  # rounded: many ties
+    m = compute_metrics(labels, probs, threshold)
+    preds = (probs >= threshold).astype(int)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, preds))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(labels, preds))
+    assert m["precision"] == pytest.approx(skm.precision_score(labels, preds, zero_division=0))
+    assert m["recall"] == pytest.approx(skm.recall_score(labels, preds))
+    assert m["f1"] == pytest.approx(skm.f1_score(labels, preds))
+    assert m["auroc"] == pytest.approx(skm.roc_auc_score(labels, probs))
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(labels, probs))
+    tn, fp, fn, tp = skm.confusion_matrix(labels, preds).ravel()
+    assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (tn, fp, fn, tp)
+    assert m["specificity"] == pytest.approx(tn / (tn + fp))
+
+
+def test_classification_report_matches_sklearn() -> None:
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 80)
+    probs = rng.random(80)
+    report = classification_report(compute_metrics(labels, probs))
+    reference = skm.classification_report(labels, (probs >= 0.5).astype(int), output_dict=True)
+    rows = {line.split()[0]: line.split()[1:] for line in report.splitlines() if line.strip()}
+    for name, key in (("benign", "0"), ("malignant", "1")):
+        p, r, f, s = rows[name]
+        assert float(p) == pytest.approx(reference[key]["precision"], abs=1e-4)
+        assert float(r) == pytest.approx(reference[key]["recall"], abs=1e-4)
+        assert float(f) == pytest.approx(reference[key]["f1-score"], abs=1e-4)
+        assert int(s) == reference[key]["support"]
+    assert float(rows["accuracy"][0]) == pytest.approx(reference["accuracy"], abs=1e-4)
+    assert float(rows["weighted"][3]) == pytest.approx(reference["weighted avg"]["f1-score"], abs=1e-4)
+
+
+def test_one_class_only_has_no_auroc() -> None:
+    m = compute_metrics([1, 1, 1], [0.9, 0.2, 0.7])
+    assert m["auroc"] is None and m["recall"] == pytest.approx(2 / 3) and m["specificity"] == 0.0
