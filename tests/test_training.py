@@ -120,3 +120,21 @@ def test_user_errors_are_one_paragraph(demo_root: Path, tmp_path: Path, args: li
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr.replace("\n", " ")
     assert "Traceback" not in result.stderr
+
+
+def test_resume_from_last_checkpoint(demo_root: Path, in_tmp: Path) -> None:
+    first = tiny_train_config(demo_root, ["logger=csv", "callbacks=none"])
+    training.run(first)
+    last = in_tmp / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
+    resumed_dir = in_tmp / "resumed"
+    resumed_dir.mkdir()
+    os.chdir(resumed_dir)
+    training.run(tiny_train_config(demo_root, ["logger=csv", "callbacks=none", "trainer.max_epochs=2",
+                                              f"ckpt_path={last}"]))
+    metrics = json.loads((resumed_dir / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 2
+    import csv
+
+    epochs = {r["epoch"] for r in csv.DictReader((resumed_dir / "csv" / "metrics.csv").open()) if r.get("val/loss")}
+    assert epochs == {"1"}  # only the second epoch was trained again
