@@ -47,7 +47,7 @@ def guarded(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     return wrapper
 
 
-def _main(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
     if not (CONFIG_DIR / f"{config_name}.yaml").is_file():
         def missing() -> None:
             sys.exit(f"error: configs not found in {CONFIG_DIR}; install the package from its repository with "
@@ -59,10 +59,16 @@ def _main(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], A
 def train() -> Any:
     from bcc_lightning import training
 
-    return _main("train", training.run)()
+    return hydra_entry("train", training.run)()
 
 
 def evaluate() -> Any:
     from bcc_lightning import evaluation
 
-    return _main("eval", evaluation.run)()
+    return hydra_entry("eval", evaluation.run)()
+
+
+def prepare() -> Any:
+    from bcc_lightning import prepare as prepare_task
+
+    return hydra_entry("prepare", prepare_task.run)()
