@@ -24,9 +24,10 @@ from bcc_lightning.data.augment import AugmentConfig
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.demo import generate, is_demo_root
 from bcc_lightning.errors import UserError
-from bcc_lightning.io import write_json
+from bcc_lightning.evaluation import evaluate
+from bcc_lightning.history import History
 from bcc_lightning.models.module import BCCClassifier, load_checkpoint
-from bcc_lightning.reports.report import write_evaluation
+from bcc_lightning.reports.report import write_metrics_json
 from bcc_lightning.runtime import log, resolve_precision, run_dir, to_dict
 
 
@@ -45,7 +46,7 @@ def build_callbacks(cfg: DictConfig, outdir: Path) -> tuple[list[Callback], Mode
         dirpath=outdir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
         monitor=cb.model_checkpoint.monitor, mode=cb.model_checkpoint.mode, save_top_k=1, save_last=True,
     )
-    callbacks: list[Callback] = [checkpoint]
+    callbacks: list[Callback] = [checkpoint, History(outdir / "history.csv")]
     if cb.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitor=cb.early_stopping.monitor, mode=cb.early_stopping.mode,
                                        patience=int(cb.early_stopping.patience),
@@ -146,22 +147,22 @@ def run(cfg: DictConfig) -> float | None:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
-    if best_path:
-        tested = load_checkpoint(best_path)
-    else:  # fast_dev_run writes no checkpoint: test the weights in memory
-        tested = model
-    trainer.test(tested, datamodule=datamodule, verbose=False)
-    labels, probs = tested.test_predictions()
+    # fast_dev_run writes no best checkpoint: the weights in memory are evaluated then.
+    tested = load_checkpoint(best_path) if best_path else model.eval()
     best = checkpoint.best_model_score
     best_value = float(best) if best is not None else None
-    context = {
-        "split": "test", "data_root": str(root), "synthetic_data": synthetic, "checkpoint": best_path or None,
-        "model": model_cfg["name"], "img_size": model.preprocess.img_size,
-        "monitor": checkpoint.monitor, "best_monitor_value": best_value,
-        "epochs_trained": trainer.current_epoch, "run_dir": str(outdir),
-    }
-    result = write_evaluation(outdir / "test", labels.numpy(), probs.numpy(), 0.5, context)
-    write_json(outdir / "metrics.json", result)
+    writer = next((lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
+    result = evaluate(tested, Path(best_path) if best_path else outdir / "checkpoints" / "none.ckpt", root,
+                      outdir / "test", split="test", report=cfg.report, batch_size=cfg.data.batch_size,
+                      num_workers=cfg.data.num_workers, accelerator=str(cfg.trainer.accelerator),
+                      precision=trainer.precision, tensorboard=writer)
+    for lg in loggers:
+        lg.log_metrics({f"test/{k}": v for k, v in result["metrics"].items()
+                        if isinstance(v, float) and math.isfinite(v)}, step=trainer.global_step)
+    result.update({"monitor": checkpoint.monitor, "best_monitor_value": best_value,
+                   "epochs_trained": trainer.current_epoch, "run_dir": str(outdir),
+                   "checkpoint": best_path or None})
+    write_metrics_json(outdir, result)
     m = result["metrics"]
     print(f"\nRun directory: {outdir}")
     print(f"Best checkpoint: {best_path or '(none written: fast_dev_run)'}")

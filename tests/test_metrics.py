@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from bcc_lightning.reports.metrics import classification_report, compute_metrics
+from bcc_lightning.reports.metrics import (
+    choose_threshold,
+    classification_report,
+    compute_metrics,
+    expected_calibration_error,
+    roc_points,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -20,6 +26,10 @@ def test_matches_sklearn(seed: int, threshold: float) -> None:
     assert m["f1"] == pytest.approx(skm.f1_score(labels, preds))
     assert m["auroc"] == pytest.approx(skm.roc_auc_score(labels, probs))
     assert m["brier"] == pytest.approx(skm.brier_score_loss(labels, probs))
+    assert m["auprc"] == pytest.approx(skm.average_precision_score(labels, probs))
+    fpr, tpr, _ = skm.roc_curve(labels, probs, drop_intermediate=False)
+    ours_fpr, ours_tpr, _ = roc_points(labels, probs)
+    assert np.allclose(ours_fpr, fpr) and np.allclose(ours_tpr, tpr)
     tn, fp, fn, tp = skm.confusion_matrix(labels, preds).ravel()
     assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (tn, fp, fn, tp)
     assert m["specificity"] == pytest.approx(tn / (tn + fp))
@@ -45,3 +55,19 @@ def test_classification_report_matches_sklearn() -> None:
 def test_one_class_only_has_no_auroc() -> None:
     m = compute_metrics([1, 1, 1], [0.9, 0.2, 0.7])
     assert m["auroc"] is None and m["recall"] == pytest.approx(2 / 3) and m["specificity"] == 0.0
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([0.05, 0.15, 0.95, 0.55])
+    # bins: [0,.1]: p .05 vs 0; (.1,.2]: .15 vs 0; (.5,.6]: .55 vs 1; (.9,1]: .95 vs 1
+    expected = (0.05 + 0.15 + 0.45 + 0.05) / 4
+    assert expected_calibration_error(labels, probs) == pytest.approx(expected)
+
+
+def test_threshold_selection() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.9])
+    assert choose_threshold(labels, probs, "youden") == pytest.approx(0.35)  # separates perfectly
+    assert choose_threshold(labels, probs, "f1") == pytest.approx(0.35)
+    assert compute_metrics(labels, probs, 0.35)["accuracy"] == 1.0

@@ -20,7 +20,7 @@ from torchmetrics.classification import (
 
 from bcc_lightning.data.datamodule import Preprocess
 from bcc_lightning.errors import UserError
-from bcc_lightning.models.backbones import Head, build_backbone, preprocess_for
+from bcc_lightning.models.backbones import Head, build_backbone, preprocess_for, resolve_name
 from bcc_lightning.models.optim import build_optimizer, build_scheduler
 
 
@@ -62,6 +62,11 @@ class BCCClassifier(L.LightningModule):
         self.test_labels: list[torch.Tensor] = []
 
     @property
+    def backbone_arch(self) -> str:
+        """timm architecture name, e.g. densenet121 (for per-family choices such as the Grad-CAM layer)."""
+        return resolve_name(self.hparams.model["name"]).split(".")[0]
+
+    @property
     def preprocess_dict(self) -> dict[str, Any]:
         p = self.preprocess
         return {"img_size": p.img_size, "mean": list(p.mean), "std": list(p.std), "interpolation": p.interpolation}
@@ -90,11 +95,10 @@ class BCCClassifier(L.LightningModule):
         bs = batch[1].shape[0]
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=bs)
+        # Logged as metric objects: Lightning computes and resets them when the epoch ends, before any callback
+        # (History, checkpoints) reads them.
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=bs)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute())
-        self.train_metrics.reset()
 
     def on_validation_epoch_start(self) -> None:
         self.val_metrics.reset()
@@ -141,17 +145,14 @@ class BCCClassifier(L.LightningModule):
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> BCCClassifier:
-    """Rebuild the model from a checkpoint's own hyperparameters (no config, no weight download)."""
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded weights-only (plain tensors and containers; no code is unpickled)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist. Pass the .ckpt written by train.py, e.g. "
                         f"ckpt=outputs/train/<run>/checkpoints/last.ckpt.")
     try:
-        return BCCClassifier.load_from_checkpoint(path, map_location=map_location, load_weights=False,
-                                                  weights_only=True)
-    except UserError:
-        raise
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         # torch's own message suggests weights_only=False, which would run arbitrary code: do not pass it on.
         detail = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else f"{type(exc).__name__}: {exc}"
@@ -159,3 +160,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"Cannot load checkpoint {path} ({detail.splitlines()[0][:300]}). It may be truncated, corrupt, or not "
             f"written by bcc-lightning's train.py; use a .ckpt from a run's checkpoints/ folder."
         ) from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "model" not in (
+            checkpoint.get("hyper_parameters") or {}):
+        raise UserError(f"{path} is not a bcc-lightning checkpoint (no model hyperparameters inside); use a .ckpt "
+                        f"written by train.py.")
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path, checkpoint: dict[str, Any] | None = None) -> BCCClassifier:
+    """Rebuild the model from a checkpoint's own hyperparameters (no config, no weight download)."""
+    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
+    hparams = dict(checkpoint["hyper_parameters"])
+    hparams.pop("load_weights", None)
+    model = BCCClassifier(**hparams, load_weights=False)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"Checkpoint {path} does not match the model its hyperparameters describe "
+                        f"({str(exc).splitlines()[0][:200]}); was it edited or written by another version?") from exc
+    return model.eval()

@@ -30,6 +30,72 @@ def auroc(labels: np.ndarray, probs: np.ndarray) -> float | None:
     return float((rank_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+def roc_points(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, thresholds), one point per distinct score, highest first."""
+    order = np.argsort(-probs, kind="mergesort")
+    scores, truth = probs[order], labels[order]
+    distinct = np.r_[np.where(np.diff(scores))[0], len(scores) - 1]
+    tps = np.cumsum(truth)[distinct]
+    fps = (distinct + 1) - tps
+    pos, neg = max(int(labels.sum()), 1), max(int((1 - labels).sum()), 1)
+    return np.r_[0.0, fps / neg], np.r_[0.0, tps / pos], np.r_[np.inf, scores[distinct]]
+
+
+def pr_points(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) at every distinct threshold, highest threshold first."""
+    order = np.argsort(-probs, kind="mergesort")
+    scores, truth = probs[order], labels[order]
+    distinct = np.r_[np.where(np.diff(scores))[0], len(scores) - 1]
+    tps = np.cumsum(truth)[distinct]
+    precision = tps / (distinct + 1)
+    recall = tps / max(int(labels.sum()), 1)
+    return np.r_[0.0, recall], np.r_[1.0, precision]
+
+
+def average_precision(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    """Area under the precision-recall curve as a step function (scikit-learn's average precision)."""
+    if labels.sum() == 0:
+        return None
+    recall, precision = pr_points(labels, probs)
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+def calibration_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Equal-width probability bins: mean predicted probability, observed malignant fraction, count."""
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(probs, edges[1:-1], right=True), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(mask.sum()),
+                         "mean_prob": float(probs[mask].mean()), "fraction_malignant": float(labels[mask].mean())})
+    return rows
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float | None:
+    if len(labels) == 0:
+        return None
+    return float(sum(r["count"] * abs(r["mean_prob"] - r["fraction_malignant"])
+                     for r in calibration_bins(labels, probs, bins)) / len(labels))
+
+
+def choose_threshold(labels: Any, probs: Any, method: str) -> float:
+    """Threshold maximising Youden's J (sensitivity + specificity - 1) or F1, found on validation predictions."""
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    probs = np.asarray(probs, dtype=np.float64).ravel()
+    if method not in ("youden", "f1"):
+        raise ValueError(f"unknown threshold method {method!r}")
+    candidates = np.unique(probs)
+    best, best_score = 0.5, -np.inf
+    for t in candidates:
+        m = compute_metrics(labels, probs, float(t))
+        score = m["recall"] + m["specificity"] - 1 if method == "youden" else m["f1"]
+        if score > best_score + 1e-12:
+            best, best_score = float(t), score
+    return best
+
+
 def compute_metrics(labels: Any, probs: Any, threshold: float = 0.5) -> dict[str, Any]:
     """Binary metrics with malignant (1) as the positive class; a prediction is malignant when prob >= threshold."""
     labels = np.asarray(labels, dtype=np.int64).ravel()
@@ -60,6 +126,8 @@ def compute_metrics(labels: Any, probs: Any, threshold: float = 0.5) -> dict[str
         "npv": npv,
         "f1": _div(2 * precision * recall, precision + recall),
         "auroc": auroc(labels, probs),
+        "auprc": average_precision(labels, probs),
+        "ece": expected_calibration_error(labels, probs),
         "log_loss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))) if n else None,
         "brier": float(np.mean((probs - labels) ** 2)) if n else None,
         "tp": tp, "fp": fp, "tn": tn, "fn": fn,

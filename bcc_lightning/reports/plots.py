@@ -35,8 +35,98 @@ def confusion_matrix_figure(m: dict[str, Any], title: str = "") -> plt.Figure:
     return fig
 
 
-def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path, close: bool = True) -> Path:
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".")))
     finally:
-        plt.close(fig)
+        if close:
+            plt.close(fig)
+
+
+def roc_figure(labels: np.ndarray, probs: np.ndarray, m: dict[str, Any], title: str = "") -> plt.Figure:
+    from bcc_lightning.reports.metrics import roc_points
+
+    fpr, tpr, _ = roc_points(labels, probs)
+    fig, ax = plt.subplots(figsize=(5, 5), constrained_layout=True)
+    ax.plot(fpr, tpr, lw=2, label=f"AUROC {m['auroc']:.3f}" if m["auroc"] is not None else "AUROC n/a")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    ax.scatter([1 - m["specificity"]], [m["recall"]], color="red", zorder=3,
+               label=f"threshold {m['threshold']:.2f}")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+           xlim=(0, 1), ylim=(0, 1.01), title=title or "ROC curve (malignant = positive)")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def pr_figure(labels: np.ndarray, probs: np.ndarray, m: dict[str, Any], title: str = "") -> plt.Figure:
+    from bcc_lightning.reports.metrics import pr_points
+
+    recall, precision = pr_points(labels, probs)
+    fig, ax = plt.subplots(figsize=(5, 5), constrained_layout=True)
+    ax.step(recall, precision, where="post", lw=2,
+            label=f"AUPRC {m['auprc']:.3f}" if m["auprc"] is not None else "AUPRC n/a")
+    prevalence = labels.mean() if len(labels) else 0
+    ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"prevalence {prevalence:.2f}")
+    ax.scatter([m["recall"]], [m["precision"]], color="red", zorder=3, label=f"threshold {m['threshold']:.2f}")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01),
+           title=title or "Precision-recall curve (malignant = positive)")
+    ax.legend(loc="lower left")
+    return fig
+
+
+def calibration_figure(labels: np.ndarray, probs: np.ndarray, m: dict[str, Any], title: str = "") -> plt.Figure:
+    from bcc_lightning.reports.metrics import calibration_bins
+
+    rows = calibration_bins(labels, probs)
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=(3, 1), sharex=True, constrained_layout=True)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    ax.plot([r["mean_prob"] for r in rows], [r["fraction_malignant"] for r in rows], "o-", lw=2,
+            label=f"model (ECE {m['ece']:.3f})" if m["ece"] is not None else "model")
+    ax.set(ylabel="observed fraction malignant", ylim=(0, 1.01), title=title or "Reliability diagram")
+    ax.legend(loc="upper left")
+    hist.hist([probs[labels == 0], probs[labels == 1]], bins=np.linspace(0, 1, 11), stacked=True,
+              label=["benign", "malignant"], color=["tab:blue", "tab:red"])
+    hist.set(xlabel="predicted probability of malignant", ylabel="images", xlim=(0, 1))
+    hist.legend(fontsize=8)
+    return fig
+
+
+def training_curves_figure(rows: list[dict[str, float]], source: str, title: str = "") -> plt.Figure:
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+        for stage, style in (("train", "o-"), ("val", "s-")):
+            points = [(e, r[f"{stage}/{metric}"]) for e, r in zip(epochs, rows) if f"{stage}/{metric}" in r]
+            if points:
+                ax.plot(*zip(*points), style, label=stage)
+        ax.set(xlabel="epoch", ylabel="accuracy" if metric == "acc" else "BCE loss", title=metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title or f"Training curves (from {source})")
+    return fig
+
+
+def predictions_grid_figure(images: list[Any], labels: list[int], probs: list[float], threshold: float,
+                            title: str = "") -> plt.Figure:
+    """A grid of images with true/predicted class and probability; wrong predictions framed in red."""
+    n = len(images)
+    cols = min(6, max(1, n))
+    rows = max(1, int(np.ceil(n / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False, constrained_layout=True)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, label, prob in zip(axes.ravel(), images, labels, probs):
+        predicted = int(prob >= threshold)
+        wrong = predicted != label
+        ax.imshow(image)
+        ax.set_title(f"true {CLASS_NAMES[label]}\npred {CLASS_NAMES[predicted]} (p={prob:.2f})", fontsize=8,
+                     color="red" if wrong else "black")
+        if wrong:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(3)
+    fig.suptitle(title or f"Random test predictions (threshold {threshold:.2f}; red = wrong)")
+    return fig
