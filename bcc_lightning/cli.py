@@ -72,3 +72,15 @@ def prepare() -> Any:
     from bcc_lightning import prepare as prepare_task
 
     return hydra_entry("prepare", prepare_task.run)()
+
+
+def predict() -> Any:
+    from bcc_lightning import predict as predict_task
+
+    return hydra_entry("predict", predict_task.run)()
+
+
+def export() -> Any:
+    from bcc_lightning import export as export_task
+
+    return hydra_entry("export", export_task.run)()

@@ -21,9 +21,9 @@ from bcc_lightning.data.demo import is_demo_root
 from bcc_lightning.data.imageio import load_rgb
 from bcc_lightning.data.labels import CLASS_NAMES
 from bcc_lightning.errors import UserError
+from bcc_lightning.files import write_text
 from bcc_lightning.history import read_history
 from bcc_lightning.inference import pick_device, predict_batches
-from bcc_lightning.io import write_text
 from bcc_lightning.models.module import BCCClassifier, load_checkpoint, read_checkpoint
 from bcc_lightning.reports.gradcam import save_overlays
 from bcc_lightning.reports.metrics import choose_threshold, compute_metrics
@@ -223,7 +223,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"The checkpoint {ckpt} does not say which data it was trained on; pass data.root=ROOT.")
     root = Path(root_value).expanduser()
     writer = None
-    if cfg.get("logger") == "tensorboard":
+    if cfg.get("tensorboard"):
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(outdir / "tensorboard"))

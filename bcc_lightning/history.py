@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from bcc_lightning.io import write_text
+from bcc_lightning.files import write_text
 
 COLUMNS = ("epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/auroc", "lr")
 

@@ -69,3 +69,18 @@ def make_folder(root: Path, per_class: int = 4, splits: tuple[str, ...] = ("trai
             for i in range(per_class):
                 write_image(root / split / name / f"img{i}.{ext}", seed=hash((split, label, i)) % 2**31)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny training run (2 epochs, 64 px) shared by the evaluation, predict and export tests."""
+    from bcc_lightning import training
+
+    run = tmp_path_factory.mktemp("trained_run")
+    previous = Path.cwd()
+    os.chdir(run)
+    try:
+        training.run(tiny_train_config(demo_root, ["trainer.max_epochs=2", "logger=tensorboard"]))
+    finally:
+        os.chdir(previous)
+    return run

@@ -113,9 +113,15 @@ def test_multirun_sweep_two_backbones(demo_root: Path, tmp_path: Path) -> None:
     (["train.py", "data.root={demo}", "data.batch_size=0"], "batch_size must be at least 1"),
     (["eval.py", "ckpt=missing.ckpt"], "does not exist"),
     (["eval.py"], "Pass the checkpoint"),
+    (["-m", "bcc_lightning.predict", "ckpt=missing.ckpt", "input=."], "does not exist"),
+    (["-m", "bcc_lightning.export", "ckpt=missing.ckpt"], "does not exist"),
+    (["-m", "bcc_lightning.export", "ckpt=x", "format=tflite"], "format must be one of"),
+    (["-m", "bcc_lightning.prepare", "raw=missing", "out=somewhere"], "does not exist"),
 ])
 def test_user_errors_are_one_paragraph(demo_root: Path, tmp_path: Path, args: list[str], message: str) -> None:
-    args = [str(REPO / args[0])] + [a.format(demo=demo_root) for a in args[1:]]
+    if args[0] != "-m":
+        args = [str(REPO / args[0]), *args[1:]]
+    args = [a.format(demo=demo_root) for a in args]
     result = _run(args + [f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr.replace("\n", " ")

@@ -105,7 +105,7 @@ def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.45) -> Image.I
 def save_overlays(model: nn.Module, items: list[dict[str, Any]], transform: Any, outdir: Path, arch: str,
                   img_size: int, layer_path: str | None = None, device: torch.device | None = None) -> list[Path]:
     """Write one side-by-side PNG (image | Grad-CAM) per item {path, image, label, prob, predicted}."""
-    from bcc_lightning.io import atomic_write
+    from bcc_lightning.files import atomic_write
 
     if not items:
         return []

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from bcc_lightning.io import write_json, write_text
+from bcc_lightning.files import write_json, write_text
 from bcc_lightning.reports.metrics import classification_report, compute_metrics
 from bcc_lightning.reports.plots import (
     calibration_figure,

@@ -1,0 +1,124 @@
+"""`python -m bcc_lightning.predict ckpt=PATH input=FILE_OR_DIR out=preds.csv [cam=true]`: classify new images."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from bcc_lightning.data.datamodule import build_transform, resolve_num_workers
+from bcc_lightning.data.imageio import ImageDecodeError, is_image_file, load_rgb
+from bcc_lightning.data.labels import CLASS_NAMES
+from bcc_lightning.errors import UserError
+from bcc_lightning.files import write_text
+from bcc_lightning.inference import pick_device, predict_batches
+from bcc_lightning.models.module import load_checkpoint
+from bcc_lightning.reports.gradcam import save_overlays
+from bcc_lightning.runtime import run_dir
+
+
+def find_images(target: Path) -> list[Path]:
+    if target.is_file():
+        return [target]
+    if not target.is_dir():
+        raise UserError(f"input={target} does not exist. Pass an image file or a folder of images.")
+    files = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise UserError(f"No images (.jpg/.jpeg/.png/.tif/.tiff/.bmp) under {target}.")
+    return files
+
+
+class _Files(Dataset):
+    """Decodes in the loader workers; an unreadable file yields a placeholder and its reason instead of failing."""
+
+    def __init__(self, files: list[Path], transform: Any, img_size: int) -> None:
+        self.files, self.transform, self.img_size = files, transform, img_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            return self.transform(load_rgb(self.files[index])), ""
+        except ImageDecodeError as exc:
+            return torch.zeros(3, self.img_size, self.img_size), str(exc).split(": ", 1)[-1]
+
+
+def predict(ckpt: Path, target: Path, out: Path, threshold: float = 0.5, batch_size: int = 64,
+            num_workers: Any = "auto", accelerator: str = "auto", precision: Any = "auto", tta: bool = False,
+            cam: bool = False, cam_dir: Path | None = None, cam_layer: str | None = None,
+            progress: bool = False) -> list[dict[str, Any]]:
+    """Write `out` (CSV) with one row per image; returns the rows."""
+    if not 0 < threshold < 1:
+        raise UserError(f"threshold must lie strictly between 0 and 1; got {threshold}.")
+    model = load_checkpoint(ckpt)
+    files = find_images(target)
+    dataset = _Files(files, build_transform(model.preprocess, None), model.preprocess.img_size)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=resolve_num_workers(num_workers))
+    errors: list[str] = []
+
+    def batches() -> Any:
+        iterator: Any = loader
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(loader, desc="predict", unit="batch", file=sys.stderr)
+        for images, reasons in iterator:
+            errors.extend(reasons)
+            yield images
+
+    device = pick_device(accelerator)
+    probs = predict_batches(model, batches(), device, precision, tta).tolist()
+    rows = []
+    for path, prob, error in zip(files, probs, errors):
+        rows.append({"path": str(path), "prob_malignant": None if error else prob,
+                     "label": "" if error else CLASS_NAMES[int(prob >= threshold)], "threshold": threshold,
+                     "error": error})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["path", "prob_malignant", "label", "threshold", "error"])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "prob_malignant": "" if row["prob_malignant"] is None
+                         else f"{row['prob_malignant']:.6f}"})
+    write_text(out, buffer.getvalue())
+    if cam:
+        items = [{"path": Path(r["path"]), "predicted": int(r["prob_malignant"] >= threshold),
+                  "name": f"{i:05d}_{Path(r['path']).stem}"} for i, r in enumerate(rows) if not r["error"]]
+        for start in range(0, len(items), batch_size):
+            for item in items[start:start + batch_size]:
+                item["image"] = load_rgb(item["path"])  # decoded per batch: memory stays flat over large folders
+            save_overlays(model, items[start:start + batch_size], build_transform(model.preprocess, None),
+                          cam_dir or out.parent / "cams", model.backbone_arch, model.preprocess.img_size, cam_layer,
+                          device)
+            for item in items[start:start + batch_size]:
+                item.pop("image", None)
+                item.pop("cam", None)
+    return rows
+
+
+def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    if not cfg.get("ckpt") or not cfg.get("input"):
+        raise UserError("Usage: python -m bcc_lightning.predict ckpt=PATH input=FILE_OR_DIR [out=preds.csv] "
+                        "[threshold=0.5] [cam=true]")
+    out = Path(cfg.out) if cfg.get("out") else run_dir() / "predictions.csv"
+    progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
+    rows = predict(Path(cfg.ckpt).expanduser(), Path(cfg.input).expanduser(), out, float(cfg.threshold),
+                   int(cfg.batch_size), cfg.num_workers, str(cfg.accelerator), cfg.precision, bool(cfg.tta),
+                   bool(cfg.cam), Path(cfg.cam_dir) if cfg.get("cam_dir") else None, cfg.get("cam_layer"), progress)
+    failed = sum(1 for r in rows if r["error"])
+    malignant = sum(1 for r in rows if r["label"] == "malignant")
+    print(f"{len(rows)} images: {malignant} malignant, {len(rows) - malignant - failed} benign, {failed} unreadable "
+          f"(see the error column). Written to {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    from bcc_lightning.cli import predict as _main
+
+    _main()
