@@ -96,10 +96,11 @@ def prepare_data_root(cfg: DictConfig) -> Path:
     return root.resolve()
 
 
-def build_datamodule(data_cfg: Any, root: Path, model: BCCClassifier) -> BCCDataModule:
+def build_datamodule(data_cfg: Any, root: Path, model: BCCClassifier, seed: int = 0) -> BCCDataModule:
     augment = AugmentConfig(**to_dict(data_cfg.augment)) if data_cfg.get("augment") is not None else None
     return BCCDataModule(root, model.preprocess, batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers,
-                         augment=augment)
+                         augment=augment, balanced_sampler=bool(data_cfg.get("balanced_sampler", False)),
+                         seed=int(seed))
 
 
 def _pos_weight(setting: Any, datamodule: BCCDataModule) -> float | None:
@@ -126,7 +127,7 @@ def run(cfg: DictConfig) -> float | None:
     # Build once without weights to learn the preprocessing, scan the data (fails fast on a bad layout), then
     # build the real model with pos_weight known.
     probe = BCCClassifier(model_cfg, optim_cfg, scheduler_cfg, load_weights=False)
-    datamodule = build_datamodule(cfg.data, root, probe)
+    datamodule = build_datamodule(cfg.data, root, probe, int(cfg.seed))
     for split in ("train", "val", "test"):
         datamodule.dataset(split)
     pos_weight = _pos_weight(cfg.model.get("pos_weight"), datamodule)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from bcc_lightning.data.augment import AugmentConfig, build_augment
@@ -116,7 +116,7 @@ def resolve_num_workers(num_workers: int | str) -> int:
 class BCCDataModule(L.LightningDataModule):
     def __init__(self, root: str | Path, preprocess: Preprocess, batch_size: int = 32, num_workers: int | str = "auto",
                  augment: AugmentConfig | None = None, pin_memory: bool | None = None,
-                 test_split: str = "test") -> None:
+                 test_split: str = "test", balanced_sampler: bool = False, seed: int = 0) -> None:
         super().__init__()
         if int(batch_size) < 1:
             raise UserError(f"data.batch_size must be at least 1 (got {batch_size}).")
@@ -129,6 +129,9 @@ class BCCDataModule(L.LightningDataModule):
         self.datasets: dict[str, ImageFolderDataset] = {}
         # eval.py can point the test stage at another split (e.g. val) without a second code path.
         self.test_split = test_split
+        self.balanced_sampler = balanced_sampler
+        # One generator for the module's life: each epoch (and each new loader) continues the seeded sequence.
+        self.sampler_generator = torch.Generator().manual_seed(seed)
 
     def dataset(self, split: str) -> ImageFolderDataset:
         if split not in self.datasets:
@@ -153,7 +156,17 @@ class BCCDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train", train=True)
+        if not self.balanced_sampler:
+            return self.loader("train", train=True)
+        # Each epoch draws as many images as the split holds, both classes equally likely (with replacement).
+        dataset = self.dataset("train")
+        counts = self.class_counts("train")
+        weights = torch.tensor([1.0 / counts[label] for label in dataset.labels], dtype=torch.double)
+        sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True,
+                                        generator=self.sampler_generator)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                          drop_last=len(dataset) % self.batch_size == 1)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,15 @@ ALIASES = {
     "densenet121": "densenet121.tv_in1k",
     "inceptionv3": "inception_v3.tv_in1k",
 }
+TORCHVISION_ALIASES = {"mobilenetv2": "mobilenet_v2", "densenet121": "densenet121", "inceptionv3": "inception_v3"}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Smallest input each family accepts (pooling stages collapse below it).
 MIN_IMG_SIZE = {"inception_v3": 75}
 _PREFIXES = ("module.", "model.", "backbone.", "net.", "encoder.")
+# Old torchvision DenseNet files name 'norm.1' what the model calls 'norm1'.
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+log = logging.getLogger("bcc_lightning")
 
 
 def resolve_name(name: str) -> str:
@@ -66,6 +74,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         for prefix in _PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix):]
+        legacy = _DENSENET_LEGACY.match(key)
+        if legacy:
+            key = legacy.group(1) + legacy.group(2)
         cleaned[key] = value
     return cleaned
 
@@ -112,37 +123,86 @@ class Head(nn.Sequential):
         super().__init__(*layers)
 
 
-def build_backbone(name: str, pretrained: bool = False, weights: str | None = None,
-                   load_weights: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """A headless timm network (pooled features) and the data config of its weights.
-
-    `load_weights=False` builds the architecture only (used when a checkpoint supplies every tensor).
-    """
+def _build_timm(name: str, use_hub: bool) -> tuple[nn.Module, dict[str, Any], str]:
     name = resolve_name(name)
-    arch = name.split(".")[0]
-    use_hub = pretrained and not weights and load_weights
     try:
         backbone = timm.create_model(name, pretrained=use_hub, num_classes=0)
-    except UserError:
-        raise
     except Exception as exc:
         if use_hub:
             raise _pretrained_hint(name, exc) from exc
         raise UserError(f"Cannot build backbone '{name}': {type(exc).__name__}: {exc}") from exc
-    info: dict[str, Any] = {"name": name, "weights": "random init"}
-    if use_hub:
-        info["weights"] = "imagenet (timm)"
+    return backbone, timm.data.resolve_model_data_config(backbone), name.split(".")[0]
+
+
+def _build_torchvision(name: str, use_hub: bool) -> tuple[nn.Module, dict[str, Any], str]:
+    """torchvision's own architectures (the exact ones of the original Keras/ImageNet lineage), headless."""
+    import torchvision
+
+    arch = TORCHVISION_ALIASES.get(name.lower(), name)
+    available = torchvision.models.list_models(module=torchvision.models)
+    if arch not in available:
+        close = difflib.get_close_matches(arch, available, n=6, cutoff=0.5)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise UserError(f"Unknown torchvision model '{name}'.{hint} With model.source=torchvision use a torchvision "
+                        f"classification model name.")
+    weights_enum = torchvision.models.get_model_weights(arch).DEFAULT if use_hub else None
+    kwargs: dict[str, Any] = {}
+    if arch == "inception_v3":
+        # The weights expect inputs in [-1, 1]: mean/std 0.5 below does what transform_input would.
+        kwargs = {"aux_logits": False, "init_weights": False, "transform_input": False}
+    try:
+        backbone = torchvision.models.get_model(arch, weights=weights_enum, **kwargs)
+    except Exception as exc:
+        if use_hub:
+            file = Path(weights_enum.url).name if weights_enum is not None else f"{arch}.pth"
+            raise UserError(
+                f"ImageNet weights for torchvision '{arch}' could not be loaded ({type(exc).__name__}). This machine "
+                f"is probably offline: download {weights_enum.url if weights_enum else file} elsewhere and put it in "
+                f"$TORCH_HOME/hub/checkpoints/{file} (TORCH_HOME defaults to ~/.cache/torch), or pass "
+                f"model.weights=PATH to that file, or train from scratch with model.pretrained=false."
+            ) from exc
+        raise UserError(f"Cannot build torchvision model '{arch}': {type(exc).__name__}: {exc}") from exc
+    classifier = next(attr for attr in ("classifier", "fc", "head", "heads") if hasattr(backbone, attr))
+    old = getattr(backbone, classifier)
+    linear = old if isinstance(old, nn.Linear) else [m for m in old.modules() if isinstance(m, nn.Linear)][0]
+    setattr(backbone, classifier, nn.Identity())
+    backbone.num_features = linear.in_features
+    mean, std = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if arch == "inception_v3" else (IMAGENET_MEAN, IMAGENET_STD)
+    size = 299 if arch == "inception_v3" else 224
+    return backbone, {"input_size": (3, size, size), "mean": mean, "std": std, "interpolation": "bilinear"}, arch
+
+
+def build_backbone(name: str, pretrained: bool = False, weights: str | None = None, load_weights: bool = True,
+                   source: str = "timm") -> tuple[nn.Module, dict[str, Any]]:
+    """A headless network (pooled features, `num_features` wide) and the data config of its weights.
+
+    `load_weights=False` builds the architecture only (used when a checkpoint supplies every tensor).
+    """
+    if source not in ("timm", "torchvision"):
+        raise UserError(f"model.source must be timm or torchvision; got {source!r}.")
+    use_hub = bool(pretrained) and not weights and load_weights
+    builder = _build_timm if source == "timm" else _build_torchvision
+    backbone, data_config, arch = builder(name, use_hub)
     if weights and load_weights:
-        info.update(load_backbone_weights(backbone, weights, arch))
-        info["weights"] = str(weights)
-    return backbone, timm.data.resolve_model_data_config(backbone)
+        info = load_backbone_weights(backbone, weights, arch)
+        log.info("Loaded %d tensors from %s into %s (%d of the backbone's tensors missing, %d in the file unused)",
+                 info["loaded"], weights, arch, info["missing"], info["unexpected"])
+    elif use_hub:
+        log.info("Loaded ImageNet weights for %s (%s)", arch, source)
+    return backbone, data_config
 
 
-def preprocess_for(data_config: Mapping[str, Any], img_size: int | None, name: str,
+def arch_name(name: str, source: str = "timm") -> str:
+    """The architecture behind a model name: timm's (densenet121 for densenet121.tv_in1k) or torchvision's."""
+    if source == "torchvision":
+        return TORCHVISION_ALIASES.get(name.lower(), name)
+    return resolve_name(name).split(".")[0]
+
+
+def preprocess_for(data_config: Mapping[str, Any], img_size: int | None, arch: str,
                    mean: Any = None, std: Any = None) -> Preprocess:
     """Input size, mean/std and interpolation from the weights' own config, overridable from the model config."""
     size = int(img_size) if img_size else int(data_config["input_size"][-1])
-    arch = resolve_name(name).split(".")[0]
     minimum = MIN_IMG_SIZE.get(arch, 32)
     if size < minimum:
         raise UserError(f"model.img_size={size} is too small for {arch}; it needs at least {minimum} px.")

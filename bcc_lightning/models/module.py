@@ -20,8 +20,9 @@ from torchmetrics.classification import (
 
 from bcc_lightning.data.datamodule import Preprocess
 from bcc_lightning.errors import UserError
-from bcc_lightning.models.backbones import Head, build_backbone, preprocess_for, resolve_name
+from bcc_lightning.models.backbones import Head, arch_name, build_backbone, preprocess_for
 from bcc_lightning.models.optim import build_optimizer, build_scheduler
+from bcc_lightning.runtime import log
 
 
 def _metrics(prefix: str) -> MetricCollection:
@@ -45,12 +46,18 @@ class BCCClassifier(L.LightningModule):
                  load_weights: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["load_weights"])
+        source = str(model.get("source") or "timm")
         self.backbone, data_config = build_backbone(
             model["name"], pretrained=bool(model.get("pretrained")), weights=model.get("weights"),
-            load_weights=load_weights)
+            load_weights=load_weights, source=source)
         self.head = Head(self.backbone.num_features, int(model.get("hidden") or 0), float(model.get("dropout") or 0))
+        self.backbone_arch = arch_name(model["name"], source)
         self.preprocess: Preprocess = preprocess_for(
-            data_config, model.get("img_size"), model["name"], model.get("mean"), model.get("std"))
+            data_config, model.get("img_size"), self.backbone_arch, model.get("mean"), model.get("std"))
+        self.freeze_backbone = bool(model.get("freeze_backbone"))
+        unfreeze = model.get("unfreeze_at_epoch")
+        self.unfreeze_at_epoch = None if unfreeze is None else int(unfreeze)
+        self._set_frozen(self.freeze_backbone and self.unfreeze_at_epoch != 0)
         self.channels_last = bool(model.get("channels_last", True))
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
@@ -61,10 +68,29 @@ class BCCClassifier(L.LightningModule):
         self.test_probs: list[torch.Tensor] = []
         self.test_labels: list[torch.Tensor] = []
 
-    @property
-    def backbone_arch(self) -> str:
-        """timm architecture name, e.g. densenet121 (for per-family choices such as the Grad-CAM layer)."""
-        return resolve_name(self.hparams.model["name"]).split(".")[0]
+    def _set_frozen(self, frozen: bool) -> None:
+        """Frozen: no gradients for the backbone and its BatchNorm statistics stay as loaded (eval mode)."""
+        self.frozen = frozen
+        for param in self.backbone.parameters():
+            param.requires_grad_(not frozen)
+        if frozen:
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> BCCClassifier:
+        super().train(mode)
+        if getattr(self, "frozen", False):
+            self.backbone.eval()  # Lightning switches modules to train mode each epoch; keep frozen BN frozen
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Derived from the epoch, so that a resumed run is frozen or not exactly as the original was.
+        before_unfreeze = self.unfreeze_at_epoch is None or self.current_epoch < self.unfreeze_at_epoch
+        frozen = self.freeze_backbone and before_unfreeze
+        if frozen != self.frozen:
+            self._set_frozen(frozen)
+            if not frozen:
+                self.backbone.train()
+                log.info("Epoch %d: backbone unfrozen (two-stage fine-tuning)", self.current_epoch)
 
     @property
     def preprocess_dict(self) -> dict[str, Any]:
@@ -138,8 +164,14 @@ class BCCClassifier(L.LightningModule):
         return torch.cat(self.test_labels), torch.cat(self.test_probs).float()
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = build_optimizer(params, self.hparams.optimizer)
+        options = dict(self.hparams.optimizer)
+        scale = float(options.pop("backbone_lr_scale", 1.0))
+        lr = float(options.get("lr", 0))
+        # Every parameter is in the optimizer from the start (frozen ones get no gradient, so no update): unfreezing
+        # later needs no new optimizer, and resuming restores one consistent state.
+        groups = [{"params": list(self.backbone.parameters()), "lr": lr * scale, "name": "backbone"},
+                  {"params": list(self.head.parameters()), "lr": lr, "name": "head"}]
+        optimizer = build_optimizer(groups, options)
         max_epochs = self.trainer.max_epochs if self._trainer is not None else 1
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, max_epochs or 1)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}

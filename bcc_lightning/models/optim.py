@@ -19,6 +19,7 @@ OPTIMIZERS = {
 
 def build_optimizer(params: Iterable, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     cfg = dict(cfg)
+    cfg.pop("backbone_lr_scale", None)  # applied by the module's parameter groups
     name = str(cfg.pop("name", "adam")).lower()
     if name not in OPTIMIZERS:
         raise UserError(f"Unknown optimizer '{name}'; choose one of {', '.join(OPTIMIZERS)} (optimizer=<name>).")
