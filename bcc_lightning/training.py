@@ -100,7 +100,7 @@ def build_datamodule(data_cfg: Any, root: Path, model: BCCClassifier, seed: int 
     augment = AugmentConfig(**to_dict(data_cfg.augment)) if data_cfg.get("augment") is not None else None
     return BCCDataModule(root, model.preprocess, batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers,
                          augment=augment, balanced_sampler=bool(data_cfg.get("balanced_sampler", False)),
-                         seed=int(seed))
+                         seed=int(seed), cache=data_cfg.get("cache"))
 
 
 def _pos_weight(setting: Any, datamodule: BCCDataModule) -> float | None:

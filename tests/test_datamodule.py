@@ -106,3 +106,43 @@ def test_free_rotation_keeps_size_and_fills_corners() -> None:
     rotated = RandomRotateReflect(30)(image)
     assert rotated.shape == image.shape
     assert rotated.float().min() > 150  # corners reflected, not black
+
+
+def test_cache_gives_the_same_batches_and_is_invalidated(tmp_path: Path) -> None:
+    import os
+    import pickle
+
+    root = make_folder(tmp_path / "data", per_class=3)
+    plain = BCCDataModule(root, PRE, batch_size=6, num_workers=0)
+    cached = BCCDataModule(root, PRE, batch_size=6, num_workers=0, cache=tmp_path / "cache")
+    for split in ("val", "test"):
+        a = next(iter(plain.loader(split)))
+        b = next(iter(cached.loader(split)))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    files = sorted((tmp_path / "cache").glob("val-32px-*.u8"))
+    assert len(files) == 1
+    dataset = cached.dataset("val")
+    assert len(pickle.dumps(dataset)) < 5000  # workers get the path, not the pixels
+
+    # Same files and size: reused. Changed file or size: a new cache.
+    BCCDataModule(root, PRE, num_workers=0, cache=tmp_path / "cache").dataset("val")
+    assert sorted((tmp_path / "cache").glob("val-32px-*.u8")) == files
+    victim = next((root / "val" / "B").iterdir())
+    write_image(victim, seed=999, size=(50, 20))
+    os.utime(victim, ns=(1, 10**9))
+    changed = BCCDataModule(root, PRE, num_workers=0, cache=tmp_path / "cache")
+    assert len(sorted((tmp_path / "cache").glob("val-32px-*.u8"))) == 1  # built lazily: not yet
+    a = next(iter(BCCDataModule(root, PRE, batch_size=6, num_workers=0).loader("val")))
+    b = next(iter(changed.loader("val")))
+    assert torch.equal(a[0], b[0])
+    assert len(sorted((tmp_path / "cache").glob("val-32px-*.u8"))) == 2
+    bigger = Preprocess(img_size=40, mean=PRE.mean, std=PRE.std)
+    BCCDataModule(root, bigger, num_workers=0, cache=tmp_path / "cache").dataset("val")
+    assert len(list((tmp_path / "cache").glob("val-40px-*.u8"))) == 1
+
+
+def test_cache_with_workers(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", per_class=4)
+    plain = BCCDataModule(root, PRE, batch_size=8, num_workers=0)
+    cached = BCCDataModule(root, PRE, batch_size=8, num_workers=2, cache=tmp_path / "cache")
+    assert torch.equal(next(iter(plain.loader("test")))[0], next(iter(cached.loader("test")))[0])

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from bcc_lightning.data.augment import AugmentConfig, build_augment
+from bcc_lightning.data.cache import CachedArray, default_cache_dir, open_or_build
 from bcc_lightning.data.imageio import ImageDecodeError, is_image_file, load_rgb
 from bcc_lightning.data.labels import ACCEPTED_FOLDER_NAMES, CLASS_NAMES, label_from_folder
 from bcc_lightning.errors import UserError
@@ -63,29 +65,6 @@ def scan_split(root: str | Path, split: str) -> list[tuple[Path, int]]:
     return sorted(((p, label) for label, files in by_label.items() for p in files), key=lambda item: str(item[0]))
 
 
-class ImageFolderDataset(Dataset):
-    """(image tensor, label) from a list of files; every file goes through the one decoder."""
-
-    def __init__(self, samples: Sequence[tuple[Path, int]], transform: v2.Transform) -> None:
-        self.samples = list(samples)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        path, label = self.samples[index]
-        try:
-            image = load_rgb(path)
-        except ImageDecodeError as exc:
-            raise UserError(f"Cannot read a training image: {exc}. Remove or replace the file and run again.") from exc
-        return self.transform(image), torch.tensor(label, dtype=torch.float32)
-
-    @property
-    def labels(self) -> list[int]:
-        return [label for _, label in self.samples]
-
-
 @dataclass(frozen=True)
 class Preprocess:
     """What the backbone expects; stored in checkpoints so evaluation reproduces it exactly."""
@@ -96,15 +75,58 @@ class Preprocess:
     interpolation: str = "bilinear"
 
 
-def build_transform(pre: Preprocess, augment: AugmentConfig | None) -> v2.Compose:
-    """Decode result (PIL RGB) -> resized (no crop) -> augmented (train only) -> normalised float tensor."""
-    interpolation = v2.InterpolationMode(pre.interpolation)
+def resize_op(pre: Preprocess) -> v2.Resize:
     # Resize the PIL image (SIMD uint8 path) to the square input: no crop, so no cell at the border is lost.
-    ops = [v2.Resize((pre.img_size, pre.img_size), interpolation=interpolation, antialias=True), v2.PILToTensor()]
-    if augment is not None:
-        ops += build_augment(augment)
+    return v2.Resize((pre.img_size, pre.img_size), interpolation=v2.InterpolationMode(pre.interpolation),
+                     antialias=True)
+
+
+def tensor_transform(pre: Preprocess, augment: AugmentConfig | None) -> v2.Compose:
+    """uint8 CHW at the input size -> augmented (train only) -> normalised float tensor."""
+    ops = build_augment(augment) if augment is not None else []
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
     return v2.Compose(ops)
+
+
+def build_transform(pre: Preprocess, augment: AugmentConfig | None) -> v2.Compose:
+    """Decoded PIL RGB image -> resized (no crop) -> augmented (train only) -> normalised float tensor."""
+    return v2.Compose([resize_op(pre), v2.PILToTensor(), *tensor_transform(pre, augment).transforms])
+
+
+def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
+    """One file -> uint8 CHW tensor at the input size (the part of the pipeline the cache stores)."""
+    try:
+        image = load_rgb(path)
+    except ImageDecodeError as exc:
+        raise UserError(f"Cannot read a training image: {exc}. Remove or replace the file (bcc-prepare lists and "
+                        f"skips unreadable files) and run again.") from exc
+    return v2.functional.pil_to_tensor(resize_op(pre)(image))
+
+
+class ImageFolderDataset(Dataset):
+    """(image tensor, label) from a list of files, decoded by the one decoder or read from the decoded cache."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], pre: Preprocess, augment: AugmentConfig | None = None,
+                 cache: CachedArray | None = None) -> None:
+        self.samples = list(samples)
+        self.pre = pre
+        self.transform = tensor_transform(pre, augment)
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path, label = self.samples[index]
+        if self.cache is not None:
+            pixels = torch.from_numpy(np.ascontiguousarray(self.cache[index])).permute(2, 0, 1)
+        else:
+            pixels = decode_resized(path, self.pre)
+        return self.transform(pixels), torch.tensor(label, dtype=torch.float32)
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.samples]
 
 
 def resolve_num_workers(num_workers: int | str) -> int:
@@ -116,7 +138,8 @@ def resolve_num_workers(num_workers: int | str) -> int:
 class BCCDataModule(L.LightningDataModule):
     def __init__(self, root: str | Path, preprocess: Preprocess, batch_size: int = 32, num_workers: int | str = "auto",
                  augment: AugmentConfig | None = None, pin_memory: bool | None = None,
-                 test_split: str = "test", balanced_sampler: bool = False, seed: int = 0) -> None:
+                 test_split: str = "test", balanced_sampler: bool = False, seed: int = 0,
+                 cache: str | Path | None = None) -> None:
         super().__init__()
         if int(batch_size) < 1:
             raise UserError(f"data.batch_size must be at least 1 (got {batch_size}).")
@@ -130,14 +153,21 @@ class BCCDataModule(L.LightningDataModule):
         # eval.py can point the test stage at another split (e.g. val) without a second code path.
         self.test_split = test_split
         self.balanced_sampler = balanced_sampler
+        self.cache_dir = None if cache in (None, "", "none", "null") else (
+            default_cache_dir() if cache == "auto" else Path(cache))
         # One generator for the module's life: each epoch (and each new loader) continues the seeded sequence.
         self.sampler_generator = torch.Generator().manual_seed(seed)
 
     def dataset(self, split: str) -> ImageFolderDataset:
         if split not in self.datasets:
             augment = self.augment if split == "train" else None
-            self.datasets[split] = ImageFolderDataset(scan_split(self.root, split),
-                                                      build_transform(self.preprocess, augment))
+            samples = scan_split(self.root, split)
+            cache = None
+            if self.cache_dir is not None:
+                cache = open_or_build(self.cache_dir, split, [p for p, _ in samples], self.preprocess.img_size,
+                                      self.preprocess.interpolation,
+                                      lambda p: decode_resized(p, self.preprocess).permute(1, 2, 0).numpy())
+            self.datasets[split] = ImageFolderDataset(samples, self.preprocess, augment, cache)
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:
