@@ -84,3 +84,9 @@ def export() -> Any:
     from bcc_lightning import export as export_task
 
     return hydra_entry("export", export_task.run)()
+
+
+def bench() -> Any:
+    from bcc_lightning import bench as bench_task
+
+    return hydra_entry("bench", bench_task.run)()

@@ -165,7 +165,7 @@ def evaluate(model: BCCClassifier, ckpt_path: Path, root: Path, outdir: Path, sp
         cams = _cam_items(paths, labels, probs, threshold_value, per_group, rng)
         for item in cams:
             item["image"] = load_rgb(item["path"])
-        save_overlays(model, cams, build_transform(model.preprocess, None), outdir / "gradcam",
+        save_overlays(model, cams, build_transform(model.preprocess), outdir / "gradcam",
                       model.backbone_arch, model.preprocess.img_size, report.get("cam_layer"), device)
 
     result = {

@@ -59,7 +59,7 @@ def predict(ckpt: Path, target: Path, out: Path, threshold: float = 0.5, batch_s
         raise UserError(f"threshold must lie strictly between 0 and 1; got {threshold}.")
     model = load_checkpoint(ckpt)
     files = find_images(target)
-    dataset = _Files(files, build_transform(model.preprocess, None), model.preprocess.img_size)
+    dataset = _Files(files, build_transform(model.preprocess), model.preprocess.img_size)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=resolve_num_workers(num_workers))
     errors: list[str] = []
 
@@ -93,7 +93,7 @@ def predict(ckpt: Path, target: Path, out: Path, threshold: float = 0.5, batch_s
         for start in range(0, len(items), batch_size):
             for item in items[start:start + batch_size]:
                 item["image"] = load_rgb(item["path"])  # decoded per batch: memory stays flat over large folders
-            save_overlays(model, items[start:start + batch_size], build_transform(model.preprocess, None),
+            save_overlays(model, items[start:start + batch_size], build_transform(model.preprocess),
                           cam_dir or out.parent / "cams", model.backbone_arch, model.preprocess.img_size, cam_layer,
                           device)
             for item in items[start:start + batch_size]:

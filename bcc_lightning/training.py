@@ -26,7 +26,8 @@ from bcc_lightning.data.demo import generate, is_demo_root
 from bcc_lightning.errors import UserError
 from bcc_lightning.evaluation import evaluate
 from bcc_lightning.history import History
-from bcc_lightning.models.module import BCCClassifier, load_checkpoint
+from bcc_lightning.models.module import BCCClassifier, load_checkpoint, read_checkpoint
+from bcc_lightning.reliability import AtomicCheckpointIO, EpochSeeder
 from bcc_lightning.reports.report import write_metrics_json
 from bcc_lightning.runtime import log, resolve_precision, run_dir, to_dict
 
@@ -46,7 +47,7 @@ def build_callbacks(cfg: DictConfig, outdir: Path) -> tuple[list[Callback], Mode
         dirpath=outdir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
         monitor=cb.model_checkpoint.monitor, mode=cb.model_checkpoint.mode, save_top_k=1, save_last=True,
     )
-    callbacks: list[Callback] = [checkpoint, History(outdir / "history.csv")]
+    callbacks: list[Callback] = [checkpoint, History(outdir / "history.csv"), EpochSeeder(int(cfg.seed))]
     if cb.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitor=cb.early_stopping.monitor, mode=cb.early_stopping.mode,
                                        patience=int(cb.early_stopping.patience),
@@ -81,8 +82,10 @@ def build_trainer(cfg: DictConfig, outdir: Path, callbacks: list[Callback], logg
     options["precision"] = resolve_precision(options.get("precision", "auto"), str(options.get("accelerator", "auto")))
     if progress_bar_kind(cfg.callbacks.progress_bar) == "none":
         options["enable_progress_bar"] = False
+    plugins = [AtomicCheckpointIO()]
     try:
-        return L.Trainer(**options, callbacks=callbacks, logger=loggers, default_root_dir=str(outdir))
+        return L.Trainer(**options, callbacks=callbacks, logger=loggers, default_root_dir=str(outdir),
+                         plugins=plugins)
     except (TypeError, ValueError) as exc:
         raise UserError(f"Bad trainer option: {exc}. trainer.* keys are passed to lightning.Trainer.") from exc
 
@@ -112,9 +115,39 @@ def _pos_weight(setting: Any, datamodule: BCCDataModule) -> float | None:
     return float(setting)
 
 
+def resume_path(cfg: DictConfig, outdir: Path) -> str | None:
+    """`ckpt_path=PATH`, or `resume=true`: this run directory's last.ckpt. Checked before any work starts."""
+    path = cfg.get("ckpt_path")
+    if cfg.get("resume") and not path:
+        path = outdir / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise UserError(f"resume=true but {path} does not exist. Pass the interrupted run's directory with "
+                            f"hydra.run.dir=<run dir>, or a checkpoint with ckpt_path=PATH.")
+    if path:
+        read_checkpoint(path)  # a truncated or foreign file fails here, with a clear message
+        log.info("Resuming from %s", path)
+    return str(path) if path else None
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Mistakes that would otherwise surface minutes into a run."""
+    if int(cfg.data.batch_size) < 1:
+        raise UserError(f"data.batch_size must be at least 1 (got {cfg.data.batch_size}).")
+    if cfg.trainer.get("max_epochs") is not None and int(cfg.trainer.max_epochs) < 1:
+        raise UserError(f"trainer.max_epochs must be at least 1 (got {cfg.trainer.max_epochs}).")
+    for key in ("hflip", "vflip", "grayscale"):
+        value = float(cfg.data.augment.get(key, 0))
+        if not 0 <= value <= 1:
+            raise UserError(f"data.augment.{key} is a probability in [0, 1] (got {value}).")
+    unfreeze = cfg.model.get("unfreeze_at_epoch")
+    if unfreeze is not None and not cfg.model.get("freeze_backbone"):
+        raise UserError("model.unfreeze_at_epoch needs model.freeze_backbone=true (nothing is frozen to unfreeze).")
+
+
 def run(cfg: DictConfig) -> float | None:
     """Train, test the best checkpoint, write metrics.json; return the best monitored value for sweepers."""
     outdir = run_dir()
+    validate_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
@@ -145,7 +178,7 @@ def run(cfg: DictConfig) -> float | None:
         if isinstance(logger, TensorBoardLogger) and synthetic:
             logger.experiment.add_text("note", "SYNTHETIC DEMO DATA: not real microscopy images.")
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg, outdir))
 
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
     # fast_dev_run writes no best checkpoint: the weights in memory are evaluated then.

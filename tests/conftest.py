@@ -21,9 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_USE_HF_HUB", "0")
 
 
-def compose_config(name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+def compose_config(name: str = "train", overrides: list[str] | None = None, hydra: bool = False) -> DictConfig:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose(config_name=name, overrides=overrides or [])
+        return compose(config_name=name, overrides=overrides or [], return_hydra_config=hydra)
 
 
 def tiny_train_config(root: Path, overrides: list[str] | None = None) -> DictConfig:

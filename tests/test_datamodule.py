@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bcc_lightning.data.augment import AugmentConfig, RandomRotateReflect
+from bcc_lightning.data.augment import AugmentConfig, rotate_reflect
 from bcc_lightning.data.datamodule import BCCDataModule, Preprocess, build_transform, scan_split
 from bcc_lightning.errors import UserError
 from tests.conftest import make_folder, write_image
@@ -79,7 +79,7 @@ def test_normalisation_uses_given_mean_std(tmp_path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (10, 10), (128, 128, 128)).save(tmp_path / "g.png")
-    tensor = build_transform(PRE, None)(Image.open(tmp_path / "g.png").convert("RGB"))
+    tensor = build_transform(PRE)(Image.open(tmp_path / "g.png").convert("RGB"))
     assert torch.allclose(tensor, torch.full_like(tensor, (128 / 255 - 0.5) / 0.25), atol=1e-5)
 
 
@@ -90,7 +90,7 @@ def test_augmentation_only_on_train(tmp_path: Path) -> None:
     val_a = torch.stack([dm.dataset("val")[i][0] for i in range(4)])
     val_b = torch.stack([dm.dataset("val")[i][0] for i in range(4)])
     assert torch.equal(val_a, val_b)
-    plain = build_transform(PRE, None)
+    plain = build_transform(PRE)
     path = dm.dataset("train").samples[0][0]
     from bcc_lightning.data.imageio import load_rgb
 
@@ -103,7 +103,7 @@ def test_augmentation_only_on_train(tmp_path: Path) -> None:
 
 def test_free_rotation_keeps_size_and_fills_corners() -> None:
     image = torch.full((3, 20, 30), 200, dtype=torch.uint8)
-    rotated = RandomRotateReflect(30)(image)
+    rotated = rotate_reflect(image, 30)
     assert rotated.shape == image.shape
     assert rotated.float().min() > 150  # corners reflected, not black
 
@@ -146,3 +146,18 @@ def test_cache_with_workers(tmp_path: Path) -> None:
     plain = BCCDataModule(root, PRE, batch_size=8, num_workers=0)
     cached = BCCDataModule(root, PRE, batch_size=8, num_workers=2, cache=tmp_path / "cache")
     assert torch.equal(next(iter(plain.loader("test")))[0], next(iter(cached.loader("test")))[0])
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_position(tmp_path: Path) -> None:
+    """Same (seed, epoch): identical batches with 0 or 2 workers; another epoch: other views."""
+    make_folder(tmp_path, per_class=4)
+    config = AugmentConfig(rot90=True, rotation_degrees=15, hflip=0.5, vflip=0.5, grayscale=0.3)
+
+    def epoch_batches(workers: int, epoch: int) -> torch.Tensor:
+        dm = BCCDataModule(tmp_path, PRE, batch_size=8, num_workers=workers, augment=config, seed=7)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([images for images, _ in loader])
+
+    assert torch.equal(epoch_batches(0, 3), epoch_batches(2, 3))
+    assert not torch.equal(epoch_batches(0, 3), epoch_batches(0, 4))

@@ -101,7 +101,12 @@ def test_pos_weight_auto_and_balanced_sampler(tmp_path: Path, monkeypatch: pytes
 
     pre = Preprocess(img_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
     dm = BCCDataModule(root, pre, batch_size=12, num_workers=0, balanced_sampler=True, seed=1)
-    drawn = torch.cat([labels for _ in range(40) for _, labels in dm.train_dataloader()])
+    loader = dm.train_dataloader()
+    drawn = []
+    for epoch in range(40):
+        loader.sampler.set_epoch(epoch)
+        drawn += [labels for _, labels in loader]
+    drawn = torch.cat(drawn)
     assert abs(drawn.mean().item() - 0.5) < 0.08  # 9:3 on disk, about 1:1 drawn
 
 

@@ -105,7 +105,7 @@ def test_gradcam_explains_the_predicted_class(trained_run: Path, demo_root: Path
 
     path = next((demo_root / "test" / "M").glob("*.png"))
     image = Image.open(path).convert("RGB")
-    x = build_transform(model.preprocess, None)(image).unsqueeze(0)
+    x = build_transform(model.preprocess)(image).unsqueeze(0)
     layer = find_target_layer(model, model.backbone_arch, model.preprocess.img_size)
     as_malignant = compute_cams(model, x, [1], layer)[0]
     as_benign = compute_cams(model, x, [0], layer)[0]
@@ -153,5 +153,5 @@ def test_export_parity(trained_run: Path, tmp_path: Path, fmt: str) -> None:
     batch = np.stack([resized.transpose(2, 0, 1)] * 3)  # dynamic batch of 3
     exported = run_exported(out, fmt, batch)
     with torch.no_grad():
-        reference = torch.sigmoid(model(build_transform(model.preprocess, None)(image).unsqueeze(0))).item()
+        reference = torch.sigmoid(model(build_transform(model.preprocess)(image).unsqueeze(0))).item()
     assert exported.shape == (3,) and exported[0] == pytest.approx(reference, abs=2e-3)

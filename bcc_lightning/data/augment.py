@@ -1,43 +1,17 @@
-"""Training-time augmentation of the original project: rotation, flips, grayscale. No crops or tilts (lose cells)."""
+"""Training-time augmentation of the original project: rotation, flips, grayscale. No crops or tilts (lose cells).
+
+Every random choice comes from a generator seeded per (seed, epoch, position) by the sampler, so augmentation is
+the same with or without loader workers, and after resuming from a checkpoint.
+"""
 
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
-
-
-class RandomRot90:
-    """Rotate by a random multiple of 90 degrees: lossless, and cells have no preferred orientation."""
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        k = random.randrange(4)
-        return torch.rot90(image, k, dims=(-2, -1)) if k else image
-
-
-class RandomRotateReflect:
-    """Rotate by a free angle in [-degrees, degrees], filling the corners by reflection instead of black."""
-
-    def __init__(self, degrees: float) -> None:
-        self.degrees = float(degrees)
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        angle = random.uniform(-self.degrees, self.degrees)
-        if abs(angle) < 1e-3:
-            return image
-        h, w = image.shape[-2:]
-        rad = math.radians(abs(angle) % 90)
-        # Pad enough that the rotated frame never reaches outside the padded image.
-        pad_w = math.ceil((w * math.cos(rad) + h * math.sin(rad) - w) / 2) + 1
-        pad_h = math.ceil((w * math.sin(rad) + h * math.cos(rad) - h) / 2) + 1
-        pad_w, pad_h = min(pad_w, w - 1), min(pad_h, h - 1)  # reflect padding cannot exceed the image size
-        padded = F.pad(image, [pad_w, pad_h, pad_w, pad_h], padding_mode="reflect")
-        rotated = F.rotate(padded, angle, interpolation=v2.InterpolationMode.BILINEAR)
-        return F.center_crop(rotated, [h, w])
 
 
 @dataclass(frozen=True)
@@ -49,17 +23,38 @@ class AugmentConfig:
     grayscale: float = 0.0
 
 
-def build_augment(cfg: AugmentConfig) -> list:
-    """Transforms applied to uint8 CHW tensors of the training split only."""
-    ops: list = []
+def rotate_reflect(image: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate by a free angle, filling the corners by reflection instead of black; same size out."""
+    if abs(angle) < 1e-3:
+        return image
+    h, w = image.shape[-2:]
+    rad = math.radians(abs(angle) % 90)
+    # Pad enough that the rotated frame never reaches outside the padded image.
+    pad_w = math.ceil((w * math.cos(rad) + h * math.sin(rad) - w) / 2) + 1
+    pad_h = math.ceil((w * math.sin(rad) + h * math.cos(rad) - h) / 2) + 1
+    pad_w, pad_h = min(pad_w, w - 1), min(pad_h, h - 1)  # reflect padding cannot exceed the image size
+    padded = F.pad(image, [pad_w, pad_h, pad_w, pad_h], padding_mode="reflect")
+    rotated = F.rotate(padded, angle, interpolation=v2.InterpolationMode.BILINEAR)
+    return F.center_crop(rotated, [h, w])
+
+
+def augment(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """One random view of a uint8 (3, H, W) image."""
+
+    def chance(p: float) -> bool:
+        return p > 0 and torch.rand((), generator=generator).item() < p
+
     if cfg.rot90:
-        ops.append(RandomRot90())
+        k = int(torch.randint(0, 4, (), generator=generator))
+        if k:
+            image = torch.rot90(image, k, dims=(-2, -1))
     if cfg.rotation_degrees > 0:
-        ops.append(RandomRotateReflect(cfg.rotation_degrees))
-    if cfg.hflip > 0:
-        ops.append(v2.RandomHorizontalFlip(cfg.hflip))
-    if cfg.vflip > 0:
-        ops.append(v2.RandomVerticalFlip(cfg.vflip))
-    if cfg.grayscale > 0:
-        ops.append(v2.RandomGrayscale(cfg.grayscale))
-    return ops
+        angle = (torch.rand((), generator=generator).item() * 2 - 1) * cfg.rotation_degrees
+        image = rotate_reflect(image, angle)
+    if chance(cfg.hflip):
+        image = torch.flip(image, dims=(-1,))
+    if chance(cfg.vflip):
+        image = torch.flip(image, dims=(-2,))
+    if chance(cfg.grayscale):
+        image = F.rgb_to_grayscale(image, num_output_channels=3)
+    return image.contiguous()

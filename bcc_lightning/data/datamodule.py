@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from bcc_lightning.data.augment import AugmentConfig, build_augment
+from bcc_lightning.data.augment import AugmentConfig, augment
 from bcc_lightning.data.cache import CachedArray, default_cache_dir, open_or_build
 from bcc_lightning.data.imageio import ImageDecodeError, is_image_file, load_rgb
 from bcc_lightning.data.labels import ACCEPTED_FOLDER_NAMES, CLASS_NAMES, label_from_folder
@@ -81,16 +81,14 @@ def resize_op(pre: Preprocess) -> v2.Resize:
                      antialias=True)
 
 
-def tensor_transform(pre: Preprocess, augment: AugmentConfig | None) -> v2.Compose:
-    """uint8 CHW at the input size -> augmented (train only) -> normalised float tensor."""
-    ops = build_augment(augment) if augment is not None else []
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
-    return v2.Compose(ops)
+def normalise_op(pre: Preprocess) -> v2.Compose:
+    """uint8 CHW -> float in [0, 1] -> the backbone's mean/std."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))])
 
 
-def build_transform(pre: Preprocess, augment: AugmentConfig | None) -> v2.Compose:
-    """Decoded PIL RGB image -> resized (no crop) -> augmented (train only) -> normalised float tensor."""
-    return v2.Compose([resize_op(pre), v2.PILToTensor(), *tensor_transform(pre, augment).transforms])
+def build_transform(pre: Preprocess) -> v2.Compose:
+    """Decoded PIL RGB image -> resized (no crop) -> normalised float tensor (inference, Grad-CAM)."""
+    return v2.Compose([resize_op(pre), v2.PILToTensor(), *normalise_op(pre).transforms])
 
 
 def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
@@ -103,6 +101,33 @@ def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
     return v2.functional.pil_to_tensor(resize_op(pre)(image))
 
 
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Shuffled (or class-balanced) order drawn from (seed, epoch) alone: Lightning calls set_epoch before each
+    epoch, so a run resumed from a checkpoint sees exactly the order an uninterrupted run would."""
+
+    def __init__(self, labels: Sequence[int], seed: int, balanced: bool = False) -> None:
+        self.labels, self.seed, self.balanced, self.epoch = list(labels), int(seed), balanced, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """(index, augmentation seed) pairs: the dataset draws each view from its own seed."""
+        base = self.seed * 1_000_003 + self.epoch
+        generator = torch.Generator().manual_seed(base)
+        if self.balanced:
+            # Both classes equally likely, as many draws as images, with replacement.
+            counts = {label: self.labels.count(label) for label in set(self.labels)}
+            weights = torch.tensor([1.0 / counts[label] for label in self.labels], dtype=torch.double)
+            order = torch.multinomial(weights, len(self.labels), replacement=True, generator=generator).tolist()
+        else:
+            order = torch.randperm(len(self.labels), generator=generator).tolist()
+        return iter([(index, (base * 100_003 + position) % 2**62) for position, index in enumerate(order)])
+
+
 class ImageFolderDataset(Dataset):
     """(image tensor, label) from a list of files, decoded by the one decoder or read from the decoded cache."""
 
@@ -110,19 +135,26 @@ class ImageFolderDataset(Dataset):
                  cache: CachedArray | None = None) -> None:
         self.samples = list(samples)
         self.pre = pre
-        self.transform = tensor_transform(pre, augment)
+        self.augment = augment
+        self.normalise = normalise_op(pre)
         self.cache = cache
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        # The training sampler passes (index, seed); plain indexing draws a seed from torch's global RNG.
+        index, seed = item if isinstance(item, tuple) else (item, None)
         path, label = self.samples[index]
         if self.cache is not None:
-            pixels = torch.from_numpy(np.ascontiguousarray(self.cache[index])).permute(2, 0, 1)
+            pixels = torch.from_numpy(np.array(self.cache[index])).permute(2, 0, 1)  # a private, writable copy
         else:
             pixels = decode_resized(path, self.pre)
-        return self.transform(pixels), torch.tensor(label, dtype=torch.float32)
+        if self.augment is not None:
+            if seed is None:
+                seed = int(torch.randint(0, 2**62, ()))
+            pixels = augment(pixels, self.augment, torch.Generator().manual_seed(seed))
+        return self.normalise(pixels), torch.tensor(label, dtype=torch.float32)
 
     @property
     def labels(self) -> list[int]:
@@ -155,8 +187,7 @@ class BCCDataModule(L.LightningDataModule):
         self.balanced_sampler = balanced_sampler
         self.cache_dir = None if cache in (None, "", "none", "null") else (
             default_cache_dir() if cache == "auto" else Path(cache))
-        # One generator for the module's life: each epoch (and each new loader) continues the seeded sequence.
-        self.sampler_generator = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
 
     def dataset(self, split: str) -> ImageFolderDataset:
         if split not in self.datasets:
@@ -178,25 +209,16 @@ class BCCDataModule(L.LightningDataModule):
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
         dataset = self.dataset(split)
+        sampler = EpochSampler(dataset.labels, self.seed, self.balanced_sampler) if train else None
         # A last training batch of one image breaks BatchNorm ("more than 1 value per channel"): drop only that one.
         drop_last = train and len(dataset) % self.batch_size == 1 and len(dataset) > 1
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
-        if not self.balanced_sampler:
-            return self.loader("train", train=True)
-        # Each epoch draws as many images as the split holds, both classes equally likely (with replacement).
-        dataset = self.dataset("train")
-        counts = self.class_counts("train")
-        weights = torch.tensor([1.0 / counts[label] for label in dataset.labels], dtype=torch.double)
-        sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True,
-                                        generator=self.sampler_generator)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-                          drop_last=len(dataset) % self.batch_size == 1)
+        return self.loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val")

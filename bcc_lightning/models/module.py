@@ -119,7 +119,7 @@ class BCCClassifier(L.LightningModule):
         loss, probs = self._step(batch, "train")
         self.train_metrics.update(probs, batch[1].int())
         bs = batch[1].shape[0]
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=bs)
         # Logged as metric objects: Lightning computes and resets them when the epoch ends, before any callback
         # (History, checkpoints) reads them.
@@ -132,7 +132,8 @@ class BCCClassifier(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss, probs = self._step(batch, "val")
         self.val_metrics.update(probs, batch[1].int())
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch[1].shape[0])
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch[1].shape[0],
+                 sync_dist=True)  # averaged over every rank's shard under DDP
 
     def on_validation_epoch_end(self) -> None:
         # The sanity check's few batches must not count towards epoch 0: compute nothing, just forget them.
@@ -151,7 +152,7 @@ class BCCClassifier(L.LightningModule):
         self.test_metrics.update(probs, batch[1].int())
         self.test_probs.append(probs.cpu())
         self.test_labels.append(batch[1].int().cpu())
-        self.log("test/loss", loss, on_step=False, on_epoch=True, batch_size=batch[1].shape[0])
+        self.log("test/loss", loss, on_step=False, on_epoch=True, batch_size=batch[1].shape[0], sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())

@@ -1,0 +1,243 @@
+"""`python -m bcc_lightning.bench`: where the time goes, from files to optimizer steps, in one table.
+
+Rows: loader only (per worker count), model step only (the compute floor), the full `train.py` path through
+Lightning, a plain PyTorch loop with the same model/data/settings, a naive fp32 loop, and inference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from bcc_lightning.data.augment import AugmentConfig
+from bcc_lightning.data.datamodule import BCCDataModule, resolve_num_workers
+from bcc_lightning.data.demo import generate_raw
+from bcc_lightning.files import write_json
+from bcc_lightning.inference import autocast_for, pick_device, predict_batches
+from bcc_lightning.models.module import BCCClassifier
+from bcc_lightning.runtime import resolve_precision, run_dir
+
+
+def _median_rate(run: Callable[[], tuple[int, float]], repeats: int) -> float:
+    """Images per second, median over repeats; `run` returns (images, seconds)."""
+    rates = []
+    for _ in range(repeats):
+        images, seconds = run()
+        rates.append(images / seconds)
+    return statistics.median(rates)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _model(cfg: DictConfig, channels_last: bool) -> BCCClassifier:
+    torch.manual_seed(0)
+    return BCCClassifier({"name": cfg.model, "source": cfg.source, "img_size": cfg.img_size,
+                          "channels_last": channels_last}, {"name": "adam", "lr": 1e-4}, load_weights=False)
+
+
+def _prepare_data(cfg: DictConfig, workdir: Path) -> Path:
+    if cfg.data_root:
+        return Path(cfg.data_root)
+    per_class = max(2, int(cfg.n_images) // 2)
+    for split, n in (("train", per_class), ("val", 4)):
+        generate_raw(workdir / split, n_per_class=n, width=700, height=460, seed=1 if split == "train" else 2)
+        for png in (workdir / split).rglob("*.png"):  # microscope exports are mostly JPEG
+            from PIL import Image
+
+            Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=90)
+            png.unlink()
+    return workdir
+
+
+def _cycle(loader: Any) -> Iterator[Any]:
+    """Endless batches: a small folder is read again, as epochs do."""
+    while True:
+        yield from loader
+
+
+def _batches(loader: Any, limit: int) -> Iterator[Any]:
+    for index, batch in enumerate(loader):
+        if index >= limit:
+            return
+        yield batch
+
+
+def loader_rate(dm: BCCDataModule, cfg: DictConfig) -> tuple[int, float]:
+    iterator = _cycle(dm.train_dataloader())
+    for _ in range(cfg.warmup):
+        next(iterator)
+    start, images = time.perf_counter(), 0
+    for _ in range(cfg.steps):
+        images += next(iterator)[0].shape[0]
+    return images, time.perf_counter() - start
+
+
+def train_step_fn(model: BCCClassifier, device: torch.device, precision: Any) -> Callable[[Any], None]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.to(device).train()
+
+    def step(batch: Any) -> None:
+        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        with autocast_for(device, precision):
+            logits = model(images).float()
+        loss = model.loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def model_step_rate(model: BCCClassifier, cfg: DictConfig, device: torch.device, precision: Any) -> tuple[int, float]:
+    step = train_step_fn(model, device, precision)
+    batch = (torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device),
+             torch.randint(0, 2, (cfg.batch_size,), device=device).float())
+    for _ in range(cfg.warmup):
+        step(batch)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(cfg.steps):
+        step(batch)
+    _sync(device)
+    return cfg.batch_size * cfg.steps, time.perf_counter() - start
+
+
+def plain_loop_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, device: torch.device,
+                    precision: Any) -> tuple[int, float]:
+    step = train_step_fn(model, device, precision)
+    iterator = _cycle(dm.train_dataloader())
+    for _ in range(cfg.warmup):
+        step(next(iterator))
+    _sync(device)
+    start, images = time.perf_counter(), 0
+    for _ in range(cfg.steps):
+        batch = next(iterator)
+        step(batch)
+        images += batch[0].shape[0]
+    _sync(device)
+    return images, time.perf_counter() - start
+
+
+class _Timer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end, self.images, self.seen = warmup, 0.0, 0.0, 0, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, index: int) -> None:
+        _sync(module.device)
+        self.seen += 1  # across epochs: a small folder is read several times
+        if self.seen == self.warmup:
+            self.start = time.perf_counter()
+        elif self.seen > self.warmup:
+            self.end = time.perf_counter()
+            self.images += batch[0].shape[0]
+
+
+def lightning_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, device: torch.device,
+                   precision: Any) -> tuple[int, float]:
+    """The same path as train.py: BCCDataModule + BCCClassifier through lightning.Trainer.fit."""
+    timer = _Timer(cfg.warmup)
+    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
+                        max_epochs=-1, max_steps=cfg.warmup + cfg.steps, limit_val_batches=0,
+                        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[timer])
+    trainer.fit(model, datamodule=dm)
+    return timer.images, timer.end - timer.start
+
+
+def inference_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, device: torch.device,
+                   precision: Any) -> tuple[int, float]:
+    batches = list(_batches(_cycle(dm.loader("train")), cfg.warmup + cfg.steps))
+    predict_batches(model, [b[0] for b in batches[: cfg.warmup]], device, precision)
+    _sync(device)
+    start = time.perf_counter()
+    predict_batches(model, [b[0] for b in batches[cfg.warmup:]], device, precision)
+    _sync(device)
+    return sum(b[0].shape[0] for b in batches[cfg.warmup:]), time.perf_counter() - start
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    device = pick_device(str(cfg.device))
+    precision = resolve_precision(cfg.precision, "gpu" if device.type == "cuda" else "cpu")
+    workers = resolve_num_workers(cfg.num_workers)
+    rows: list[tuple[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="bcc_bench_") as tmp:
+        root = _prepare_data(cfg, Path(tmp))
+        model = _model(cfg, bool(cfg.channels_last))
+        if cfg.compile:
+            model.backbone = torch.compile(model.backbone)
+
+        def datamodule(num_workers: int) -> BCCDataModule:
+            return BCCDataModule(root, model.preprocess, batch_size=cfg.batch_size, num_workers=num_workers,
+                                 augment=AugmentConfig(), cache=cfg.cache)
+
+        for w in cfg.loader_workers:
+            rows.append((f"loader only, {w} workers", _median_rate(lambda w=w: loader_rate(datamodule(w), cfg),
+                                                                    cfg.repeats)))
+        if workers not in cfg.loader_workers:
+            rows.append((f"loader only, {workers} workers (default)",
+                         _median_rate(lambda: loader_rate(datamodule(workers), cfg), cfg.repeats)))
+        dm = datamodule(workers)
+        rows.append(("model step only (tensors in memory)",
+                     _median_rate(lambda: model_step_rate(model, cfg, device, precision), cfg.repeats)))
+        rows.append(("full train.py path (Lightning)",
+                     _median_rate(lambda: lightning_rate(model, dm, cfg, device, precision), cfg.repeats)))
+        rows.append(("plain PyTorch loop, same settings",
+                     _median_rate(lambda: plain_loop_rate(model, dm, cfg, device, precision), cfg.repeats)))
+        if cfg.naive:
+            naive = _model(cfg, channels_last=False)
+            rows.append(("naive loop (fp32, channels-first)",
+                         _median_rate(lambda: plain_loop_rate(naive, dm, cfg, device, "32-true"), cfg.repeats)))
+        rows.append(("inference (eval.py / predict)",
+                     _median_rate(lambda: inference_rate(model, dm, cfg, device, precision), cfg.repeats)))
+    rates = dict(rows)
+    default_loader = next(v for k, v in rows if k.startswith(f"loader only, {workers} workers"))
+    ratios = {
+        "full / model step": rates["full train.py path (Lightning)"] / rates["model step only (tensors in memory)"],
+        "full / plain loop": rates["full train.py path (Lightning)"] / rates["plain PyTorch loop, same settings"],
+        "loader (default workers) / model step": default_loader / rates["model step only (tensors in memory)"],
+    }
+    if cfg.naive:
+        ratios["full / naive fp32 loop"] = (rates["full train.py path (Lightning)"]
+                                            / rates["naive loop (fp32, channels-first)"])
+    memory = {"peak_rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "peak_rss_largest_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    threads = torch.get_num_threads()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)"
+    result = {"device": device_name, "model": cfg.model, "img_size": cfg.img_size, "batch_size": cfg.batch_size,
+              "precision": str(precision), "channels_last": bool(cfg.channels_last), "workers": workers,
+              "images_per_s": rates, "ratios": ratios, "memory": memory, "torch": torch.__version__}
+    print(format_table(result))
+    write_json(run_dir() / "bench.json", result)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"{result['model']} {result['img_size']}px, batch {result['batch_size']}, {result['precision']}, "
+             f"channels_last={result['channels_last']}, {result['workers']} workers, on {result['device']}",
+             f"| {'measurement':<44} | {'img/s':>9} |", f"|{'-' * 46}|{'-' * 11}|"]
+    lines += [f"| {name:<44} | {value:>9.1f} |" for name, value in result["images_per_s"].items()]
+    lines += [f"| {name:<44} | {value:>8.2f}x |" for name, value in result["ratios"].items()]
+    m = result["memory"]
+    lines.append(f"peak RSS: main {m['peak_rss_main_mb']:.0f} MB, largest loader worker "
+                 f"{m['peak_rss_largest_worker_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from bcc_lightning.cli import bench as _main
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _main()
