@@ -22,6 +22,7 @@ def settings_from(cfg: DictConfig) -> PrepareSettings:
         augment_copies=int(cfg.augment.copies), augment_before_split=bool(cfg.augment.before_split),
         augment_max_degrees=float(cfg.augment.max_degrees), resize=None if cfg.resize is None else int(cfg.resize),
         format=str(cfg.format), jpg_quality=int(cfg.jpg_quality), workers=workers, overwrite=bool(cfg.overwrite),
+        folds=int(cfg.folds), holdout_test=bool(cfg.holdout_test),
     )
 
 

@@ -36,6 +36,7 @@ SPLITS = ("train", "val", "test")
 AUGMENT_OPS = ("rot90", "rotate", "hflip", "vflip", "grayscale")
 BREAKHIS_PATTERN = r"^SOB_[BM]_[A-Za-z]+-(\d+-[A-Za-z0-9]+)-\d+-\d+"
 FORMATS = ("keep", "png", "jpg")
+MANIFEST_COLUMNS = ["path", "split", "label", "group", "source", "sha256", "augmentation", "fold"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class PrepareSettings:
     jpg_quality: int = 95
     workers: int = 1
     overwrite: bool = False
+    # K-fold cross-validation: 0 = a plain train/val/test split. With K >= 2, every image not held out for test is
+    # assigned to one of K folds (whole groups, stratified); train.py data.fold=k then validates on fold k.
+    folds: int = 0
+    holdout_test: bool = True
 
     def validate(self) -> None:
         if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or not math.isclose(sum(self.ratios), 1.0,
@@ -86,6 +91,10 @@ class PrepareSettings:
             raise UserError(f"format must be one of {list(FORMATS)}; got {self.format!r}.")
         if self.resize is not None and self.resize < 8:
             raise UserError(f"resize (the longest side in pixels) must be at least 8; got {self.resize}.")
+        if self.folds == 1 or self.folds < 0:
+            raise UserError(f"folds must be 0 (no cross-validation) or at least 2; got {self.folds}.")
+        if self.folds and self.augment_before_split:
+            raise UserError("folds and augment.before_split=true do not go together: copies would cross folds.")
         if not 1 <= self.jpg_quality <= 100:
             raise UserError(f"jpg_quality must be 1..100; got {self.jpg_quality}.")
 
@@ -100,6 +109,7 @@ class Source:
     sha256: str
     group: str = ""
     split: str = ""
+    fold: int | None = None
     name: str = ""
 
 
@@ -112,6 +122,7 @@ class Job:
     sha256: str
     label: int
     group: str
+    fold: int | None = None
     outputs: list[tuple[str, str, tuple[str, ...], int]] = field(default_factory=list)  # (rel out, split, ops, seed)
 
 
@@ -232,10 +243,11 @@ def assign_groups(sources: list[Source], settings: PrepareSettings, rejected: li
 # ----------------------------------------------------------------------------------------------------- split
 
 
-def split_groups(sources: list[Source], ratios: Sequence[float], seed: int) -> dict[str, Any]:
-    """Stratified grouped split: whole groups go to one split; each class is filled towards the ratios.
+def assign_parts(sources: list[Source], ratios: Sequence[float], seed: int) -> tuple[dict[str, int], list[str]]:
+    """Stratified grouped partition: whole groups go to one part; each class fills the parts towards the ratios.
 
-    Groups are placed largest first (ties in seeded random order) into the split furthest below its target.
+    Groups are placed largest first (ties in seeded random order) into the part furthest below its target.
+    Returns ({group: part index}, groups whose images carry both labels).
     """
     rng = random.Random(seed)
     groups: dict[str, list[Source]] = defaultdict(list)
@@ -246,21 +258,43 @@ def split_groups(sources: list[Source], ratios: Sequence[float], seed: int) -> d
     for name, members in groups.items():
         majority = Counter(m.label for m in members).most_common(1)[0][0]
         by_class[majority].append(name)
+    parts: dict[str, int] = {}
+    n = len(ratios)
     for _label, names in sorted(by_class.items()):
         names.sort()
         rng.shuffle(names)
         names.sort(key=lambda g: -len(groups[g]))  # stable: equal sizes keep the shuffled order
         total = sum(len(groups[g]) for g in names)
         targets = [r * total for r in ratios]
-        filled = [0.0, 0.0, 0.0]
+        filled = [0.0] * n
         for name in names:
-            # The split with the largest missing share of its target gets the group; empty targets get nothing.
-            deficits = [(targets[i] - filled[i]) / targets[i] if targets[i] > 0 else -math.inf for i in range(3)]
-            index = max(range(3), key=lambda i: (deficits[i], -i))
+            # The part with the largest missing share of its target gets the group; empty targets get nothing.
+            deficits = [(targets[i] - filled[i]) / targets[i] if targets[i] > 0 else -math.inf for i in range(n)]
+            index = max(range(n), key=lambda i: (deficits[i], -i))
             filled[index] += len(groups[name])
-            for member in groups[name]:
-                member.split = SPLITS[index]
-    return {"mixed_label_groups": mixed}
+            parts[name] = index
+    return parts, mixed
+
+
+def split_groups(sources: list[Source], settings: PrepareSettings) -> dict[str, Any]:
+    """Set `split` (and `fold`) on every source: train/val/test, or K folds with an optional held-out test."""
+    if not settings.folds:
+        parts, mixed = assign_parts(sources, settings.ratios, settings.seed)
+        for s in sources:
+            s.split = SPLITS[parts[s.group]]
+        return {"mixed_label_groups": mixed}
+    rest = sources
+    mixed: list[str] = []
+    if settings.holdout_test:
+        test_ratio = settings.ratios[2]
+        parts, mixed = assign_parts(sources, (1 - test_ratio, test_ratio), settings.seed)
+        for s in sources:
+            s.split = "test" if parts[s.group] == 1 else "train"
+        rest = [s for s in sources if s.split == "train"]
+    folds, mixed_rest = assign_parts(rest, [1 / settings.folds] * settings.folds, settings.seed + 1)
+    for s in rest:
+        s.split, s.fold = "train", folds[s.group]
+    return {"mixed_label_groups": sorted(set(mixed) | set(mixed_rest))}
 
 
 # ----------------------------------------------------------------------------------------------------- pass 2
@@ -348,7 +382,8 @@ def process(job: Job, staging: str, settings: PrepareSettings) -> tuple[list[lis
                 out, names = _augment(image, ops, random.Random(seed), settings.augment_max_degrees)
                 applied = "+".join(names)
             target.write_bytes(_encode(out, suffix, settings.jpg_quality))
-        rows.append([rel_out, split, CLASS_NAMES[job.label], job.group, job.rel, job.sha256, applied])
+        fold = "" if job.fold is None else str(job.fold)
+        rows.append([rel_out, split, CLASS_NAMES[job.label], job.group, job.rel, job.sha256, applied, fold])
     return rows, None
 
 
@@ -372,9 +407,11 @@ def plan_jobs(sources: list[Source], settings: PrepareSettings) -> list[Job]:
     jobs = []
     rng = random.Random(settings.seed + 1)
     for s in sources:
-        job = Job(source=str(s.path), rel=s.rel, sha256=s.sha256, label=s.label, group=s.group)
+        job = Job(source=str(s.path), rel=s.rel, sha256=s.sha256, label=s.label, group=s.group, fold=s.fold)
         cls = SHORT_NAMES[s.label]
         job.outputs.append((f"{s.split}/{cls}/{_output_name(s, settings, None)}", s.split, (), 0))
+        # Training images only; with folds every non-test image is training data for K-1 of the K runs, and the
+        # data module ignores copies of the validation fold.
         copies = settings.augment_copies if (settings.augment_before_split or s.split == "train") else 0
         for k in range(copies):
             split = s.split
@@ -460,7 +497,7 @@ def prepare(settings: PrepareSettings, progress: bool = False,
     sources = scan_raw(raw, rejected)
     sources, dup_counts = deduplicate(sources, rejected)
     sources = assign_groups(sources, settings, rejected)
-    split_info = split_groups(sources, settings.ratios, settings.seed)
+    split_info = split_groups(sources, settings)
     jobs = plan_jobs(sources, settings)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -485,8 +522,7 @@ def prepare(settings: PrepareSettings, progress: bool = False,
                 f"for requested {summary['ratios_requested']} (largest deviation "
                 f"{summary['ratio_max_deviation']:.3f}); groups are never cut in two.")
         _check_written(summary)
-        _write_csv(staging / "manifest.csv", ["path", "split", "label", "group", "source", "sha256", "augmentation"],
-                   manifest)
+        _write_csv(staging / "manifest.csv", MANIFEST_COLUMNS, manifest)
         _write_csv(staging / "rejected.csv", ["source", "reason"], sorted(rejected))
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         if out.exists():
@@ -504,8 +540,14 @@ def prepare(settings: PrepareSettings, progress: bool = False,
 
 def _check_written(summary: dict[str, Any]) -> None:
     counts = summary["counts"]
-    empty = [f"{split}/{cls}" for split in SPLITS for cls in SHORT_NAMES
-             if summary["settings"]["ratios"][SPLITS.index(split)] > 0 and counts[split][cls] == 0]
+    settings = summary["settings"]
+    if settings["folds"]:
+        needed = ["train"] + (["test"] if settings["holdout_test"] else [])
+        empty = [f"{split}/{cls}" for split in needed for cls in SHORT_NAMES if counts[split][cls] == 0]
+        empty += [f"fold {k} {cls}" for k, per in summary["folds"].items() for cls in SHORT_NAMES if per[cls] == 0]
+    else:
+        empty = [f"{split}/{cls}" for split in SPLITS for cls in SHORT_NAMES
+                 if settings["ratios"][SPLITS.index(split)] > 0 and counts[split][cls] == 0]
     if empty:
         raise UserError(
             f"After splitting, {', '.join(empty)} would be empty (too few images or groups of that class: "
@@ -519,13 +561,17 @@ def _summary(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_cou
     originals = {split: {cls: 0 for cls in SHORT_NAMES} for split in SPLITS}
     groups: dict[str, set[str]] = {split: set() for split in SPLITS}
     group_splits: dict[str, set[str]] = defaultdict(set)
-    for _path, split, label, group, _source, _sha, augmentation in manifest:
+    folds: dict[str, dict[str, Any]] = {str(k): {"B": 0, "M": 0, "groups": set()} for k in range(settings.folds)}
+    for _path, split, label, group, _source, _sha, augmentation, fold in manifest:
+        if fold != "" and augmentation == "none":
+            folds[fold][SHORT_NAMES[CLASS_NAMES.index(label)]] += 1
+            folds[fold]["groups"].add(group)
+        group_splits[group].add(split if fold == "" else f"fold{fold}")
         cls = SHORT_NAMES[CLASS_NAMES.index(label)]
         counts[split][cls] += 1
         if augmentation == "none":
             originals[split][cls] += 1
         groups[split].add(group)
-        group_splits[group].add(split)
     total_originals = sum(sum(v.values()) for v in originals.values())
     achieved = {s: round(sum(originals[s].values()) / total_originals, 4) if total_originals else 0.0
                 for s in SPLITS}
@@ -543,6 +589,7 @@ def _summary(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_cou
         "ratios_achieved": achieved,
         "ratio_max_deviation": round(deviation, 4),
         "groups_crossing_splits": len(crossing),
+        "folds": {k: {"B": v["B"], "M": v["M"], "groups": len(v["groups"])} for k, v in folds.items()},
         "mixed_label_groups": split_info["mixed_label_groups"][:50],
         "sources_used": total_originals,
         "files_written": len(manifest),
@@ -561,6 +608,8 @@ def format_table(summary: dict[str, Any]) -> str:
         c = summary["counts"][split]
         lines.append(f"{split:<6} {c['B']:>8} {c['M']:>10} {summary['groups'][split]:>7} "
                      f"{summary['ratios_achieved'][split]:>7.3f}")
+    for k, fold in summary.get("folds", {}).items():
+        lines.append(f"fold {k:<2} {fold['B']:>7} {fold['M']:>10} {fold['groups']:>7}")
     lines.append(f"rejected {summary['rejected']} (duplicates {summary['duplicates']}, conflicts "
                  f"{summary['conflicts']}); {summary['images_per_s']} source images/s")
     lines.append(f"protocol: {summary['protocol']}")
