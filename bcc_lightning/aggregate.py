@@ -1,7 +1,9 @@
-"""Sweep summaries: one row per multirun job (issue: sweeps), sorted by the monitored metric.
+"""Sweep results: one row per job, and per configuration mean ± std with 95 % bootstrap intervals over folds and
+seeds, pooled out-of-fold predictions, and paired comparisons between configurations.
 
-Written automatically at the end of every `train.py -m` (a Hydra callback) as sweep_summary.csv and
-sweep_summary.md in the sweep directory; also `python -m bcc_lightning.aggregate SWEEP_DIR`.
+Written automatically at the end of every `train.py -m` (a Hydra callback): sweep_summary.{csv,md} (jobs, sorted by
+the monitored metric) and aggregate.{csv,md} (+ aggregate/ figures) in the sweep directory. Also
+`python -m bcc_lightning.aggregate SWEEP_DIR`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import io
 import json
 import math
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from bcc_lightning.errors import UserError
-from bcc_lightning.files import write_text
+from bcc_lightning.files import write_json, write_text
 
 TEST_KEYS = ("accuracy", "balanced_accuracy", "recall", "specificity", "f1", "auroc")
 
@@ -48,6 +52,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         row["checkpoint"] = data.get("checkpoint")
         row["synthetic_data"] = data.get("synthetic_data", False)
         row["test"] = {k: (data.get("metrics") or {}).get(k) for k in TEST_KEYS}
+        row["data_root"] = data.get("data_root")
+        row["fold"] = data.get("fold")
         jobs.append(row)
     return jobs
 
@@ -84,6 +90,198 @@ def summary_tables(jobs: list[dict[str, Any]]) -> tuple[str, str]:
     return buffer.getvalue(), "\n".join(md) + "\n"
 
 
+VARYING = ("data.fold", "seed")  # what repeats a configuration rather than defining it
+STAT_KEYS = ("accuracy", "balanced_accuracy", "recall", "specificity", "f1", "auroc")
+STAT_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "recall": "sensitivity",
+              "specificity": "specificity", "f1": "F1", "auroc": "AUROC"}
+
+
+def config_name(overrides: dict[str, str], shared: set[str]) -> str:
+    items = [f"{k}={v}" for k, v in sorted(overrides.items()) if k not in VARYING and k not in shared]
+    return " ".join(items) or "(one configuration)"
+
+
+def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = 10_000,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (seeded, so reports are reproducible)."""
+    data = np.asarray(values, dtype=float)
+    if len(data) < 2:
+        return (float(data[0]), float(data[0])) if len(data) else (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), (resamples, len(data)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def describe(values: list[float]) -> dict[str, float]:
+    data = np.asarray(values, dtype=float)
+    low, high = bootstrap_ci(values)
+    return {"n": int(len(data)), "mean": float(data.mean()), "std": float(data.std(ddof=1)) if len(data) > 1 else 0.0,
+            "ci_low": low, "ci_high": high}
+
+
+def wilcoxon_signed_rank(differences: list[float]) -> float:
+    """Exact two-sided p-value of the Wilcoxon signed-rank test (zero differences dropped; fine up to ~20 pairs)."""
+    d = np.asarray([x for x in differences if abs(x) > 1e-12], dtype=float)
+    n = len(d)
+    if n == 0:
+        return 1.0
+    ranks = np.empty(n)
+    order = np.argsort(np.abs(d), kind="mergesort")
+    sorted_abs = np.abs(d)[order]
+    i = 0
+    while i < n:  # average ranks over ties
+        j = i
+        while j + 1 < n and sorted_abs[j + 1] == sorted_abs[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    observed = ranks[d > 0].sum()
+    expected = ranks.sum() / 2
+    signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
+    stats = (signs * ranks).sum(axis=1)
+    return float(np.mean(np.abs(stats - expected) >= abs(observed - expected) - 1e-9))
+
+
+def _protocol(root: str | None) -> str:
+    if not root:
+        return "unknown"
+    summary = Path(root) / "summary.json"
+    if not summary.is_file():
+        return "plain folders"
+    settings = json.loads(summary.read_text()).get("settings", {})
+    if not settings.get("folds"):
+        return "train/val/test split"
+    return f"{settings['folds']}-fold, {'held-out test' if settings.get('holdout_test', True) else 'no held-out test'}"
+
+
+def aggregate(jobs: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any]:
+    """Per configuration statistics, pooled out-of-fold predictions and paired comparisons."""
+    done = [j for j in jobs if j["status"] == "done"]
+    all_keys = {k for j in jobs for k in j["overrides"]}
+    shared = {k for k in all_keys if len({j["overrides"].get(k) for j in jobs}) == 1}
+    configs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for job in done:
+        configs[config_name(job["overrides"], shared)].append(job)
+    protocols = {name: sorted({_protocol(j.get("data_root")) for j in members}) for name, members in configs.items()}
+    mixed = {name: p for name, p in protocols.items() if len(p) > 1}
+    if mixed:
+        raise UserError("Mixed protocols within one configuration, so the runs are not repeats of one experiment: "
+                        + "; ".join(f"{name}: {', '.join(p)}" for name, p in mixed.items())
+                        + ". Aggregate each protocol's sweep separately.")
+    result: dict[str, Any] = {"configs": {}, "comparisons": []}
+    for name, members in sorted(configs.items()):
+        stats = {k: describe([m["test"][k] for m in members if m["test"].get(k) is not None])
+                 for k in STAT_KEYS if any(m["test"].get(k) is not None for m in members)}
+        entry = {"runs": len(members), "protocol": protocols[name][0], "stats": stats,
+                 "folds": sorted(m["fold"] for m in members if m.get("fold") is not None)}
+        oof = _pooled_predictions(members, sweep_dir / "aggregate" / _slug(name))
+        if oof:
+            entry["out_of_fold"] = oof
+        result["configs"][name] = entry
+    names = sorted(configs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            comparison = _paired(configs[a], configs[b], a, b)
+            if comparison:
+                result["comparisons"].append(comparison)
+    return result
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80] or "config"
+
+
+def _pooled_predictions(members: list[dict[str, Any]], outdir: Path) -> dict[str, Any] | None:
+    """Out-of-fold predictions: each fold's held-out images once (the validation fold with a held-out test, the
+    test fold without one), pooled into one ROC curve and confusion matrix."""
+    if not members or any(m.get("fold") is None for m in members) or len({m["fold"] for m in members}) < len(members):
+        return None  # not one run per fold (e.g. several seeds): pooling would count images twice
+    labels, probs = [], []
+    for m in members:
+        job = Path(m["dir"])
+        holdout = _protocol(m.get("data_root")).endswith(", held-out test")
+        source = job / "val_predictions.csv" if holdout else job / "test" / "predictions.csv"
+        if not source.is_file():
+            return None
+        with source.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                labels.append(1 if row["label"] == "malignant" else 0)
+                probs.append(float(row["prob_malignant"]))
+    from bcc_lightning.reports.report import write_metric_files
+
+    metrics, figures = write_metric_files(outdir, labels, probs, 0.5, "out-of-fold (pooled)")
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)
+    return {"n": metrics["n"], "accuracy": metrics["accuracy"], "auroc": metrics["auroc"],
+            "recall": metrics["recall"], "specificity": metrics["specificity"],
+            "figures": str(outdir.relative_to(outdir.parent.parent))}
+
+
+def _paired(a_jobs: list[dict[str, Any]], b_jobs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
+    """Differences on the same folds (or seeds): per-unit differences, bootstrap CI of the mean, Wilcoxon p."""
+    def unit(job: dict[str, Any]) -> tuple:
+        return (job.get("fold"), job["overrides"].get("seed"))
+
+    a_by, b_by = {unit(j): j for j in a_jobs}, {unit(j): j for j in b_jobs}
+    common = sorted(set(a_by) & set(b_by), key=str)
+    if len(common) < 2:
+        return None
+    out: dict[str, Any] = {"a": a, "b": b, "pairs": len(common), "metrics": {}}
+    for key in ("accuracy", "auroc", "balanced_accuracy"):
+        diffs = [a_by[u]["test"][key] - b_by[u]["test"][key] for u in common
+                 if a_by[u]["test"].get(key) is not None and b_by[u]["test"].get(key) is not None]
+        if len(diffs) < 2:
+            continue
+        low, high = bootstrap_ci(diffs)
+        out["metrics"][key] = {"differences": diffs, "mean": float(np.mean(diffs)), "ci_low": low, "ci_high": high,
+                               "wilcoxon_p": wilcoxon_signed_rank(diffs)}
+    return out
+
+
+def aggregate_tables(result: dict[str, Any]) -> tuple[str, str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["config", "runs", "protocol", "metric", "mean", "std", "ci95_low", "ci95_high"])
+    md = ["## Per configuration (mean ± std over folds/seeds, [95 % bootstrap CI of the mean])", "",
+          "| configuration | runs | " + " | ".join(STAT_NAMES[k] for k in STAT_KEYS) + " |",
+          "|---|---|" + "---|" * len(STAT_KEYS)]
+    for name, entry in result["configs"].items():
+        cells = []
+        for key in STAT_KEYS:
+            st = entry["stats"].get(key)
+            if st is None:
+                cells.append("–")
+                continue
+            writer.writerow([name, entry["runs"], entry["protocol"], key, st["mean"], st["std"], st["ci_low"],
+                             st["ci_high"]])
+            cells.append(f"{st['mean']:.3f} ± {st['std']:.3f} [{st['ci_low']:.3f}, {st['ci_high']:.3f}]")
+        md.append(f"| {name} | {entry['runs']} | " + " | ".join(cells) + " |")
+    pooled = [(n, e["out_of_fold"]) for n, e in result["configs"].items() if "out_of_fold" in e]
+    if pooled:
+        md += ["", "## Pooled out-of-fold predictions", "",
+               "| configuration | images | accuracy | sensitivity | specificity | AUROC | figures |",
+               "|---|---|---|---|---|---|---|"]
+        for name, o in pooled:
+            auroc = f"{o['auroc']:.3f}" if o["auroc"] is not None else "–"
+            md.append(f"| {name} | {o['n']} | {o['accuracy']:.3f} | {o['recall']:.3f} | {o['specificity']:.3f} | "
+                      f"{auroc} | [ROC]({o['figures']}/roc_curve.png), "
+                      f"[confusion]({o['figures']}/confusion_matrix.png) |")
+    if result["comparisons"]:
+        md += ["", "## Paired comparisons (same folds/seeds; difference = first − second)", "",
+               "| first | second | pairs | metric | mean difference [95 % CI] | Wilcoxon p |",
+               "|---|---|---|---|---|---|"]
+        for c in result["comparisons"]:
+            for key, m in c["metrics"].items():
+                md.append(f"| {c['a']} | {c['b']} | {c['pairs']} | {STAT_NAMES.get(key, key)} | "
+                          f"{m['mean']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}] | {m['wilcoxon_p']:.3f} |")
+        md += ["", "With few folds the exact Wilcoxon test cannot reach small p-values (5 pairs: p ≥ 0.0625); read "
+               "the interval of the mean difference too."]
+    return buffer.getvalue(), "\n".join(md) + "\n"
+
+
 def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -107,7 +305,12 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
         header += [f"Missing: jobs {', '.join(missing)} (no metrics.json: failed, killed or still running).", ""]
     write_text(sweep_dir / "sweep_summary.csv", table_csv)
     write_text(sweep_dir / "sweep_summary.md", "\n".join(header) + table_md)
-    return {"jobs": jobs, "missing": missing}
+    result = aggregate(jobs, sweep_dir) if len(jobs) > len(missing) else {"configs": {}, "comparisons": []}
+    agg_csv, agg_md = aggregate_tables(result)
+    write_text(sweep_dir / "aggregate.csv", agg_csv)
+    write_text(sweep_dir / "aggregate.md", "\n".join(header) + agg_md)
+    write_json(sweep_dir / "aggregate.json", result)
+    return {"jobs": jobs, "missing": missing, "aggregate": result}
 
 
 try:
@@ -124,7 +327,7 @@ class SweepSummaryCallback(_HydraCallback):
         try:
             if sweep_dir.is_dir() and any((p / "metrics.json").is_file() for p in sweep_dir.iterdir() if p.is_dir()):
                 write_summary(sweep_dir)
-                print(f"Sweep summary: {sweep_dir / 'sweep_summary.md'}")
+                print(f"Sweep summary: {sweep_dir / 'sweep_summary.md'} and {sweep_dir / 'aggregate.md'}")
         except UserError as exc:
             print(f"No sweep summary: {exc}", file=sys.stderr)
 
@@ -140,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print((Path(args[0]) / "sweep_summary.md").read_text())
+    print((Path(args[0]) / "aggregate.md").read_text())
     return 0 if not result["missing"] else 1
 
 

@@ -106,12 +106,13 @@ def _cam_items(paths: list[Path], labels: np.ndarray, probs: np.ndarray, thresho
 def evaluate(model: BCCClassifier, ckpt_path: Path, root: Path, outdir: Path, split: str = "test",
              threshold: Any = 0.5, tta: bool = False, report: Any = None, batch_size: int = 64,
              num_workers: Any = "auto", accelerator: str = "auto", precision: Any = "auto",
-             tensorboard: Any = None, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+             tensorboard: Any = None, checkpoint: dict[str, Any] | None = None,
+             fold: int | None = None) -> dict[str, Any]:
     """Evaluate `model` on `root/split` and write every report file into `outdir`; returns metrics.json's body."""
     report = report or {}
     method = parse_threshold(threshold)
     device = pick_device(accelerator)
-    datamodule = BCCDataModule(root, model.preprocess, batch_size=batch_size, num_workers=num_workers)
+    datamodule = BCCDataModule(root, model.preprocess, batch_size=batch_size, num_workers=num_workers, fold=fold)
     datamodule.dataset(split)
     data_info = model.hparams.get("data_info") or {}
     synthetic = bool(data_info.get("synthetic_data")) or is_demo_root(root)
@@ -171,6 +172,7 @@ def evaluate(model: BCCClassifier, ckpt_path: Path, root: Path, outdir: Path, sp
     result = {
         "split": split, "data_root": str(root.resolve()), "checkpoint": str(ckpt_path), "synthetic_data": synthetic,
         "model": model.hparams.model["name"], "img_size": model.preprocess.img_size, "tta": bool(tta),
+        "fold": fold,
         "threshold_method": threshold_method, "metrics": metrics,
         "val_metrics": val_metrics, "group_metrics": group_metrics(root, paths, labels, probs, threshold_value),
     }
@@ -186,7 +188,7 @@ def evaluate(model: BCCClassifier, ckpt_path: Path, root: Path, outdir: Path, sp
 
 
 def _write_predictions(outdir: Path, root: Path, paths: list[Path], labels: np.ndarray, probs: np.ndarray,
-                       threshold: float) -> None:
+                       threshold: float, name: str = "predictions.csv") -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "label", "prob_malignant", "predicted"])
@@ -194,7 +196,7 @@ def _write_predictions(outdir: Path, root: Path, paths: list[Path], labels: np.n
     for path, label, prob in zip(paths, labels, probs):
         rel = path.resolve().relative_to(resolved).as_posix()
         writer.writerow([rel, CLASS_NAMES[int(label)], f"{prob:.6f}", CLASS_NAMES[int(prob >= threshold)]])
-    write_text(outdir / "predictions.csv", buffer.getvalue())
+    write_text(outdir / name, buffer.getvalue())
 
 
 def _to_tensorboard(writer: Any, split: str, metrics: dict[str, Any], figures: dict[str, Any]) -> None:
@@ -205,6 +207,23 @@ def _to_tensorboard(writer: Any, split: str, metrics: dict[str, Any], figures: d
     for name, fig in figures.items():
         writer.add_figure(f"{split}_report/{Path(name).stem}", fig, 0, close=False)
     writer.flush()
+
+
+def _eval_fold(cfg: DictConfig, data_info: dict[str, Any]) -> int | None:
+    """data.fold if given; else the checkpoint's own fold when its own data root is evaluated."""
+    if cfg.data.get("fold") is not None:
+        return int(cfg.data.fold)
+    return data_info.get("fold") if not cfg.data.root else None
+
+
+def predict_split_csv(model: BCCClassifier, root: Path, split: str, out: Path, fold: int | None = None,
+                      batch_size: int = 64, num_workers: Any = "auto", accelerator: str = "auto",
+                      precision: Any = "auto") -> Path:
+    """predictions.csv of one split (used for the validation fold of cross-validation runs: out-of-fold data)."""
+    datamodule = BCCDataModule(root, model.preprocess, batch_size=batch_size, num_workers=num_workers, fold=fold)
+    paths, labels, probs = _predict_split(model, datamodule, split, pick_device(accelerator), precision, False)
+    _write_predictions(out.parent, root, paths, labels, probs, 0.5, out.name)
+    return out
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -231,7 +250,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result = evaluate(model, ckpt, root, outdir, split=cfg.split, threshold=cfg.threshold, tta=bool(cfg.tta),
                           report=cfg.report, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                           accelerator=str(cfg.trainer.accelerator), precision=cfg.trainer.precision,
-                          tensorboard=writer, checkpoint=checkpoint)
+                          tensorboard=writer, checkpoint=checkpoint, fold=_eval_fold(cfg, data_info))
     finally:
         if writer is not None:
             writer.close()

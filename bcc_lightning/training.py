@@ -24,7 +24,7 @@ from bcc_lightning.data.augment import AugmentConfig
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.demo import generate, is_demo_root
 from bcc_lightning.errors import UserError
-from bcc_lightning.evaluation import evaluate
+from bcc_lightning.evaluation import evaluate, predict_split_csv
 from bcc_lightning.history import History
 from bcc_lightning.models.module import BCCClassifier, load_checkpoint, read_checkpoint
 from bcc_lightning.reliability import AtomicCheckpointIO, EpochSeeder
@@ -103,7 +103,7 @@ def build_datamodule(data_cfg: Any, root: Path, model: BCCClassifier, seed: int 
     augment = AugmentConfig(**to_dict(data_cfg.augment)) if data_cfg.get("augment") is not None else None
     return BCCDataModule(root, model.preprocess, batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers,
                          augment=augment, balanced_sampler=bool(data_cfg.get("balanced_sampler", False)),
-                         seed=int(seed), cache=data_cfg.get("cache"))
+                         seed=int(seed), cache=data_cfg.get("cache"), fold=data_cfg.get("fold"))
 
 
 def _pos_weight(setting: Any, datamodule: BCCDataModule) -> float | None:
@@ -153,7 +153,8 @@ def run(cfg: DictConfig) -> float | None:
         torch.set_num_threads(int(cfg.torch_threads))
     root = prepare_data_root(cfg)
     synthetic = is_demo_root(root)
-    data_info = {"root": str(root), "synthetic_data": synthetic, "classes": ["benign", "malignant"]}
+    data_info = {"root": str(root), "synthetic_data": synthetic, "classes": ["benign", "malignant"],
+                 "fold": cfg.data.get("fold")}
 
     model_cfg, optim_cfg = to_dict(cfg.model), to_dict(cfg.optimizer)
     scheduler_cfg = to_dict(cfg.get("scheduler"))
@@ -189,7 +190,11 @@ def run(cfg: DictConfig) -> float | None:
     result = evaluate(tested, Path(best_path) if best_path else outdir / "checkpoints" / "none.ckpt", root,
                       outdir / "test", split="test", report=cfg.report, batch_size=cfg.data.batch_size,
                       num_workers=cfg.data.num_workers, accelerator=str(cfg.trainer.accelerator),
-                      precision=trainer.precision, tensorboard=writer)
+                      precision=trainer.precision, tensorboard=writer, fold=cfg.data.get("fold"))
+    if cfg.data.get("fold") is not None:  # out-of-fold predictions for bcc_lightning.aggregate
+        predict_split_csv(tested, root, "val", outdir / "val_predictions.csv", fold=cfg.data.fold,
+                          batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                          accelerator=str(cfg.trainer.accelerator), precision=trainer.precision)
     for lg in loggers:
         lg.log_metrics({f"test/{k}": v for k, v in result["metrics"].items()
                         if isinstance(v, float) and math.isfinite(v)}, step=trainer.global_step)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,10 @@ def scan_split(root: str | Path, split: str) -> list[tuple[Path, int]]:
     if not root.is_dir():
         raise UserError(f"Data root {root.resolve()} does not exist or is not a folder. {HOW_TO_CREATE}")
     split_dir = root / split
+    if not split_dir.is_dir() and (root / "summary.json").is_file() and '"folds": 0' not in (
+            root / "summary.json").read_text():
+        raise UserError(f"{root} is a cross-validation split (folds in manifest.csv) without a '{split}' folder: "
+                        f"choose the fold to run with data.fold=k, or sweep them all with -m data.fold=0,1,2,...")
     if not split_dir.is_dir():
         found = [p for p in root.iterdir() if not p.name.startswith(".")]
         raise UserError(
@@ -99,6 +105,46 @@ def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
         raise UserError(f"Cannot read a training image: {exc}. Remove or replace the file (bcc-prepare lists and "
                         f"skips unreadable files) and run again.") from exc
     return v2.functional.pil_to_tensor(resize_op(pre)(image))
+
+
+def fold_samples(root: str | Path, split: str, fold: int) -> list[tuple[Path, int]]:
+    """(path, label) of one split of cross-validation run `fold`, from bcc-prepare's manifest.csv (no copying).
+
+    With a held-out test split: val = fold k, train = the other folds, test = the test split. Without one:
+    test = fold k, val = fold k+1 (mod K), train = the rest. Augmented copies only ever serve as training data.
+    """
+    root = Path(root)
+    manifest, summary_file = root / "manifest.csv", root / "summary.json"
+    if not manifest.is_file() or not summary_file.is_file():
+        raise UserError(f"data.fold={fold} needs fold assignments, but {root} has no manifest.csv/summary.json. "
+                        f"Make them with `python -m bcc_lightning.prepare raw=RAW out={root} folds=5`.")
+    settings = json.loads(summary_file.read_text()).get("settings", {})
+    folds, holdout = int(settings.get("folds") or 0), bool(settings.get("holdout_test", True))
+    if folds < 2:
+        raise UserError(f"{root} was prepared without folds (summary.json: folds={folds}); drop data.fold, or "
+                        f"prepare again with folds=K.")
+    if not 0 <= fold < folds:
+        raise UserError(f"data.fold={fold} is out of range: {root} has {folds} folds (0..{folds - 1}).")
+    if holdout:
+        roles = {"val": {fold}, "test": set(), "train": set(range(folds)) - {fold}}
+    else:
+        roles = {"test": {fold}, "val": {(fold + 1) % folds}, "train": set(range(folds)) - {fold, (fold + 1) % folds}}
+    samples = []
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            original = row["augmentation"] == "none"
+            in_fold = row.get("fold", "") != "" and int(row["fold"]) in roles[split]
+            if split == "test" and holdout:
+                chosen = row["split"] == "test" and original
+            else:
+                chosen = in_fold and (original or split == "train")
+            if chosen:
+                samples.append((root / row["path"], label_from_folder(row["label"])))
+    for label in (0, 1):
+        if not any(lab == label for _, lab in samples):
+            raise UserError(f"Fold {fold} of {root} has no {CLASS_NAMES[label]} images in its {split} split; "
+                            f"prepare with fewer folds or more images.")
+    return sorted(samples, key=lambda item: str(item[0]))
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -171,7 +217,7 @@ class BCCDataModule(L.LightningDataModule):
     def __init__(self, root: str | Path, preprocess: Preprocess, batch_size: int = 32, num_workers: int | str = "auto",
                  augment: AugmentConfig | None = None, pin_memory: bool | None = None,
                  test_split: str = "test", balanced_sampler: bool = False, seed: int = 0,
-                 cache: str | Path | None = None) -> None:
+                 cache: str | Path | None = None, fold: int | None = None) -> None:
         super().__init__()
         if int(batch_size) < 1:
             raise UserError(f"data.batch_size must be at least 1 (got {batch_size}).")
@@ -188,11 +234,15 @@ class BCCDataModule(L.LightningDataModule):
         self.cache_dir = None if cache in (None, "", "none", "null") else (
             default_cache_dir() if cache == "auto" else Path(cache))
         self.seed = int(seed)
+        self.fold = None if fold is None else int(fold)
 
     def dataset(self, split: str) -> ImageFolderDataset:
         if split not in self.datasets:
             augment = self.augment if split == "train" else None
-            samples = scan_split(self.root, split)
+            if self.fold is None:
+                samples = scan_split(self.root, split)
+            else:
+                samples = fold_samples(self.root, split, self.fold)
             cache = None
             if self.cache_dir is not None:
                 cache = open_or_build(self.cache_dir, split, [p for p, _ in samples], self.preprocess.img_size,

@@ -260,7 +260,7 @@ def assign_parts(sources: list[Source], ratios: Sequence[float], seed: int) -> t
         by_class[majority].append(name)
     parts: dict[str, int] = {}
     n = len(ratios)
-    for _label, names in sorted(by_class.items()):
+    for offset, (_label, names) in enumerate(sorted(by_class.items())):
         names.sort()
         rng.shuffle(names)
         names.sort(key=lambda g: -len(groups[g]))  # stable: equal sizes keep the shuffled order
@@ -269,8 +269,9 @@ def assign_parts(sources: list[Source], ratios: Sequence[float], seed: int) -> t
         filled = [0.0] * n
         for name in names:
             # The part with the largest missing share of its target gets the group; empty targets get nothing.
+            # Ties go to a different part for each class, so that the classes' remainders do not pile up together.
             deficits = [(targets[i] - filled[i]) / targets[i] if targets[i] > 0 else -math.inf for i in range(n)]
-            index = max(range(n), key=lambda i: (deficits[i], -i))
+            index = max(range(n), key=lambda i: (deficits[i], -((i - offset) % n)))
             filled[index] += len(groups[name])
             parts[name] = index
     return parts, mixed
