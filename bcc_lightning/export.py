@@ -6,7 +6,6 @@ crop); it normalises internally and returns the malignant probability (N,) and t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import nn
 
 from bcc_lightning.data.labels import CLASS_NAMES
 from bcc_lightning.errors import UserError
-from bcc_lightning.files import atomic_write, write_json
+from bcc_lightning.files import atomic_write, sha256_file, write_json
 from bcc_lightning.models.module import BCCClassifier, load_checkpoint, read_checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -37,14 +36,6 @@ class Deployable(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.head(self.backbone((images - self.mean) / self.std)).squeeze(-1)
         return torch.sigmoid(logits), logits
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_model(ckpt: Path, fmt: str, out: Path, threshold: float = 0.5, opset: int = 17,
@@ -91,7 +82,7 @@ def export_model(ckpt: Path, fmt: str, out: Path, threshold: float = 0.5, opset:
         "backbone": model.hparams.model["name"],
         "timm_architecture": model.backbone_arch,
         "source_checkpoint": str(ckpt.resolve()),
-        "source_checkpoint_sha256": _sha256(ckpt),
+        "source_checkpoint_sha256": sha256_file(ckpt),
         "trained_on": data_info.get("root"),
         "synthetic_training_data": bool(data_info.get("synthetic_data")),
         "torch_version": torch.__version__,

@@ -8,7 +8,6 @@ RAW is only ever read. OUT is built in a hidden folder beside it and renamed int
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -31,6 +30,7 @@ from PIL import Image
 from bcc_lightning.data.imageio import IMAGE_EXTENSIONS, ImageDecodeError, load_rgb
 from bcc_lightning.data.labels import ACCEPTED_FOLDER_NAMES, CLASS_NAMES, SHORT_NAMES, label_from_folder
 from bcc_lightning.errors import UserError
+from bcc_lightning.files import sha256_file
 
 SPLITS = ("train", "val", "test")
 AUGMENT_OPS = ("rot90", "rotate", "hflip", "vflip", "grayscale")
@@ -138,14 +138,6 @@ def _label_of(rel_parts: Sequence[str]) -> int | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _walk(raw: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(raw, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -177,7 +169,7 @@ def scan_raw(raw: Path, rejected: list[tuple[str, str]]) -> list[Source]:
             if size == 0:
                 rejected.append((rel, "empty file (0 bytes)"))
                 continue
-            sources.append(Source(path=path, rel=rel, label=label, sha256=_sha256(path)))
+            sources.append(Source(path=path, rel=rel, label=label, sha256=sha256_file(path)))
         except OSError as exc:
             rejected.append((rel, f"cannot read file: {exc.strerror or exc}"))
     if not sources:
