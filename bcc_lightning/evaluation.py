@@ -242,7 +242,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"The checkpoint {ckpt} does not say which data it was trained on; pass data.root=ROOT.")
     root = Path(root_value).expanduser()
     writer = None
-    if cfg.get("tensorboard"):
+    if "tensorboard" in (cfg.get("logger") or {}):
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(outdir / "tensorboard"))

@@ -136,3 +136,15 @@ def test_three_fold_sweep_end_to_end(tmp_path: Path) -> None:
         assert (sweep / entry["out_of_fold"]["figures"] / "roc_curve.png").is_file()
     assert aggregate["comparisons"][0]["pairs"] == 3
     assert "Paired comparisons" in (sweep / "aggregate.md").read_text()
+
+
+def test_mixed_protocols_are_refused(tmp_path: Path, folded: Path) -> None:
+    sweep = tmp_path / "sweep"
+    raw = breakhis_tree(tmp_path / "raw", patients=6, per_patient=2)
+    run_prepare(raw, tmp_path / "five", group="breakhis", folds=2, holdout_test=False)
+    for num, root in enumerate((folded / "out", tmp_path / "five")):
+        _fake_job(sweep, num, ["model=mobilenetv2", "data.fold=0", f"seed={num}"], {"accuracy": 0.8}, 0)
+        data = json.loads((sweep / str(num) / "metrics.json").read_text())
+        (sweep / str(num) / "metrics.json").write_text(json.dumps({**data, "data_root": str(root)}))
+    with pytest.raises(UserError, match="Mixed protocols.*2-fold, no held-out test, 3-fold, held-out test"):
+        write_summary(sweep)

@@ -36,7 +36,7 @@ def run_eval(run: Path, outdir: Path, monkeypatch: pytest.MonkeyPatch, *override
 
 
 def test_report_files_and_numbers(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    result = run_eval(trained_run, tmp_path, monkeypatch, "tensorboard=true")
+    result = run_eval(trained_run, tmp_path, monkeypatch, "logger=tensorboard")
     for name in REPORT_FILES:
         assert (tmp_path / name).stat().st_size > 0, name
     cams = sorted((tmp_path / "gradcam").glob("*.png"))
