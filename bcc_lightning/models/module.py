@@ -65,8 +65,6 @@ class BCCClassifier(L.LightningModule):
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
         self.train_metrics, self.val_metrics = _metrics("train/"), _metrics("val/")
         self.test_metrics = _metrics("test/")
-        self.test_probs: list[torch.Tensor] = []
-        self.test_labels: list[torch.Tensor] = []
 
     def _set_frozen(self, frozen: bool) -> None:
         """Frozen: no gradients for the backbone and its BatchNorm statistics stay as loaded (eval mode)."""
@@ -91,11 +89,6 @@ class BCCClassifier(L.LightningModule):
             if not frozen:
                 self.backbone.train()
                 log.info("Epoch %d: backbone unfrozen (two-stage fine-tuning)", self.current_epoch)
-
-    @property
-    def preprocess_dict(self) -> dict[str, Any]:
-        p = self.preprocess
-        return {"img_size": p.img_size, "mean": list(p.mean), "std": list(p.std), "interpolation": p.interpolation}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W), normalised -> malignant logits (N,)."""
@@ -145,24 +138,15 @@ class BCCClassifier(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_metrics.reset()
-        self.test_probs, self.test_labels = [], []
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         loss, probs = self._step(batch, "test")
         self.test_metrics.update(probs, batch[1].int())
-        self.test_probs.append(probs.cpu())
-        self.test_labels.append(batch[1].int().cpu())
         self.log("test/loss", loss, on_step=False, on_epoch=True, batch_size=batch[1].shape[0], sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
-
-    def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(labels, malignant probabilities) of the last test run, in dataset order."""
-        if not self.test_probs:
-            return torch.empty(0, dtype=torch.int32), torch.empty(0)
-        return torch.cat(self.test_labels), torch.cat(self.test_probs).float()
 
     def configure_optimizers(self) -> Any:
         options = dict(self.hparams.optimizer)
