@@ -27,6 +27,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda record: "litlogger" not in record.getMessage().lower())
 
 
 def guarded(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:

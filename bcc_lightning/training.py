@@ -179,7 +179,9 @@ def run(cfg: DictConfig) -> float | None:
         if isinstance(logger, TensorBoardLogger) and synthetic:
             logger.experiment.add_text("note", "SYNTHETIC DEMO DATA: not real microscopy images.")
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg, outdir))
+    # torch.compile: worth it on GPUs for long runs; checkpoints keep the plain module's parameter names.
+    fit_model = torch.compile(model) if cfg.get("compile") else model
+    trainer.fit(fit_model, datamodule=datamodule, ckpt_path=resume_path(cfg, outdir))
 
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
     # fast_dev_run writes no best checkpoint: the weights in memory are evaluated then.

@@ -21,3 +21,20 @@ def test_demo_experiment_reaches_90_percent(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["synthetic_data"] is True
     assert metrics["metrics"]["accuracy"] >= 0.9, metrics["metrics"]
+
+
+@pytest.mark.slow
+def test_compiled_training_writes_plain_checkpoints(demo_root: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from bcc_lightning import training
+    from bcc_lightning.models.module import load_checkpoint
+    from tests.conftest import tiny_train_config
+
+    monkeypatch.chdir(tmp_path)
+    training.run(tiny_train_config(demo_root, ["compile=true", "logger=none", "report.cam_per_group=0"]))
+    ckpt = json.loads((tmp_path / "metrics.json").read_text())["checkpoint"]
+    keys = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert not any(k.startswith("_orig_mod") for k in keys)
+    assert load_checkpoint(ckpt).preprocess.img_size == 64
