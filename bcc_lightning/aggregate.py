@@ -304,11 +304,11 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
     if missing:
         header += [f"Missing: jobs {', '.join(missing)} (no metrics.json: failed, killed or still running).", ""]
     write_text(sweep_dir / "sweep_summary.csv", table_csv)
-    write_text(sweep_dir / "sweep_summary.md", "\n".join(header) + table_md)
+    write_text(sweep_dir / "sweep_summary.md", "\n".join(header) + "\n" + table_md)
     result = aggregate(jobs, sweep_dir) if len(jobs) > len(missing) else {"configs": {}, "comparisons": []}
     agg_csv, agg_md = aggregate_tables(result)
     write_text(sweep_dir / "aggregate.csv", agg_csv)
-    write_text(sweep_dir / "aggregate.md", "\n".join(header) + agg_md)
+    write_text(sweep_dir / "aggregate.md", "\n".join(header) + "\n" + agg_md)
     write_json(sweep_dir / "aggregate.json", result)
     return {"jobs": jobs, "missing": missing, "aggregate": result}
 
