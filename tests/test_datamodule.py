@@ -37,7 +37,7 @@ def test_nested_folders_and_mixed_formats(tmp_path: Path) -> None:
 
 
 def test_missing_root(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="does not exist.*bcc_lightning.demo"):
+    with pytest.raises(UserError, match="does not exist.*bcc_lightning.prepare raw=RAW.*experiment=demo"):
         scan_split(tmp_path / "nope", "train")
 
 

@@ -23,8 +23,9 @@ from bcc_lightning.errors import UserError
 
 SPLITS = ("train", "val", "test")
 HOW_TO_CREATE = (
-    "Create it with `python -m bcc_lightning.demo out=demo_data` (synthetic demo data) or arrange your images as "
-    "ROOT/{train,val,test}/{B,M}/*.png (jpg, tif and bmp work too), then pass `data.root=ROOT`."
+    "Make it from a raw folder of B/M images with `python -m bcc_lightning.prepare raw=RAW out=ROOT`, try the "
+    "synthetic demo with `python train.py experiment=demo`, or arrange your images as "
+    "ROOT/{train,val,test}/{B,M}/*.png (jpg, tif and bmp work too); then pass `data.root=ROOT`."
 )
 
 
