@@ -99,9 +99,11 @@ def prepare_data_root(cfg: DictConfig) -> Path:
     return root.resolve()
 
 
-def build_datamodule(data_cfg: Any, root: Path, model: BCCClassifier, seed: int = 0) -> BCCDataModule:
+def build_datamodule(data_cfg: Any, root: Path, model: BCCClassifier | None, seed: int = 0) -> BCCDataModule:
+    """The data module of `data_cfg`; with model=None its preprocessing is set once the model exists."""
     augment = AugmentConfig(**to_dict(data_cfg.augment)) if data_cfg.get("augment") is not None else None
-    return BCCDataModule(root, model.preprocess, batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers,
+    preprocess = model.preprocess if model is not None else None
+    return BCCDataModule(root, preprocess, batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers,
                          augment=augment, balanced_sampler=bool(data_cfg.get("balanced_sampler", False)),
                          seed=int(seed), cache=data_cfg.get("cache"), fold=data_cfg.get("fold"))
 
@@ -131,8 +133,6 @@ def resume_path(cfg: DictConfig, outdir: Path) -> str | None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Mistakes that would otherwise surface minutes into a run."""
-    if int(cfg.data.batch_size) < 1:
-        raise UserError(f"data.batch_size must be at least 1 (got {cfg.data.batch_size}).")
     if cfg.trainer.get("max_epochs") is not None and int(cfg.trainer.max_epochs) < 1:
         raise UserError(f"trainer.max_epochs must be at least 1 (got {cfg.trainer.max_epochs}).")
     for key in ("hflip", "vflip", "grayscale"):
@@ -158,15 +158,13 @@ def run(cfg: DictConfig) -> float | None:
 
     model_cfg, optim_cfg = to_dict(cfg.model), to_dict(cfg.optimizer)
     scheduler_cfg = to_dict(cfg.get("scheduler"))
-    # Build once without weights to learn the preprocessing, scan the data (fails fast on a bad layout), then
-    # build the real model with pos_weight known.
-    probe = BCCClassifier(model_cfg, optim_cfg, scheduler_cfg, load_weights=False)
-    datamodule = build_datamodule(cfg.data, root, probe, int(cfg.seed))
+    # Scan the data first (a bad layout fails before any weights load), then build the model with pos_weight known.
+    datamodule = build_datamodule(cfg.data, root, None, int(cfg.seed))
     for split in ("train", "val", "test"):
-        datamodule.dataset(split)
+        datamodule.samples(split)
     pos_weight = _pos_weight(cfg.model.get("pos_weight"), datamodule)
     model = BCCClassifier(model_cfg, optim_cfg, scheduler_cfg, pos_weight=pos_weight, data_info=data_info)
-    del probe
+    datamodule.preprocess = model.preprocess
 
     callbacks, checkpoint = build_callbacks(cfg, outdir)
     loggers = build_loggers(cfg, outdir)

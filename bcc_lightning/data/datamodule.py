@@ -215,7 +215,8 @@ def resolve_num_workers(num_workers: int | str) -> int:
 
 
 class BCCDataModule(L.LightningDataModule):
-    def __init__(self, root: str | Path, preprocess: Preprocess, batch_size: int = 32, num_workers: int | str = "auto",
+    def __init__(self, root: str | Path, preprocess: Preprocess | None, batch_size: int = 32,
+                 num_workers: int | str = "auto",
                  augment: AugmentConfig | None = None, pin_memory: bool | None = None,
                  test_split: str = "test", balanced_sampler: bool = False, seed: int = 0,
                  cache: str | Path | None = None, fold: int | None = None) -> None:
@@ -229,6 +230,7 @@ class BCCDataModule(L.LightningDataModule):
         self.augment = augment if augment is not None else AugmentConfig()
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.datasets: dict[str, ImageFolderDataset] = {}
+        self._samples: dict[str, list[tuple[Path, int]]] = {}
         # eval.py can point the test stage at another split (e.g. val) without a second code path.
         self.test_split = test_split
         self.balanced_sampler = balanced_sampler
@@ -237,13 +239,20 @@ class BCCDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.fold = None if fold is None else int(fold)
 
+    def samples(self, split: str) -> list[tuple[Path, int]]:
+        """(path, label) of a split, scanned once; needs no preprocessing, so it can run before the model exists
+        (train.py checks the layout and counts classes for pos_weight=auto first)."""
+        if split not in self._samples:
+            self._samples[split] = (scan_split(self.root, split) if self.fold is None
+                                    else fold_samples(self.root, split, self.fold))
+        return self._samples[split]
+
     def dataset(self, split: str) -> ImageFolderDataset:
         if split not in self.datasets:
+            if self.preprocess is None:
+                raise RuntimeError("BCCDataModule.preprocess must be set (from the model) before loading images")
             augment = self.augment if split == "train" else None
-            if self.fold is None:
-                samples = scan_split(self.root, split)
-            else:
-                samples = fold_samples(self.root, split, self.fold)
+            samples = self.samples(split)
             cache = None
             if self.cache_dir is not None:
                 cache = open_or_build(self.cache_dir, split, [p for p, _ in samples], self.preprocess.img_size,
@@ -278,5 +287,5 @@ class BCCDataModule(L.LightningDataModule):
         return self.loader(self.test_split)
 
     def class_counts(self, split: str) -> tuple[int, int]:
-        labels = self.dataset(split).labels
+        labels = [label for _, label in self.samples(split)]
         return labels.count(0), labels.count(1)
