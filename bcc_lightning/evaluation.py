@@ -107,12 +107,16 @@ def evaluate(model: BCCClassifier, ckpt_path: Path, root: Path, outdir: Path, sp
              threshold: Any = 0.5, tta: bool = False, report: Any = None, batch_size: int = 64,
              num_workers: Any = "auto", accelerator: str = "auto", precision: Any = "auto",
              tensorboard: Any = None, checkpoint: dict[str, Any] | None = None,
-             fold: int | None = None) -> dict[str, Any]:
-    """Evaluate `model` on `root/split` and write every report file into `outdir`; returns metrics.json's body."""
+             fold: int | None = None, datamodule: BCCDataModule | None = None) -> dict[str, Any]:
+    """Evaluate `model` on `root/split` and write every report file into `outdir`; returns metrics.json's body.
+
+    `datamodule`: reuse one that already scanned (and cached) these splits, as train.py does.
+    """
     report = report or {}
     method = parse_threshold(threshold)
     device = pick_device(accelerator)
-    datamodule = BCCDataModule(root, model.preprocess, batch_size=batch_size, num_workers=num_workers, fold=fold)
+    if datamodule is None:
+        datamodule = BCCDataModule(root, model.preprocess, batch_size=batch_size, num_workers=num_workers, fold=fold)
     datamodule.dataset(split)
     data_info = model.hparams.get("data_info") or {}
     synthetic = bool(data_info.get("synthetic_data")) or is_demo_root(root)
@@ -216,11 +220,10 @@ def _eval_fold(cfg: DictConfig, data_info: dict[str, Any]) -> int | None:
     return data_info.get("fold") if not cfg.data.root else None
 
 
-def predict_split_csv(model: BCCClassifier, root: Path, split: str, out: Path, fold: int | None = None,
-                      batch_size: int = 64, num_workers: Any = "auto", accelerator: str = "auto",
-                      precision: Any = "auto") -> Path:
+def predict_split_csv(model: BCCClassifier, datamodule: BCCDataModule, split: str, out: Path,
+                      accelerator: str = "auto", precision: Any = "auto") -> Path:
     """predictions.csv of one split (used for the validation fold of cross-validation runs: out-of-fold data)."""
-    datamodule = BCCDataModule(root, model.preprocess, batch_size=batch_size, num_workers=num_workers, fold=fold)
+    root = datamodule.root
     paths, labels, probs = _predict_split(model, datamodule, split, pick_device(accelerator), precision, False)
     _write_predictions(out.parent, root, paths, labels, probs, 0.5, out.name)
     return out

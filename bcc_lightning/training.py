@@ -190,10 +190,10 @@ def run(cfg: DictConfig) -> float | None:
     result = evaluate(tested, Path(best_path) if best_path else outdir / "checkpoints" / "none.ckpt", root,
                       outdir / "test", split="test", report=cfg.report, batch_size=cfg.data.batch_size,
                       num_workers=cfg.data.num_workers, accelerator=str(cfg.trainer.accelerator),
-                      precision=trainer.precision, tensorboard=writer, fold=cfg.data.get("fold"))
+                      precision=trainer.precision, tensorboard=writer, fold=cfg.data.get("fold"),
+                      datamodule=datamodule)
     if cfg.data.get("fold") is not None:  # out-of-fold predictions for bcc_lightning.aggregate
-        predict_split_csv(tested, root, "val", outdir / "val_predictions.csv", fold=cfg.data.fold,
-                          batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+        predict_split_csv(tested, datamodule, "val", outdir / "val_predictions.csv",
                           accelerator=str(cfg.trainer.accelerator), precision=trainer.precision)
     for lg in loggers:
         lg.log_metrics({f"test/{k}": v for k, v in result["metrics"].items()

@@ -26,7 +26,7 @@ def test_fast_dev_run(demo_root: Path, in_tmp: Path) -> None:
     training.run(cfg)
     metrics = json.loads((in_tmp / "metrics.json").read_text())
     assert metrics["synthetic_data"] is True and "SYNTHETIC" in metrics["note"]
-    assert metrics["metrics"]["n"] == 6  # fast_dev_run tests one batch of the 6 test images
+    assert metrics["metrics"]["n"] == 6  # the whole test split (6 images), evaluated after the 1-batch fit
 
 
 def test_train_then_eval_reproduces_test_metrics(demo_root: Path, in_tmp: Path) -> None:
