@@ -5,6 +5,7 @@ A UserError becomes a one-paragraph message and exit status 2, never a traceback
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -58,37 +59,30 @@ def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable
     return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(guarded(task))
 
 
-def train() -> Any:
-    from bcc_lightning import training
+def _task(config_name: str, module: str) -> Any:
+    """Run `bcc_lightning.<module>.run` under Hydra with conf/<config_name>.yaml (imported late: fast --help)."""
+    return hydra_entry(config_name, importlib.import_module(f"bcc_lightning.{module}").run)()
 
-    return hydra_entry("train", training.run)()
+
+def train() -> Any:
+    return _task("train", "training")
 
 
 def evaluate() -> Any:
-    from bcc_lightning import evaluation
-
-    return hydra_entry("eval", evaluation.run)()
+    return _task("eval", "evaluation")
 
 
 def prepare() -> Any:
-    from bcc_lightning import prepare as prepare_task
-
-    return hydra_entry("prepare", prepare_task.run)()
+    return _task("prepare", "prepare")
 
 
 def predict() -> Any:
-    from bcc_lightning import predict as predict_task
-
-    return hydra_entry("predict", predict_task.run)()
+    return _task("predict", "predict")
 
 
 def export() -> Any:
-    from bcc_lightning import export as export_task
-
-    return hydra_entry("export", export_task.run)()
+    return _task("export", "export")
 
 
 def bench() -> Any:
-    from bcc_lightning import bench as bench_task
-
-    return hydra_entry("bench", bench_task.run)()
+    return _task("bench", "bench")
