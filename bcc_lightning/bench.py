@@ -28,13 +28,15 @@ from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.runtime import resolve_precision, run_dir
 
 
-def _median_rate(run: Callable[[], tuple[int, float]], repeats: int) -> float:
-    """Images per second, median over repeats; `run` returns (images, seconds)."""
-    rates = []
+def _rates(runs: dict[str, Callable[[], tuple[int, float]]], repeats: int) -> dict[str, list[float]]:
+    """Images per second of each run, `repeats` times; each `run` returns (images, seconds). The runs take turns
+    (A B A B ...), so a slow spell of a shared machine hits all of them alike and their ratios stay fair."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        images, seconds = run()
-        rates.append(images / seconds)
-    return statistics.median(rates)
+        for name, run in runs.items():
+            images, seconds = run()
+            rates[name].append(images / seconds)
+    return rates
 
 
 def _sync(device: torch.device) -> None:
@@ -103,7 +105,8 @@ def train_step_fn(model: BCCClassifier, device: torch.device, precision: Any) ->
 
 def model_step_rate(model: BCCClassifier, cfg: DictConfig, device: torch.device, precision: Any) -> tuple[int, float]:
     step = train_step_fn(model, device, precision)
-    batch = (torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device),
+    # uint8 pixels, as the loader delivers them (the model normalises on its device).
+    batch = (torch.randint(0, 256, (cfg.batch_size, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8, device=device),
              torch.randint(0, 2, (cfg.batch_size,), device=device).float())
     for _ in range(cfg.warmup):
         step(batch)
@@ -132,23 +135,28 @@ def plain_loop_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, de
 
 
 class _Timer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end, self.images, self.seen = warmup, 0.0, 0.0, 0, 0
+    """Times the steps after `warmup`; the device is synchronised only at the two ends, as in the plain loop (a
+    sync per step would stall a GPU's queue and understate Lightning)."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.last, self.start, self.end, self.images, self.seen = warmup, warmup + steps, 0.0, 0.0, 0, 0
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, index: int) -> None:
-        _sync(module.device)
         self.seen += 1  # across epochs: a small folder is read several times
-        if self.seen == self.warmup:
-            self.start = time.perf_counter()
-        elif self.seen > self.warmup:
-            self.end = time.perf_counter()
+        if self.seen > self.warmup:
             self.images += batch[0].shape[0]
+        if self.seen == self.warmup:
+            _sync(module.device)
+            self.start = time.perf_counter()
+        elif self.seen == self.last:
+            _sync(module.device)
+            self.end = time.perf_counter()
 
 
 def lightning_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, device: torch.device,
                    precision: Any) -> tuple[int, float]:
     """The same path as train.py: BCCDataModule + BCCClassifier through lightning.Trainer.fit."""
-    timer = _Timer(cfg.warmup)
+    timer = _Timer(cfg.warmup, cfg.steps)
     trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
                         max_epochs=-1, max_steps=cfg.warmup + cfg.steps, limit_val_batches=0,
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -168,11 +176,18 @@ def inference_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, dev
     return sum(b[0].shape[0] for b in batches[cfg.warmup:]), time.perf_counter() - start
 
 
+MODEL_STEP = "model step only (tensors in memory)"
+FULL = "full train.py path (Lightning)"
+PLAIN = "plain PyTorch loop, same settings"
+NAIVE = "naive loop (fp32, channels-first)"
+INFERENCE = "inference (eval.py / predict)"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(str(cfg.device))
     precision = resolve_precision(cfg.precision, "gpu" if device.type == "cuda" else "cpu")
-    workers = resolve_num_workers(cfg.num_workers)
-    rows: list[tuple[str, float]] = []
+    gpu = device.type == "cuda"
+    workers = resolve_num_workers(cfg.num_workers, gpu)
     with tempfile.TemporaryDirectory(prefix="bcc_bench_") as tmp:
         root = _prepare_data(cfg, Path(tmp))
         model = _model(cfg, bool(cfg.channels_last))
@@ -181,44 +196,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         def datamodule(num_workers: int) -> BCCDataModule:
             return BCCDataModule(root, model.preprocess, batch_size=cfg.batch_size, num_workers=num_workers,
-                                 augment=AugmentConfig(), cache=cfg.cache)
+                                 augment=AugmentConfig(), cache=cfg.cache, gpu=gpu)
 
-        for w in cfg.loader_workers:
-            rows.append((f"loader only, {w} workers", _median_rate(lambda w=w: loader_rate(datamodule(w), cfg),
-                                                                    cfg.repeats)))
-        if workers not in cfg.loader_workers:
-            rows.append((f"loader only, {workers} workers (default)",
-                         _median_rate(lambda: loader_rate(datamodule(workers), cfg), cfg.repeats)))
+        loader_workers = list(dict.fromkeys([*cfg.loader_workers, workers]))
+        runs: dict[str, Callable[[], tuple[int, float]]] = {
+            f"loader only, {w} workers{' (default)' if w == workers else ''}":
+                (lambda w=w: loader_rate(datamodule(w), cfg)) for w in loader_workers}
         dm = datamodule(workers)
-        rows.append(("model step only (tensors in memory)",
-                     _median_rate(lambda: model_step_rate(model, cfg, device, precision), cfg.repeats)))
-        rows.append(("full train.py path (Lightning)",
-                     _median_rate(lambda: lightning_rate(model, dm, cfg, device, precision), cfg.repeats)))
-        rows.append(("plain PyTorch loop, same settings",
-                     _median_rate(lambda: plain_loop_rate(model, dm, cfg, device, precision), cfg.repeats)))
+        runs[MODEL_STEP] = lambda: model_step_rate(model, cfg, device, precision)
+        runs[FULL] = lambda: lightning_rate(model, dm, cfg, device, precision)
+        runs[PLAIN] = lambda: plain_loop_rate(model, dm, cfg, device, precision)
         if cfg.naive:
             naive = _model(cfg, channels_last=False)
-            rows.append(("naive loop (fp32, channels-first)",
-                         _median_rate(lambda: plain_loop_rate(naive, dm, cfg, device, "32-true"), cfg.repeats)))
-        rows.append(("inference (eval.py / predict)",
-                     _median_rate(lambda: inference_rate(model, dm, cfg, device, precision), cfg.repeats)))
-    rates = dict(rows)
-    default_loader = next(v for k, v in rows if k.startswith(f"loader only, {workers} workers"))
-    ratios = {
-        "full / model step": rates["full train.py path (Lightning)"] / rates["model step only (tensors in memory)"],
-        "full / plain loop": rates["full train.py path (Lightning)"] / rates["plain PyTorch loop, same settings"],
-        "loader (default workers) / model step": default_loader / rates["model step only (tensors in memory)"],
-    }
+            runs[NAIVE] = lambda: plain_loop_rate(naive, dm, cfg, device, "32-true")
+        runs[INFERENCE] = lambda: inference_rate(model, dm, cfg, device, precision)
+        samples = _rates(runs, int(cfg.repeats))
+    rates = {name: statistics.median(values) for name, values in samples.items()}
+    default_loader = next(v for k, v in rates.items() if k.startswith(f"loader only, {workers} workers"))
+    ratios = {"full / model step": rates[FULL] / rates[MODEL_STEP], "full / plain loop": rates[FULL] / rates[PLAIN],
+              "loader (default workers) / model step": default_loader / rates[MODEL_STEP]}
     if cfg.naive:
-        ratios["full / naive fp32 loop"] = (rates["full train.py path (Lightning)"]
-                                            / rates["naive loop (fp32, channels-first)"])
+        ratios["full / naive fp32 loop"] = rates[FULL] / rates[NAIVE]
     memory = {"peak_rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "peak_rss_largest_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
     threads = torch.get_num_threads()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)"
     result = {"device": device_name, "model": cfg.model, "img_size": cfg.img_size, "batch_size": cfg.batch_size,
               "precision": str(precision), "channels_last": bool(cfg.channels_last), "workers": workers,
-              "images_per_s": rates, "ratios": ratios, "memory": memory, "torch": torch.__version__}
+              "images_per_s": rates, "ratios": ratios, "memory": memory, "torch": torch.__version__,
+              "repeats": samples, "steps": int(cfg.steps), "warmup": int(cfg.warmup)}
     print(format_table(result))
     write_json(run_dir() / "bench.json", result)
     return result
@@ -227,9 +233,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"{result['model']} {result['img_size']}px, batch {result['batch_size']}, {result['precision']}, "
              f"channels_last={result['channels_last']}, {result['workers']} workers, on {result['device']}",
-             f"| {'measurement':<44} | {'img/s':>9} |", f"|{'-' * 46}|{'-' * 11}|"]
-    lines += [f"| {name:<44} | {value:>9.1f} |" for name, value in result["images_per_s"].items()]
-    lines += [f"| {name:<44} | {value:>8.2f}x |" for name, value in result["ratios"].items()]
+             f"| {'measurement':<44} | {'img/s':>9} | {'min - max':>19} |", f"|{'-' * 46}|{'-' * 11}|{'-' * 21}|"]
+    spread = result.get("repeats", {})
+    for name, value in result["images_per_s"].items():
+        low_high = f"{min(spread[name]):.1f} - {max(spread[name]):.1f}" if spread.get(name) else ""
+        lines.append(f"| {name:<44} | {value:>9.1f} | {low_high:>19} |")
+    lines += [f"| {name:<44} | {value:>8.2f}x | {'':>19} |" for name, value in result["ratios"].items()]
     m = result["memory"]
     lines.append(f"peak RSS: main {m['peak_rss_main_mb']:.0f} MB, largest loader worker "
                  f"{m['peak_rss_largest_worker_mb']:.0f} MB")

@@ -116,7 +116,8 @@ def evaluate(model: BCCClassifier, ckpt_path: Path, root: Path, outdir: Path, sp
     method = parse_threshold(threshold)
     device = pick_device(accelerator)
     if datamodule is None:
-        datamodule = BCCDataModule(root, model.preprocess, batch_size=batch_size, num_workers=num_workers, fold=fold)
+        datamodule = BCCDataModule(root, model.preprocess, batch_size=batch_size, num_workers=num_workers, fold=fold,
+                                   gpu=device.type == "cuda")
     datamodule.dataset(split)
     data_info = model.hparams.get("data_info") or {}
     synthetic = bool(data_info.get("synthetic_data")) or is_demo_root(root)

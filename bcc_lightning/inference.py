@@ -40,7 +40,7 @@ def dihedral_views(images: torch.Tensor) -> Iterator[torch.Tensor]:
 @torch.no_grad()
 def predict_batches(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device,
                     precision: Any = "auto", tta: bool = False) -> torch.Tensor:
-    """Malignant probabilities (float32, on CPU) for an iterable of normalised image batches."""
+    """Malignant probabilities (float32, on CPU) for image batches: uint8 pixels, or floats already normalised."""
     model.eval().to(device)
     out = []
     with autocast_for(device, precision):
@@ -50,5 +50,5 @@ def predict_batches(model: nn.Module, batches: Iterable[torch.Tensor], device: t
                 probs = torch.stack([torch.sigmoid(model(v).float()) for v in dihedral_views(images)]).mean(0)
             else:
                 probs = torch.sigmoid(model(images).float())
-            out.append(probs.cpu())
-    return torch.cat(out) if out else torch.empty(0)
+            out.append(probs)  # kept on the device: a copy per batch would make the host wait for every batch
+    return torch.cat(out).cpu() if out else torch.empty(0)

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from bcc_lightning.data.datamodule import build_transform, resolve_num_workers
+from bcc_lightning.data.datamodule import Preprocess, build_transform, resolve_num_workers, to_pixels
 from bcc_lightning.data.imageio import ImageDecodeError, is_image_file, load_rgb
 from bcc_lightning.data.labels import CLASS_NAMES
 from bcc_lightning.errors import UserError
@@ -35,19 +35,21 @@ def find_images(target: Path) -> list[Path]:
 
 
 class _Files(Dataset):
-    """Decodes in the loader workers; an unreadable file yields a placeholder and its reason instead of failing."""
+    """Decodes in the loader workers into the same uint8 pixels as evaluation's loader; an unreadable file yields a
+    placeholder and its reason instead of failing."""
 
-    def __init__(self, files: list[Path], transform: Any, img_size: int) -> None:
-        self.files, self.transform, self.img_size = files, transform, img_size
+    def __init__(self, files: list[Path], pre: Preprocess) -> None:
+        self.files, self.pre = files, pre
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         try:
-            return self.transform(load_rgb(self.files[index])), ""
+            return to_pixels(load_rgb(self.files[index]), self.pre), ""
         except ImageDecodeError as exc:
-            return torch.zeros(3, self.img_size, self.img_size), str(exc).split(": ", 1)[-1]
+            size = self.pre.img_size
+            return torch.zeros(3, size, size, dtype=torch.uint8), str(exc).split(": ", 1)[-1]
 
 
 def predict(ckpt: Path, target: Path, out: Path, threshold: float = 0.5, batch_size: int = 64,
@@ -59,8 +61,10 @@ def predict(ckpt: Path, target: Path, out: Path, threshold: float = 0.5, batch_s
         raise UserError(f"threshold must lie strictly between 0 and 1; got {threshold}.")
     model = load_checkpoint(ckpt)
     files = find_images(target)
-    dataset = _Files(files, build_transform(model.preprocess), model.preprocess.img_size)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=resolve_num_workers(num_workers))
+    device = pick_device(accelerator)
+    gpu = device.type == "cuda"
+    loader = DataLoader(_Files(files, model.preprocess), batch_size=batch_size,
+                        num_workers=resolve_num_workers(num_workers, gpu), pin_memory=gpu)
     errors: list[str] = []
 
     def batches() -> Any:
@@ -73,7 +77,6 @@ def predict(ckpt: Path, target: Path, out: Path, threshold: float = 0.5, batch_s
             errors.extend(reasons)
             yield images
 
-    device = pick_device(accelerator)
     probs = predict_batches(model, batches(), device, precision, tta).tolist()
     rows = []
     for path, prob, error in zip(files, probs, errors):

@@ -26,6 +26,7 @@ from bcc_lightning.data.demo import generate, is_demo_root
 from bcc_lightning.errors import UserError
 from bcc_lightning.evaluation import evaluate, predict_split_csv
 from bcc_lightning.history import History
+from bcc_lightning.inference import pick_device
 from bcc_lightning.models.module import BCCClassifier, load_checkpoint, read_checkpoint
 from bcc_lightning.reliability import AtomicCheckpointIO, EpochSeeder
 from bcc_lightning.reports.report import write_metrics_json
@@ -99,13 +100,15 @@ def prepare_data_root(cfg: DictConfig) -> Path:
     return root.resolve()
 
 
-def build_datamodule(data_cfg: Any, root: Path, model: BCCClassifier | None, seed: int = 0) -> BCCDataModule:
+def build_datamodule(data_cfg: Any, root: Path, model: BCCClassifier | None, seed: int = 0,
+                     accelerator: str = "auto") -> BCCDataModule:
     """The data module of `data_cfg`; with model=None its preprocessing is set once the model exists."""
     augment = AugmentConfig(**to_dict(data_cfg.augment)) if data_cfg.get("augment") is not None else None
     preprocess = model.preprocess if model is not None else None
     return BCCDataModule(root, preprocess, batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers,
                          augment=augment, balanced_sampler=bool(data_cfg.get("balanced_sampler", False)),
-                         seed=int(seed), cache=data_cfg.get("cache"), fold=data_cfg.get("fold"))
+                         seed=int(seed), cache=data_cfg.get("cache"), fold=data_cfg.get("fold"),
+                         gpu=pick_device(accelerator).type == "cuda")
 
 
 def _pos_weight(setting: Any, datamodule: BCCDataModule) -> float | None:
@@ -159,7 +162,7 @@ def run(cfg: DictConfig) -> float | None:
     model_cfg, optim_cfg = to_dict(cfg.model), to_dict(cfg.optimizer)
     scheduler_cfg = to_dict(cfg.get("scheduler"))
     # Scan the data first (a bad layout fails before any weights load), then build the model with pos_weight known.
-    datamodule = build_datamodule(cfg.data, root, None, int(cfg.seed))
+    datamodule = build_datamodule(cfg.data, root, None, int(cfg.seed), str(cfg.trainer.accelerator))
     for split in ("train", "val", "test"):
         datamodule.samples(split)
     pos_weight = _pos_weight(cfg.model.get("pos_weight"), datamodule)

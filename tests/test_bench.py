@@ -11,15 +11,16 @@ from tests.conftest import compose_config
 
 def test_bench_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
-    cfg = compose_config("bench", ["img_size=32", "batch_size=4", "n_images=12", "steps=2", "warmup=1", "repeats=1",
+    cfg = compose_config("bench", ["img_size=32", "batch_size=4", "n_images=12", "steps=2", "warmup=1", "repeats=2",
                                    "loader_workers=[0]", "num_workers=0", "device=cpu", "precision=32-true"])
     result = bench.run(cfg)
     rates = result["images_per_s"]
-    for name in ("loader only, 0 workers", "model step only (tensors in memory)", "full train.py path (Lightning)",
-                 "plain PyTorch loop, same settings", "naive loop (fp32, channels-first)",
-                 "inference (eval.py / predict)"):
+    for name in ("loader only, 0 workers (default)", "model step only (tensors in memory)",
+                 "full train.py path (Lightning)", "plain PyTorch loop, same settings",
+                 "naive loop (fp32, channels-first)", "inference (eval.py / predict)"):
         assert rates[name] > 0, name
     assert set(result["ratios"]) >= {"full / model step", "full / plain loop", "loader (default workers) / model step"}
+    assert all(len(values) == 2 for values in result["repeats"].values())  # every row timed twice, in turns
     assert result["memory"]["peak_rss_main_mb"] > 0
     assert json.loads((tmp_path / "bench.json").read_text())["model"] == "mobilenetv2"
     assert "| full / plain loop" in capsys.readouterr().out

@@ -99,3 +99,23 @@ def test_optimizers_and_schedulers() -> None:
         opt.step()
         sched.step()
     assert lrs[0] < lrs[1] and lrs[1] > lrs[-1]
+
+
+def test_uint8_pixels_are_normalised_by_the_model(tmp_path: Path) -> None:
+    """Loaders ship uint8 pixels; predict and Grad-CAM feed build_transform's floats: same logits either way."""
+    import numpy as np
+    from PIL import Image
+
+    from bcc_lightning.data.datamodule import build_transform, decode_resized
+    from bcc_lightning.data.imageio import load_rgb
+
+    path = tmp_path / "cell.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
+    torch.manual_seed(0)
+    model = BCCClassifier({"name": "resnet10t", "img_size": 32}, OPT).eval()
+    pixels = decode_resized(path, model.preprocess)
+    assert pixels.dtype == torch.uint8
+    floats = build_transform(model.preprocess)(load_rgb(path))
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixels[None]), model(floats[None]), atol=1e-4, rtol=1e-4)
+    assert "pixel_mean" not in model.state_dict()  # derived from preprocess: checkpoints are unchanged

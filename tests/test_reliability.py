@@ -106,8 +106,12 @@ def test_corrupt_checkpoint_for_resume_is_a_clear_error(demo_root: Path, tmp_pat
         training.run(tiny_train_config(demo_root, ["resume=true"]))
 
 
-def test_nonfinite_loss_stops_with_advice(demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bcc_lightning.models.module import BCCClassifier
+@pytest.mark.parametrize("deferred", [False, True])  # True: the GPU's way (checked one step late), run on the CPU
+def test_nonfinite_loss_stops_with_advice(demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          deferred: bool) -> None:
+    from bcc_lightning.models.module import BCCClassifier, FiniteLossGuard
+
+    monkeypatch.setattr(FiniteLossGuard, "defer", deferred)
 
     original = BCCClassifier.forward
 
@@ -189,3 +193,18 @@ def test_optuna_runs_three_tiny_trials(demo_root: Path, tmp_path: Path) -> None:
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["name"] == "optuna" and isinstance(best["best_value"], float)
     assert len([p for p in sweep.iterdir() if (p / "metrics.json").is_file()]) == 3
+
+
+def test_deferred_finite_check_names_the_bad_step() -> None:
+    from bcc_lightning.models.module import FiniteLossGuard
+
+    guard = FiniteLossGuard()
+    guard.defer = True
+    guard.check(torch.tensor(0.7), ("train", 0, 0))
+    guard.check(torch.tensor(float("inf")), ("train", 0, 1))  # not looked at yet: the device would still be busy
+    with pytest.raises(UserError, match="train loss became inf at epoch 0, step 1"):
+        guard.check(torch.tensor(0.6), ("train", 0, 2))
+    guard.check(torch.tensor(float("nan")), ("val", 1, 5))
+    with pytest.raises(UserError, match="val loss became nan at epoch 1, step 5"):
+        guard.flush()
+    guard.flush()  # nothing pending: no error

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
@@ -98,6 +99,11 @@ def build_transform(pre: Preprocess) -> v2.Compose:
     return v2.Compose([resize_op(pre), v2.PILToTensor(), *normalise_op(pre).transforms])
 
 
+def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
+    """Decoded RGB image -> uint8 CHW tensor at the input size: what loaders ship and the model normalises."""
+    return v2.functional.pil_to_tensor(resize_op(pre)(image))
+
+
 def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
     """One file -> uint8 CHW tensor at the input size (the part of the pipeline the cache stores)."""
     try:
@@ -105,7 +111,7 @@ def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
     except ImageDecodeError as exc:
         raise UserError(f"Cannot read a training image: {exc}. Remove or replace the file (bcc-prepare lists and "
                         f"skips unreadable files) and run again.") from exc
-    return v2.functional.pil_to_tensor(resize_op(pre)(image))
+    return to_pixels(image, pre)
 
 
 def fold_samples(root: str | Path, split: str, fold: int) -> list[tuple[Path, int]]:
@@ -176,14 +182,17 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 
 class ImageFolderDataset(Dataset):
-    """(image tensor, label) from a list of files, decoded by the one decoder or read from the decoded cache."""
+    """(uint8 image (3, S, S), label) from a list of files, decoded by the one decoder or read from the decoded cache.
+
+    Pixels stay uint8 until the model normalises them on its device (BCCClassifier.forward): a quarter of the bytes
+    through worker shared memory, pinned memory and the host-to-GPU copy.
+    """
 
     def __init__(self, samples: Sequence[tuple[Path, int]], pre: Preprocess, augment: AugmentConfig | None = None,
                  cache: CachedArray | None = None) -> None:
         self.samples = list(samples)
         self.pre = pre
         self.augment = augment
-        self.normalise = normalise_op(pre)
         self.cache = cache
 
     def __len__(self) -> int:
@@ -201,17 +210,23 @@ class ImageFolderDataset(Dataset):
             if seed is None:
                 seed = int(torch.randint(0, 2**62, ()))
             pixels = augment(pixels, self.augment, torch.Generator().manual_seed(seed))
-        return self.normalise(pixels), torch.tensor(label, dtype=torch.float32)
+        return pixels, torch.tensor(label, dtype=torch.float32)
 
     @property
     def labels(self) -> list[int]:
         return [label for _, label in self.samples]
 
 
-def resolve_num_workers(num_workers: int | str) -> int:
-    if num_workers == "auto":
-        return min(4, os.cpu_count() or 1)
-    return int(num_workers)
+def resolve_num_workers(num_workers: int | str, gpu: bool | None = None) -> int:
+    """`auto`: up to 4 when the CPU also trains (one worker already outpaces the model there, and the model needs
+    the cores); when a GPU trains (gpu=None: when one is present), every core but two (the main process and the
+    pin-memory thread), up to 16, since the GPU consumes images several times faster than one worker decodes."""
+    if num_workers != "auto":
+        return int(num_workers)
+    cores = os.cpu_count() or 1
+    if torch.cuda.is_available() if gpu is None else gpu:
+        return max(1, min(cores - 2, 16))
+    return min(4, cores)
 
 
 class BCCDataModule(L.LightningDataModule):
@@ -219,16 +234,18 @@ class BCCDataModule(L.LightningDataModule):
                  num_workers: int | str = "auto",
                  augment: AugmentConfig | None = None, pin_memory: bool | None = None,
                  test_split: str = "test", balanced_sampler: bool = False, seed: int = 0,
-                 cache: str | Path | None = None, fold: int | None = None) -> None:
+                 cache: str | Path | None = None, fold: int | None = None, gpu: bool | None = None) -> None:
         super().__init__()
         if int(batch_size) < 1:
             raise UserError(f"data.batch_size must be at least 1 (got {batch_size}).")
         self.root = Path(root)
         self.preprocess = preprocess
         self.batch_size = int(batch_size)
-        self.num_workers = resolve_num_workers(num_workers)
+        # gpu: whether a GPU consumes the batches (None: whenever one is present); sets the defaults below.
+        gpu = torch.cuda.is_available() if gpu is None else gpu
+        self.num_workers = resolve_num_workers(num_workers, gpu)
         self.augment = augment if augment is not None else AugmentConfig()
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.pin_memory = gpu if pin_memory is None else pin_memory
         self.datasets: dict[str, ImageFolderDataset] = {}
         self._samples: dict[str, list[tuple[Path, int]]] = {}
         # eval.py can point the test stage at another split (e.g. val) without a second code path.

@@ -26,11 +26,63 @@ from bcc_lightning.runtime import log
 
 
 def _metrics(prefix: str) -> MetricCollection:
+    # validate_args=False: the checks (torch.unique + a Python `if`) stall a GPU once per metric per step, and the
+    # labels come from our own folder scan, always 0/1.
     return MetricCollection(
-        {"acc": BinaryAccuracy(), "precision": BinaryPrecision(), "recall": BinaryRecall(),
-         "f1": BinaryF1Score(), "auroc": BinaryAUROC()},
+        {"acc": BinaryAccuracy(validate_args=False), "precision": BinaryPrecision(validate_args=False),
+         "recall": BinaryRecall(validate_args=False), "f1": BinaryF1Score(validate_args=False),
+         "auroc": BinaryAUROC(validate_args=False)},
         prefix=prefix,
     )
+
+
+class FiniteLossGuard:
+    """Stops training on a non-finite loss with advice. On the CPU at once; on a GPU one step late, because a
+    Python `if` on a device value would make the host wait for every step and starve the kernel queue. The loss
+    is copied to (pinned) host memory asynchronously and looked at when the next step is queued, or when an epoch
+    ends (before any checkpoint of that epoch is written)."""
+
+    defer: bool | None = None  # None: defer on CUDA only (tests set True to run the deferred path on the CPU)
+
+    def __init__(self) -> None:
+        self.pending: tuple[torch.Tensor, Any, tuple[str, int, int]] | None = None
+
+    def check(self, loss: torch.Tensor, where: tuple[str, int, int]) -> None:
+        cuda = loss.device.type == "cuda"
+        if not (cuda if self.defer is None else self.defer):
+            self._raise_if_bad(loss.detach(), where)
+            return
+        event = None
+        if cuda:
+            value = loss.detach().to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            value = loss.detach().clone()
+        previous, self.pending = self.pending, (value, event, where)
+        if previous is not None:
+            self._settle(previous)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            previous, self.pending = self.pending, None
+            self._settle(previous)
+
+    def _settle(self, pending: tuple[torch.Tensor, Any, tuple[str, int, int]]) -> None:
+        value, event, where = pending
+        if event is not None:
+            event.synchronize()
+        self._raise_if_bad(value, where)
+
+    @staticmethod
+    def _raise_if_bad(loss: torch.Tensor, where: tuple[str, int, int]) -> None:
+        if not torch.isfinite(loss):
+            stage, epoch, step = where
+            raise UserError(
+                f"The {stage} loss became {loss.item()} at epoch {epoch}, step {step}. Lower optimizer.lr or train "
+                f"in full precision (trainer.precision=32-true); the last good checkpoint is kept in the run's "
+                f"checkpoints/ folder."
+            )
 
 
 class BCCClassifier(L.LightningModule):
@@ -61,10 +113,17 @@ class BCCClassifier(L.LightningModule):
         self.channels_last = bool(model.get("channels_last", True))
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
+        # Loaders ship uint8 pixels (4x less to copy between processes and to the GPU); they are normalised here,
+        # on the model's device. Not persistent: they follow from `preprocess`, so checkpoints are unchanged.
+        self.register_buffer("pixel_mean", torch.tensor(self.preprocess.mean).view(1, 3, 1, 1) * 255,
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.preprocess.std).view(1, 3, 1, 1) * 255,
+                             persistent=False)
         weight = None if pos_weight is None else torch.tensor([float(pos_weight)])
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
         self.train_metrics, self.val_metrics = _metrics("train/"), _metrics("val/")
         self.test_metrics = _metrics("test/")
+        self.finite_guard = FiniteLossGuard()
 
     def _set_frozen(self, frozen: bool) -> None:
         """Frozen: no gradients for the backbone and its BatchNorm statistics stay as loaded (eval mode)."""
@@ -91,21 +150,18 @@ class BCCClassifier(L.LightningModule):
                 log.info("Epoch %d: backbone unfrozen (two-stage fine-tuning)", self.current_epoch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (N, 3, H, W), normalised -> malignant logits (N,)."""
+        """Images (N, 3, H, W) -> malignant logits (N,): uint8 pixels (normalised here) or normalised floats."""
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)  # before the cast: the copy moves bytes, not floats
+        if x.dtype == torch.uint8:
+            x = (x.float() - self.pixel_mean) / self.pixel_std
         return self.head(self.backbone(x)).squeeze(-1)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
         logits = self(images).float()  # loss and metrics in fp32 even under bf16 autocast
         loss = self.loss_fn(logits, labels)
-        if not torch.isfinite(loss):
-            raise UserError(
-                f"The {stage} loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}. "
-                f"Lower optimizer.lr or train in full precision (trainer.precision=32-true); the last good "
-                f"checkpoint is kept in the run's checkpoints/ folder."
-            )
+        self.finite_guard.check(loss, (stage, self.current_epoch, self.global_step))
         return loss, torch.sigmoid(logits.detach())
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -119,7 +175,11 @@ class BCCClassifier(L.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        self.finite_guard.flush()
+
     def on_validation_epoch_start(self) -> None:
+        self.finite_guard.flush()  # the training steps before this validation
         self.val_metrics.reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -129,6 +189,7 @@ class BCCClassifier(L.LightningModule):
                  sync_dist=True)  # averaged over every rank's shard under DDP
 
     def on_validation_epoch_end(self) -> None:
+        self.finite_guard.flush()
         # The sanity check's few batches must not count towards epoch 0: compute nothing, just forget them.
         if not self.trainer.sanity_checking:
             values = self.val_metrics.compute()
@@ -145,6 +206,7 @@ class BCCClassifier(L.LightningModule):
         self.log("test/loss", loss, on_step=False, on_epoch=True, batch_size=batch[1].shape[0], sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
+        self.finite_guard.flush()
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
 
