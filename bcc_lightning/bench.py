@@ -25,7 +25,7 @@ from bcc_lightning.data.demo import generate_raw
 from bcc_lightning.files import write_json
 from bcc_lightning.inference import autocast_for, pick_device, predict_batches
 from bcc_lightning.models.module import BCCClassifier
-from bcc_lightning.runtime import resolve_precision, run_dir
+from bcc_lightning.runtime import resolve_precision, run_dir, to_dict
 
 
 def _rates(runs: dict[str, Callable[[], tuple[int, float]]], repeats: int) -> dict[str, list[float]]:
@@ -46,8 +46,9 @@ def _sync(device: torch.device) -> None:
 
 def _model(cfg: DictConfig, channels_last: bool) -> BCCClassifier:
     torch.manual_seed(0)
-    return BCCClassifier({"name": cfg.model, "source": cfg.source, "img_size": cfg.img_size,
-                          "channels_last": channels_last}, {"name": "adam", "lr": 1e-4}, load_weights=False)
+    model = {"name": cfg.model.name, "source": cfg.model.get("source") or "timm",
+             "img_size": cfg.model.get("img_size"), "channels_last": channels_last}
+    return BCCClassifier(model, to_dict(cfg.optimizer), load_weights=False)
 
 
 def _prepare_data(cfg: DictConfig, workdir: Path) -> Path:
@@ -88,8 +89,8 @@ def loader_rate(dm: BCCDataModule, cfg: DictConfig) -> tuple[int, float]:
 
 
 def train_step_fn(model: BCCClassifier, device: torch.device, precision: Any) -> Callable[[Any], None]:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.to(device).train()
+    optimizer = model.configure_optimizers()  # the optimizer Lightning gets: same groups, same settings
 
     def step(batch: Any) -> None:
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
@@ -106,7 +107,8 @@ def train_step_fn(model: BCCClassifier, device: torch.device, precision: Any) ->
 def model_step_rate(model: BCCClassifier, cfg: DictConfig, device: torch.device, precision: Any) -> tuple[int, float]:
     step = train_step_fn(model, device, precision)
     # uint8 pixels, as the loader delivers them (the model normalises on its device).
-    batch = (torch.randint(0, 256, (cfg.batch_size, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8, device=device),
+    size = model.preprocess.img_size
+    batch = (torch.randint(0, 256, (cfg.batch_size, 3, size, size), dtype=torch.uint8, device=device),
              torch.randint(0, 2, (cfg.batch_size,), device=device).float())
     for _ in range(cfg.warmup):
         step(batch)
@@ -190,7 +192,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     workers = resolve_num_workers(cfg.num_workers, gpu)
     with tempfile.TemporaryDirectory(prefix="bcc_bench_") as tmp:
         root = _prepare_data(cfg, Path(tmp))
-        model = _model(cfg, bool(cfg.channels_last))
+        model = _model(cfg, bool(cfg.model.channels_last))
         if cfg.compile:
             model.backbone = torch.compile(model.backbone)
 
@@ -221,8 +223,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "peak_rss_largest_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
     threads = torch.get_num_threads()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)"
-    result = {"device": device_name, "model": cfg.model, "img_size": cfg.img_size, "batch_size": cfg.batch_size,
-              "precision": str(precision), "channels_last": bool(cfg.channels_last), "workers": workers,
+    result = {"device": device_name, "model": cfg.model.name, "img_size": model.preprocess.img_size,
+              "batch_size": cfg.batch_size, "optimizer": to_dict(cfg.optimizer), "precision": str(precision),
+              "channels_last": bool(cfg.model.channels_last), "compile": bool(cfg.compile), "workers": workers,
               "images_per_s": rates, "ratios": ratios, "memory": memory, "torch": torch.__version__,
               "repeats": samples, "steps": int(cfg.steps), "warmup": int(cfg.warmup)}
     print(format_table(result))

@@ -11,8 +11,9 @@ from tests.conftest import compose_config
 
 def test_bench_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
-    cfg = compose_config("bench", ["img_size=32", "batch_size=4", "n_images=12", "steps=2", "warmup=1", "repeats=2",
-                                   "loader_workers=[0]", "num_workers=0", "device=cpu", "precision=32-true"])
+    cfg = compose_config("bench", ["model.img_size=32", "batch_size=4", "n_images=12", "steps=2", "warmup=1",
+                                   "repeats=2", "loader_workers=[0]", "num_workers=0",
+                                   "device=cpu", "precision=32-true"])
     result = bench.run(cfg)
     rates = result["images_per_s"]
     for name in ("loader only, 0 workers (default)", "model step only (tensors in memory)",
@@ -24,3 +25,9 @@ def test_bench_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: py
     assert result["memory"]["peak_rss_main_mb"] > 0
     assert json.loads((tmp_path / "bench.json").read_text())["model"] == "mobilenetv2"
     assert "| full / plain loop" in capsys.readouterr().out
+
+
+def test_bench_uses_train_model_groups() -> None:
+    cfg = compose_config("bench", ["model=inceptionv3"])
+    assert cfg.model.name == "inceptionv3" and cfg.optimizer.name == "rmsprop"  # its own recipe, as in train.py
+    assert compose_config("bench", ["model=densenet121"]).model.name == "densenet121"
