@@ -161,8 +161,9 @@ def lightning_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, dev
     timer = _Timer(cfg.warmup, cfg.steps)
     trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
                         max_epochs=-1, max_steps=cfg.warmup + cfg.steps, limit_val_batches=0,
-                        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer])
+                        num_sanity_val_steps=0, benchmark=device.type == "cuda", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[timer])
     trainer.fit(model, datamodule=dm)
     return timer.images, timer.end - timer.start
 
@@ -189,6 +190,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(str(cfg.device))
     precision = resolve_precision(cfg.precision, "gpu" if device.type == "cuda" else "cpu")
     gpu = device.type == "cuda"
+    if gpu:
+        torch.backends.cudnn.benchmark = True  # as train.py's default (trainer.benchmark), for every row alike
     workers = resolve_num_workers(cfg.num_workers, gpu)
     with tempfile.TemporaryDirectory(prefix="bcc_bench_") as tmp:
         root = _prepare_data(cfg, Path(tmp))

@@ -38,7 +38,8 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(precision: Any, accelerator: str) -> Any:
-    """`auto`: bf16 autocast where the hardware runs it natively (Ampere+ GPUs, AVX-512-BF16/AMX CPUs), else fp32."""
+    """`auto`: bf16 autocast where the hardware runs it natively (Ampere+ GPUs, AVX-512-BF16/AMX CPUs); fp16 autocast
+    on older GPUs; else fp32."""
     if str(precision) != "auto":
         return precision
     use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")

@@ -81,6 +81,8 @@ def build_loggers(cfg: DictConfig, outdir: Path) -> list[Logger]:
 def build_trainer(cfg: DictConfig, outdir: Path, callbacks: list[Callback], loggers: list[Logger] | bool) -> L.Trainer:
     options = to_dict(cfg.trainer)
     options["precision"] = resolve_precision(options.get("precision", "auto"), str(options.get("accelerator", "auto")))
+    if options.get("benchmark") is None:  # every batch has the same shape: let cuDNN pick its fastest kernels once
+        options["benchmark"] = not options.get("deterministic")
     if progress_bar_kind(cfg.callbacks.progress_bar) == "none":
         options["enable_progress_bar"] = False
     plugins = [AtomicCheckpointIO()]

@@ -144,3 +144,14 @@ def test_resume_from_last_checkpoint(demo_root: Path, in_tmp: Path) -> None:
 
     epochs = {r["epoch"] for r in csv.DictReader((resumed_dir / "csv" / "metrics.csv").open()) if r.get("val/loss")}
     assert epochs == {"1"}  # only the second epoch was trained again
+
+
+@pytest.mark.parametrize(("deterministic", "autotune"), [(False, True), (True, False)])
+def test_cudnn_autotuning_unless_deterministic(tmp_path: Path, deterministic: bool, autotune: bool) -> None:
+    cfg = compose_config("train", [f"trainer.deterministic={str(deterministic).lower()}", "logger=none"])
+    try:
+        training.build_trainer(cfg, tmp_path, [], False)
+        assert torch.backends.cudnn.benchmark is autotune
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = False
