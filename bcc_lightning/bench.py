@@ -203,6 +203,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             return BCCDataModule(root, model.preprocess, batch_size=cfg.batch_size, num_workers=num_workers,
                                  augment=AugmentConfig(), cache=cfg.cache, gpu=gpu)
 
+        build: dict[str, list[float]] = {}
+        if cfg.cache:  # built here once (timed, when new), so no loader row pays for it
+            probe = datamodule(workers)
+            before = set(probe.cache_dir.glob("train-*.u8"))
+            start = time.perf_counter()
+            count = len(probe.dataset("train"))
+            if set(probe.cache_dir.glob("train-*.u8")) != before:
+                build[f"cache build (decode + resize, {workers} workers)"] = [count / (time.perf_counter() - start)]
         loader_workers = list(dict.fromkeys([*cfg.loader_workers, workers]))
         runs: dict[str, Callable[[], tuple[int, float]]] = {
             f"loader only, {w} workers{' (default)' if w == workers else ''}":
@@ -215,7 +223,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             naive = _model(cfg, channels_last=False)
             runs[NAIVE] = lambda: plain_loop_rate(naive, dm, cfg, device, "32-true")
         runs[INFERENCE] = lambda: inference_rate(model, dm, cfg, device, precision)
-        samples = _rates(runs, int(cfg.repeats))
+        samples = {**build, **_rates(runs, int(cfg.repeats))}
     rates = {name: statistics.median(values) for name, values in samples.items()}
     default_loader = next(v for k, v in rates.items() if k.startswith(f"loader only, {workers} workers"))
     ratios = {"full / model step": rates[FULL] / rates[MODEL_STEP], "full / plain loop": rates[FULL] / rates[PLAIN],

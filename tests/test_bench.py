@@ -31,3 +31,13 @@ def test_bench_uses_train_model_groups() -> None:
     cfg = compose_config("bench", ["model=inceptionv3"])
     assert cfg.model.name == "inceptionv3" and cfg.optimizer.name == "rmsprop"  # its own recipe, as in train.py
     assert compose_config("bench", ["model=densenet121"]).model.name == "densenet121"
+
+
+def test_bench_times_the_cache_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    overrides = ["model.img_size=32", "batch_size=4", "n_images=12", "steps=1", "warmup=1", "repeats=1",
+                 "loader_workers=[0]", "num_workers=0", "device=cpu", "precision=32-true", "naive=false",
+                 f"cache={tmp_path / 'cache'}"]
+    rates = bench.run(compose_config("bench", overrides))["images_per_s"]
+    assert rates["cache build (decode + resize, 0 workers)"] > 0
+    assert rates["loader only, 0 workers (default)"] > 0

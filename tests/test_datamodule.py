@@ -159,3 +159,22 @@ def test_augmentation_is_a_function_of_seed_epoch_and_position(tmp_path: Path) -
 
     assert torch.equal(epoch_batches(0, 3), epoch_batches(2, 3))
     assert not torch.equal(epoch_batches(0, 3), epoch_batches(0, 4))
+
+
+def test_cache_built_in_parallel_matches_and_reports_bad_files_cleanly(tmp_path: Path) -> None:
+    from functools import partial
+
+    from bcc_lightning.data.cache import open_or_build
+    from bcc_lightning.data.datamodule import decode_hwc
+
+    root = make_folder(tmp_path / "data", per_class=3)
+    paths = [p for p, _ in scan_split(root, "train")]
+    decode = partial(decode_hwc, pre=PRE)
+    serial = open_or_build(tmp_path / "a", "train", paths, 32, "bilinear", decode)
+    parallel = open_or_build(tmp_path / "b", "train", paths, 32, "bilinear", decode, workers=2)
+    assert serial.path.read_bytes() == parallel.path.read_bytes()  # same rows, same order
+    paths[1].write_bytes(b"not an image")
+    with pytest.raises(UserError) as info:
+        open_or_build(tmp_path / "c", "train", paths, 32, "bilinear", decode, workers=2)
+    assert "Cannot read a training image" in str(info.value) and "Traceback" not in str(info.value)
+    assert not list((tmp_path / "c").iterdir())  # nothing half-written is left

@@ -10,10 +10,11 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import DataLoader, Dataset
 
 from bcc_lightning.errors import UserError
 
@@ -52,9 +53,43 @@ class CachedArray:
         return self._array[index]
 
 
+class _Decoded(Dataset):
+    """Decodes in loader workers for a parallel build. A UserError travels back as its message, so the main process
+    can raise it cleanly (a worker's exception would arrive wrapped in a traceback text)."""
+
+    def __init__(self, paths: Sequence[Path], decode: Callable[[Path], np.ndarray], shape: tuple[int, ...]) -> None:
+        self.paths, self.decode, self.shape = list(paths), decode, shape
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
+        try:
+            return self.decode(self.paths[index]), ""
+        except UserError as exc:
+            return np.zeros(self.shape, dtype=np.uint8), str(exc)
+
+
+def _decoded(paths: Sequence[Path], decode: Callable[[Path], np.ndarray], shape: tuple[int, ...],
+             workers: int) -> Iterator[np.ndarray]:
+    """Decoded images in order; with workers > 0 several at a time (`decode` must then pickle: no lambdas)."""
+    if workers <= 0:
+        yield from (decode(path) for path in paths)
+        return
+    # Batches, not single images: one shared-memory block per 32 images keeps the hand-over cheap.
+    loader = DataLoader(_Decoded(paths, decode, shape), batch_size=32, num_workers=workers)
+    for pixels, errors in loader:
+        for image, error in zip(pixels.numpy(), errors):
+            if error:
+                raise UserError(error)
+            yield image
+
+
 def open_or_build(cache_dir: str | Path, split: str, paths: Sequence[Path], img_size: int, interpolation: str,
-                  decode: Callable[[Path], np.ndarray], log: Callable[[str], None] = print) -> CachedArray:
-    """The cache for these files at this size: opened if it exists, else built (atomically) first."""
+                  decode: Callable[[Path], np.ndarray], log: Callable[[str], None] = print,
+                  workers: int = 0) -> CachedArray:
+    """The cache for these files at this size: opened if it exists, else built (atomically) first, decoding in
+    `workers` processes."""
     cache_dir = Path(cache_dir).expanduser()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -73,8 +108,8 @@ def open_or_build(cache_dir: str | Path, split: str, paths: Sequence[Path], img_
     os.close(fd)
     try:
         array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
-        for index, path in enumerate(paths):
-            array[index] = decode(path)
+        for index, pixels in enumerate(_decoded(paths, decode, shape[1:], workers)):
+            array[index] = pixels
         array.flush()
         del array
         os.replace(tmp, target)

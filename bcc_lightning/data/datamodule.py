@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -112,6 +113,11 @@ def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
         raise UserError(f"Cannot read a training image: {exc}. Remove or replace the file (bcc-prepare lists and "
                         f"skips unreadable files) and run again.") from exc
     return to_pixels(image, pre)
+
+
+def decode_hwc(path: Path, pre: Preprocess) -> np.ndarray:
+    """decode_resized as an (S, S, 3) array: one row of the decoded-image cache."""
+    return decode_resized(path, pre).permute(1, 2, 0).numpy()
 
 
 def fold_samples(root: str | Path, split: str, fold: int) -> list[tuple[Path, int]]:
@@ -273,8 +279,8 @@ class BCCDataModule(L.LightningDataModule):
             cache = None
             if self.cache_dir is not None:
                 cache = open_or_build(self.cache_dir, split, [p for p, _ in samples], self.preprocess.img_size,
-                                      self.preprocess.interpolation,
-                                      lambda p: decode_resized(p, self.preprocess).permute(1, 2, 0).numpy())
+                                      self.preprocess.interpolation, partial(decode_hwc, pre=self.preprocess),
+                                      workers=self.num_workers)
             self.datasets[split] = ImageFolderDataset(samples, self.preprocess, augment, cache)
         return self.datasets[split]
 
