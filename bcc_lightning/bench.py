@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from bcc_lightning.data.augment import AugmentConfig
 from bcc_lightning.data.datamodule import BCCDataModule, resolve_num_workers
 from bcc_lightning.data.demo import generate_raw
+from bcc_lightning.errors import UserError
 from bcc_lightning.files import write_json
 from bcc_lightning.inference import autocast_for, pick_device, predict_batches
 from bcc_lightning.models.module import BCCClassifier
@@ -187,6 +188,10 @@ INFERENCE = "inference (eval.py / predict)"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    if int(cfg.warmup) < 1 or int(cfg.steps) < 1 or int(cfg.repeats) < 1:
+        raise UserError(f"warmup, steps and repeats must each be at least 1 (got warmup={cfg.warmup}, "
+                        f"steps={cfg.steps}, repeats={cfg.repeats}): the first batches pay for start-up and are "
+                        f"never timed.")
     device = pick_device(str(cfg.device))
     precision = resolve_precision(cfg.precision, "gpu" if device.type == "cuda" else "cpu")
     gpu = device.type == "cuda"

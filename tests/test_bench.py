@@ -41,3 +41,10 @@ def test_bench_times_the_cache_build(tmp_path: Path, monkeypatch: pytest.MonkeyP
     rates = bench.run(compose_config("bench", overrides))["images_per_s"]
     assert rates["cache build (decode + resize, 0 workers)"] > 0
     assert rates["loader only, 0 workers (default)"] > 0
+
+
+def test_bench_refuses_untimed_settings() -> None:
+    from bcc_lightning.errors import UserError
+
+    with pytest.raises(UserError, match="warmup, steps and repeats"):
+        bench.run(compose_config("bench", ["warmup=0"]))
