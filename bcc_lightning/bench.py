@@ -79,14 +79,46 @@ def _batches(loader: Any, limit: int) -> Iterator[Any]:
         yield batch
 
 
-def loader_rate(dm: BCCDataModule, cfg: DictConfig) -> tuple[int, float]:
-    iterator = _cycle(dm.train_dataloader())
+def _proc_kb(path: str, keys: tuple[str, ...]) -> dict[str, int]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in lines if line.split(":", 1)[0] in keys)
+    return {key: int(value.split()[0]) for key, value in fields.items()}
+
+
+def _memory_mb(pid: int) -> dict[str, float]:
+    """A process's peak RSS, and its current pages split into private ones (its own: what a copy per worker would
+    show up in) and shared ones (libraries, pages inherited from the parent, the memory-mapped cache). From /proc
+    (Linux); {} elsewhere."""
+    status = _proc_kb(f"/proc/{pid}/status", ("VmHWM",))
+    rollup = _proc_kb(f"/proc/{pid}/smaps_rollup", ("Private_Clean", "Private_Dirty", "Shared_Clean", "Shared_Dirty"))
+    if not status or not rollup:
+        return {}
+    return {"peak_rss": status["VmHWM"] / 1024,
+            "private": (rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)) / 1024,
+            "shared": (rollup.get("Shared_Clean", 0) + rollup.get("Shared_Dirty", 0)) / 1024}
+
+
+def loader_rate(dm: BCCDataModule, cfg: DictConfig,
+                worker_memory: dict[int, dict[str, float]] | None = None) -> tuple[int, float]:
+    """Images/s from files to batches; `worker_memory[num_workers]` gets the largest worker's memory afterwards."""
+    loader = dm.train_dataloader()
+    iterator = _cycle(loader)
     for _ in range(cfg.warmup):
         next(iterator)
     start, images = time.perf_counter(), 0
     for _ in range(cfg.steps):
         images += next(iterator)[0].shape[0]
-    return images, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    # The persistent workers of this loader (a private attribute of torch's DataLoader: read, never relied on).
+    workers = getattr(getattr(loader, "_iterator", None), "_workers", None) or []
+    for process in workers if worker_memory is not None else []:
+        memory = _memory_mb(process.pid)
+        if memory.get("peak_rss", 0) > worker_memory.get(dm.num_workers, {}).get("peak_rss", 0):
+            worker_memory[dm.num_workers] = memory
+    return images, seconds
 
 
 def train_step_fn(model: BCCClassifier, device: torch.device, precision: Any) -> Callable[[Any], None]:
@@ -217,9 +249,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if set(probe.cache_dir.glob("train-*.u8")) != before:
                 build[f"cache build (decode + resize, {workers} workers)"] = [count / (time.perf_counter() - start)]
         loader_workers = list(dict.fromkeys([*cfg.loader_workers, workers]))
+        worker_memory: dict[int, dict[str, float]] = {}
         runs: dict[str, Callable[[], tuple[int, float]]] = {
             f"loader only, {w} workers{' (default)' if w == workers else ''}":
-                (lambda w=w: loader_rate(datamodule(w), cfg)) for w in loader_workers}
+                (lambda w=w: loader_rate(datamodule(w), cfg, worker_memory)) for w in loader_workers}
         dm = datamodule(workers)
         runs[MODEL_STEP] = lambda: model_step_rate(model, cfg, device, precision)
         runs[FULL] = lambda: lightning_rate(model, dm, cfg, device, precision)
@@ -235,8 +268,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "loader (default workers) / model step": default_loader / rates[MODEL_STEP]}
     if cfg.naive:
         ratios["full / naive fp32 loop"] = rates[FULL] / rates[NAIVE]
+    worker = worker_memory.get(workers) or max(worker_memory.values(), key=lambda m: m.get("peak_rss", 0), default={})
     memory = {"peak_rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "peak_rss_largest_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+              "largest_loader_worker_mb": worker}
     threads = torch.get_num_threads()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)"
     result = {"device": device_name, "model": cfg.model.name, "img_size": model.preprocess.img_size,
@@ -259,8 +293,13 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"| {name:<44} | {value:>9.1f} | {low_high:>19} |")
     lines += [f"| {name:<44} | {value:>8.2f}x | {'':>19} |" for name, value in result["ratios"].items()]
     m = result["memory"]
-    lines.append(f"peak RSS: main {m['peak_rss_main_mb']:.0f} MB, largest loader worker "
-                 f"{m['peak_rss_largest_worker_mb']:.0f} MB")
+    line = f"peak RSS: main process {m['peak_rss_main_mb']:.0f} MB"
+    worker = m.get("largest_loader_worker_mb") or {}
+    if worker:
+        line += (f"; largest loader worker {worker['peak_rss']:.0f} MB peak RSS, at the end {worker['private']:.0f} MB "
+                 f"private + {worker['shared']:.0f} MB shared with other processes (libraries, pages inherited from "
+                 f"the parent, the memory-mapped cache)")
+    lines.append(line)
     return "\n".join(lines)
 
 

@@ -38,9 +38,12 @@ def test_bench_times_the_cache_build(tmp_path: Path, monkeypatch: pytest.MonkeyP
     overrides = ["model.img_size=32", "batch_size=4", "n_images=12", "steps=1", "warmup=1", "repeats=1",
                  "loader_workers=[0]", "num_workers=0", "device=cpu", "precision=32-true", "naive=false",
                  f"cache={tmp_path / 'cache'}"]
-    rates = bench.run(compose_config("bench", overrides))["images_per_s"]
+    result = bench.run(compose_config("bench", [*overrides, "loader_workers=[1]"]))
+    rates = result["images_per_s"]
     assert rates["cache build (decode + resize, 0 workers)"] > 0
-    assert rates["loader only, 0 workers (default)"] > 0
+    assert rates["loader only, 0 workers (default)"] > 0 and rates["loader only, 1 workers"] > 0
+    worker = result["memory"]["largest_loader_worker_mb"]  # read from /proc: Linux, as CI
+    assert worker["peak_rss"] > 0 and worker["private"] > 0 and worker["shared"] > 0
 
 
 def test_bench_refuses_untimed_settings() -> None:
