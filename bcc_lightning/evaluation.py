@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from bcc_lightning.data.datamodule import BCCDataModule, build_transform
+from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.demo import is_demo_root
 from bcc_lightning.data.imageio import load_rgb
 from bcc_lightning.data.labels import CLASS_NAMES
@@ -171,8 +171,8 @@ def evaluate(model: BCCClassifier, ckpt_path: Path, root: Path, outdir: Path, sp
         cams = _cam_items(paths, labels, probs, threshold_value, per_group, rng)
         for item in cams:
             item["image"] = load_rgb(item["path"])
-        save_overlays(model, cams, build_transform(model.preprocess), outdir / "gradcam",
-                      model.backbone_arch, model.preprocess.img_size, report.get("cam_layer"), device)
+        save_overlays(model, cams, model.preprocess, outdir / "gradcam", model.backbone_arch,
+                      report.get("cam_layer"), device)
 
     result = {
         "split": split, "data_root": str(root.resolve()), "checkpoint": str(ckpt_path), "synthetic_data": synthetic,

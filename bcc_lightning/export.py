@@ -29,12 +29,11 @@ class Deployable(nn.Module):
 
     def __init__(self, model: BCCClassifier) -> None:
         super().__init__()
-        self.backbone, self.head = model.backbone, model.head
-        self.register_buffer("mean", torch.tensor(model.preprocess.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(model.preprocess.std).view(1, 3, 1, 1))
+        self.normalise, self.backbone, self.head = model.normalise, model.backbone, model.head
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.head(self.backbone((images - self.mean) / self.std)).squeeze(-1)
+        # [0, 1] in, as the sidecar documents; the model's own normalisation on the 0-255 scale.
+        logits = self.head(self.backbone(self.normalise(images * 255))).squeeze(-1)
         return torch.sigmoid(logits), logits
 
 

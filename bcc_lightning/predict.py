@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from bcc_lightning.data.datamodule import Preprocess, build_transform, resolve_num_workers, to_pixels
+from bcc_lightning.data.datamodule import Preprocess, resolve_num_workers, to_pixels
 from bcc_lightning.data.imageio import ImageDecodeError, is_image_file, load_rgb
 from bcc_lightning.data.labels import CLASS_NAMES
 from bcc_lightning.errors import UserError
@@ -96,9 +96,8 @@ def predict(ckpt: Path, target: Path, out: Path, threshold: float = 0.5, batch_s
         for start in range(0, len(items), batch_size):
             for item in items[start:start + batch_size]:
                 item["image"] = load_rgb(item["path"])  # decoded per batch: memory stays flat over large folders
-            save_overlays(model, items[start:start + batch_size], build_transform(model.preprocess),
-                          cam_dir or out.parent / "cams", model.backbone_arch, model.preprocess.img_size, cam_layer,
-                          device)
+            save_overlays(model, items[start:start + batch_size], model.preprocess, cam_dir or out.parent / "cams",
+                          model.backbone_arch, cam_layer, device)
             for item in items[start:start + batch_size]:
                 item.pop("image", None)
                 item.pop("cam", None)

@@ -102,12 +102,12 @@ def test_optimizers_and_schedulers() -> None:
 
 
 def test_uint8_pixels_are_normalised_by_the_model(tmp_path: Path) -> None:
-    """Loaders ship uint8 pixels; predict and Grad-CAM feed build_transform's floats: same logits either way."""
+    """Loaders, predict and Grad-CAM ship uint8 pixels; the model normalises them exactly as torchvision would."""
     import numpy as np
     from PIL import Image
+    from torchvision.transforms import v2
 
-    from bcc_lightning.data.datamodule import build_transform, decode_resized
-    from bcc_lightning.data.imageio import load_rgb
+    from bcc_lightning.data.datamodule import decode_resized
 
     path = tmp_path / "cell.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
@@ -115,7 +115,14 @@ def test_uint8_pixels_are_normalised_by_the_model(tmp_path: Path) -> None:
     model = BCCClassifier({"name": "resnet10t", "img_size": 32}, OPT).eval()
     pixels = decode_resized(path, model.preprocess)
     assert pixels.dtype == torch.uint8
-    floats = build_transform(model.preprocess)(load_rgb(path))
+    pre = model.preprocess
+    floats = v2.Normalize(list(pre.mean), list(pre.std))(v2.ToDtype(torch.float32, scale=True)(pixels))
     with torch.no_grad():
         torch.testing.assert_close(model(pixels[None]), model(floats[None]), atol=1e-4, rtol=1e-4)
-    assert "pixel_mean" not in model.state_dict()  # derived from preprocess: checkpoints are unchanged
+    assert not any("normalise" in key for key in model.state_dict())  # derived from preprocess: no new keys
+
+
+def test_normalisation_uses_given_mean_std() -> None:
+    model = BCCClassifier({"name": "resnet10t", "img_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}, OPT)
+    tensor = model.normalise(torch.full((1, 3, 10, 10), 128, dtype=torch.uint8))
+    assert torch.allclose(tensor, torch.full_like(tensor, (128 / 255 - 0.5) / 0.25), atol=1e-5)

@@ -101,11 +101,11 @@ def test_bad_threshold_and_split(trained_run: Path, tmp_path: Path, monkeypatch:
 
 def test_gradcam_explains_the_predicted_class(trained_run: Path, demo_root: Path) -> None:
     model = load_checkpoint(best_ckpt(trained_run))
-    from bcc_lightning.data.datamodule import build_transform
+    from bcc_lightning.data.datamodule import to_pixels
 
     path = next((demo_root / "test" / "M").glob("*.png"))
     image = Image.open(path).convert("RGB")
-    x = build_transform(model.preprocess)(image).unsqueeze(0)
+    x = to_pixels(image, model.preprocess).unsqueeze(0)  # uint8, as evaluation and predict pass them
     layer = find_target_layer(model, model.backbone_arch, model.preprocess.img_size)
     as_malignant = compute_cams(model, x, [1], layer)[0]
     as_benign = compute_cams(model, x, [0], layer)[0]
@@ -145,7 +145,7 @@ def test_export_parity(trained_run: Path, tmp_path: Path, fmt: str) -> None:
     assert meta["synthetic_training_data"] is True and meta["source_checkpoint_sha256"]
     # The exported file alone, on a real image prepared as the sidecar says, matches the checkpoint's model.
     model = load_checkpoint(ckpt)
-    from bcc_lightning.data.datamodule import build_transform
+    from bcc_lightning.data.datamodule import to_pixels
     from bcc_lightning.data.imageio import load_rgb
 
     image = load_rgb(next(Path(meta["trained_on"], "test", "M").glob("*.png")))
@@ -153,5 +153,5 @@ def test_export_parity(trained_run: Path, tmp_path: Path, fmt: str) -> None:
     batch = np.stack([resized.transpose(2, 0, 1)] * 3)  # dynamic batch of 3
     exported = run_exported(out, fmt, batch)
     with torch.no_grad():
-        reference = torch.sigmoid(model(build_transform(model.preprocess)(image).unsqueeze(0))).item()
+        reference = torch.sigmoid(model(to_pixels(image, model.preprocess).unsqueeze(0))).item()
     assert exported.shape == (3,) and exported[0] == pytest.approx(reference, abs=2e-3)

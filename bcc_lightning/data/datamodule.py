@@ -90,16 +90,6 @@ def resize_op(pre: Preprocess) -> v2.Resize:
                      antialias=True)
 
 
-def normalise_op(pre: Preprocess) -> v2.Compose:
-    """uint8 CHW -> float in [0, 1] -> the backbone's mean/std."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))])
-
-
-def build_transform(pre: Preprocess) -> v2.Compose:
-    """Decoded PIL RGB image -> resized (no crop) -> normalised float tensor (inference, Grad-CAM)."""
-    return v2.Compose([resize_op(pre), v2.PILToTensor(), *normalise_op(pre).transforms])
-
-
 def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
     """Decoded RGB image -> uint8 CHW tensor at the input size: what loaders ship and the model normalises."""
     return v2.functional.pil_to_tensor(resize_op(pre)(image))

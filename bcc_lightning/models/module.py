@@ -36,6 +36,20 @@ def _metrics(prefix: str) -> MetricCollection:
     )
 
 
+class PixelNormalise(nn.Module):
+    """Pixel values on the 0-255 scale (uint8 or float) -> the backbone's input (its mean/std). The one place that
+    normalises: training, evaluation, predict, Grad-CAM and the exported graph all come through here. Its buffers
+    are not persistent: they follow from the checkpoint's preprocessing, so checkpoints hold no extra keys."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() - self.mean) / self.std
+
+
 class FiniteLossGuard:
     """Stops training on a non-finite loss with advice. On the CPU at once; on a GPU one step late, because a
     Python `if` on a device value would make the host wait for every step and starve the kernel queue. The loss
@@ -114,11 +128,8 @@ class BCCClassifier(L.LightningModule):
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
         # Loaders ship uint8 pixels (4x less to copy between processes and to the GPU); they are normalised here,
-        # on the model's device. Not persistent: they follow from `preprocess`, so checkpoints are unchanged.
-        self.register_buffer("pixel_mean", torch.tensor(self.preprocess.mean).view(1, 3, 1, 1) * 255,
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(self.preprocess.std).view(1, 3, 1, 1) * 255,
-                             persistent=False)
+        # on the model's device.
+        self.normalise = PixelNormalise(self.preprocess.mean, self.preprocess.std)
         weight = None if pos_weight is None else torch.tensor([float(pos_weight)])
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
         self.train_metrics, self.val_metrics = _metrics("train/"), _metrics("val/")
@@ -154,7 +165,7 @@ class BCCClassifier(L.LightningModule):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)  # before the cast: the copy moves bytes, not floats
         if x.dtype == torch.uint8:
-            x = (x.float() - self.pixel_mean) / self.pixel_std
+            x = self.normalise(x)
         return self.head(self.backbone(x)).squeeze(-1)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:

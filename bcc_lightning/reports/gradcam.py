@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from bcc_lightning.data.datamodule import Preprocess, to_pixels
 from bcc_lightning.errors import UserError
 
 # Known good layers (the last feature map before pooling); other backbones use the last 4-D activation.
@@ -102,17 +103,18 @@ def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.45) -> Image.I
     return Image.fromarray(np.uint8(np.clip((1 - alpha) * base + alpha * colours, 0, 1) * 255))
 
 
-def save_overlays(model: nn.Module, items: list[dict[str, Any]], transform: Any, outdir: Path, arch: str,
-                  img_size: int, layer_path: str | None = None, device: torch.device | None = None) -> list[Path]:
-    """Write one side-by-side PNG (image | Grad-CAM) per item {path, image, label, prob, predicted}."""
+def save_overlays(model: nn.Module, items: list[dict[str, Any]], pre: Preprocess, outdir: Path, arch: str,
+                  layer_path: str | None = None, device: torch.device | None = None) -> list[Path]:
+    """Write one side-by-side PNG (image | Grad-CAM) per item {path, image, label, prob, predicted}; the model sees
+    the same uint8 pixels as in evaluation (`to_pixels`)."""
     from bcc_lightning.files import atomic_write
 
     if not items:
         return []
     device = device or torch.device("cpu")
     model = model.to(device)
-    layer = find_target_layer(model, arch, img_size, layer_path)
-    batch = torch.stack([transform(item["image"]) for item in items]).to(device)
+    layer = find_target_layer(model, arch, pre.img_size, layer_path)
+    batch = torch.stack([to_pixels(item["image"], pre) for item in items]).to(device)
     cams = compute_cams(model, batch, [item["predicted"] for item in items], layer)
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
