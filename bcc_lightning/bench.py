@@ -113,11 +113,11 @@ def loader_rate(dm: BCCDataModule, cfg: DictConfig,
         images += next(iterator)[0].shape[0]
     seconds = time.perf_counter() - start
     # The persistent workers of this loader (a private attribute of torch's DataLoader: read, never relied on).
-    workers = getattr(getattr(loader, "_iterator", None), "_workers", None) or []
-    for process in workers if worker_memory is not None else []:
-        memory = _memory_mb(process.pid)
-        if memory.get("peak_rss", 0) > worker_memory.get(dm.num_workers, {}).get("peak_rss", 0):
-            worker_memory[dm.num_workers] = memory
+    if worker_memory is not None:
+        for process in getattr(getattr(loader, "_iterator", None), "_workers", None) or []:
+            memory = _memory_mb(process.pid)
+            if memory.get("peak_rss", 0) > worker_memory.get(dm.num_workers, {}).get("peak_rss", 0):
+                worker_memory[dm.num_workers] = memory
     return images, seconds
 
 

@@ -1,5 +1,7 @@
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,6 +155,14 @@ def test_augmentation_is_a_function_of_seed_epoch_and_position(tmp_path: Path) -
     assert not torch.equal(epoch_batches(0, 3), epoch_batches(0, 4))
 
 
+def _decode_noting_pid(path: Path, log: Path) -> np.ndarray:
+    from bcc_lightning.data.datamodule import decode_hwc
+
+    with log.open("a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    return decode_hwc(path, PRE)
+
+
 def test_cache_built_in_parallel_matches_and_reports_bad_files_cleanly(tmp_path: Path) -> None:
     from functools import partial
 
@@ -163,10 +173,23 @@ def test_cache_built_in_parallel_matches_and_reports_bad_files_cleanly(tmp_path:
     paths = [p for p, _ in scan_split(root, "train")]
     decode = partial(decode_hwc, pre=PRE)
     serial = open_or_build(tmp_path / "a", "train", paths, 32, "bilinear", decode)
-    parallel = open_or_build(tmp_path / "b", "train", paths, 32, "bilinear", decode, workers=2)
+    pids = tmp_path / "pids.txt"
+    parallel = open_or_build(tmp_path / "b", "train", paths, 32, "bilinear", partial(_decode_noting_pid, log=pids),
+                             workers=2)
     assert serial.path.read_bytes() == parallel.path.read_bytes()  # same rows, same order
+    assert str(os.getpid()) not in pids.read_text().split()  # decoded in the workers, not here
     paths[1].write_bytes(b"not an image")
     with pytest.raises(UserError) as info:
         open_or_build(tmp_path / "c", "train", paths, 32, "bilinear", decode, workers=2)
     assert "Cannot read a training image" in str(info.value) and "Traceback" not in str(info.value)
     assert not list((tmp_path / "c").iterdir())  # nothing half-written is left
+
+
+def test_auto_workers_follow_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bcc_lightning.data.datamodule import resolve_num_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert resolve_num_workers("auto", gpu=False) == 4 and resolve_num_workers("auto", gpu=True) == 14
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert resolve_num_workers("auto", gpu=False) == 2 and resolve_num_workers("auto", gpu=True) == 1
+    assert resolve_num_workers(3, gpu=True) == 3

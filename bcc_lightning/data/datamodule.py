@@ -213,14 +213,14 @@ class ImageFolderDataset(Dataset):
         return [label for _, label in self.samples]
 
 
-def resolve_num_workers(num_workers: int | str, gpu: bool | None = None) -> int:
+def resolve_num_workers(num_workers: int | str, gpu: bool) -> int:
     """`auto`: up to 4 when the CPU also trains (one worker already outpaces the model there, and the model needs
-    the cores); when a GPU trains (gpu=None: when one is present), every core but two (the main process and the
-    pin-memory thread), up to 16, since the GPU consumes images several times faster than one worker decodes."""
+    the cores); when a GPU trains, every core but two (the main process and the pin-memory thread), up to 16, since
+    the GPU consumes images several times faster than one worker decodes."""
     if num_workers != "auto":
         return int(num_workers)
     cores = os.cpu_count() or 1
-    if torch.cuda.is_available() if gpu is None else gpu:
+    if gpu:
         return max(1, min(cores - 2, 16))
     return min(4, cores)
 
