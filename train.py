@@ -1,6 +1,6 @@
 """Train a benign/malignant classifier: `python train.py [model=densenet121] [experiment=demo] [-m ...]`."""
 
-from bcc_lightning.cli import train
+from bcc_lightning.tasks.entry import train
 
 if __name__ == "__main__":
     train()

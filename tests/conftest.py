@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import os
 from pathlib import Path
 
@@ -11,8 +13,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from bcc_lightning.cli import CONFIG_DIR
 from bcc_lightning.data.demo import generate
+from bcc_lightning.data.prepare import PrepareSettings, prepare
+from bcc_lightning.utils.config import config_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +25,7 @@ os.environ.setdefault("TIMM_USE_HF_HUB", "0")
 
 
 def compose_config(name: str = "train", overrides: list[str] | None = None, hydra: bool = False) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         return compose(config_name=name, overrides=overrides or [], return_hydra_config=hydra)
 
 
@@ -74,7 +77,7 @@ def make_folder(root: Path, per_class: int = 4, splits: tuple[str, ...] = ("trai
 @pytest.fixture(scope="session")
 def trained_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny training run (2 epochs, 64 px) shared by the evaluation, predict and export tests."""
-    from bcc_lightning import training
+    from bcc_lightning.tasks import train as training
 
     run = tmp_path_factory.mktemp("trained_run")
     previous = Path.cwd()
@@ -84,3 +87,55 @@ def trained_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     finally:
         os.chdir(previous)
     return run
+
+
+DETERMINISTIC = ["trainer.deterministic=true", "data.num_workers=0", "trainer.precision=32-true",
+                 "trainer.accelerator=cpu", "model.img_size=48", "data.batch_size=4", "optimizer.lr=1e-3",
+                 "callbacks=none", "report.cam_per_group=0", "report.grid_size=0", "logger=csv"]
+
+
+def subprocess_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def history_rows(run: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((run / "history.csv").open()))
+
+
+# ---------------------------------------------------------------------------------------------- raw folders
+
+def breakhis_tree(root: Path, patients: int = 6, per_patient: int = 5) -> Path:
+    """root/{benign,malignant}/SOB/<type>/SOB_<c>_<type>-14-<id>/40X/SOB_<c>_<type>-14-<id>-40-NNN.png"""
+    for label, (cls, tumour) in enumerate((("benign", "A"), ("malignant", "DC"))):
+        for p in range(patients):
+            pid = f"{label}{p:03d}{'F' if p % 2 else 'CD'}"
+            folder = root / cls / "SOB" / tumour / f"SOB_{cls[0].upper()}_{tumour}-14-{pid}" / "40X"
+            for i in range(per_patient):
+                name = f"SOB_{cls[0].upper()}_{tumour}-14-{pid}-40-{i:03d}.png"
+                write_image(folder / name, size=(35, 23), seed=label * 10000 + p * 100 + i)
+    return root
+
+
+def flat_tree(root: Path, per_class: int = 20) -> Path:
+    for label, cls in enumerate(("B", "M")):
+        for i in range(per_class):
+            write_image(root / cls / f"{cls}_{i:03d}.jpg", size=(30, 20), seed=label * 1000 + i, fmt="JPEG")
+    return root
+
+
+def read_manifest(out: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((out / "manifest.csv").open()))
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        h.update(str(path.relative_to(root)).encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+            h.update(str(path.stat().st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def run_prepare(raw: Path, out: Path, **kwargs) -> dict:
+    return prepare(PrepareSettings(raw=str(raw), out=str(out), **kwargs), log=lambda message: None)

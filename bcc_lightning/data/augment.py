@@ -1,4 +1,6 @@
-"""Training-time augmentation of the original project: rotation, flips, grayscale. No crops or tilts (lose cells).
+"""The one augmentation, of the original project: rotation, flips, grayscale. No crops or tilts (they lose cells).
+
+The loader draws a view per image per epoch; bcc-prepare writes augmented copies with the same function.
 
 Every random choice comes from a generator seeded per (seed, epoch, position) by the sampler, so augmentation is
 the same with or without loader workers, and after resuming from a checkpoint.
@@ -38,8 +40,10 @@ def rotate_reflect(image: torch.Tensor, angle: float) -> torch.Tensor:
     return F.center_crop(rotated, [h, w])
 
 
-def augment(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """One random view of a uint8 (3, H, W) image."""
+def augment(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+            applied: list[str] | None = None) -> torch.Tensor:
+    """One random view of a uint8 (3, H, W) image; the names of the ops applied are appended to `applied`."""
+    names: list[str] = [] if applied is None else applied
 
     def chance(p: float) -> bool:
         return p > 0 and torch.rand((), generator=generator).item() < p
@@ -48,13 +52,18 @@ def augment(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator)
         k = int(torch.randint(0, 4, (), generator=generator))
         if k:
             image = torch.rot90(image, k, dims=(-2, -1))
+            names.append(f"rot{90 * k}")
     if cfg.rotation_degrees > 0:
         angle = (torch.rand((), generator=generator).item() * 2 - 1) * cfg.rotation_degrees
         image = rotate_reflect(image, angle)
+        names.append(f"rotate{angle:+.1f}")
     if chance(cfg.hflip):
         image = torch.flip(image, dims=(-1,))
+        names.append("hflip")
     if chance(cfg.vflip):
         image = torch.flip(image, dims=(-2,))
+        names.append("vflip")
     if chance(cfg.grayscale):
         image = F.rgb_to_grayscale(image, num_output_channels=3)
+        names.append("grayscale")
     return image.contiguous()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from bcc_lightning.errors import UserError
+from bcc_lightning.utils.errors import UserError
 
 VERSION = 1
 

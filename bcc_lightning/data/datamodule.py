@@ -2,152 +2,21 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import v2
 
 from bcc_lightning.data.augment import AugmentConfig, augment
 from bcc_lightning.data.cache import CachedArray, default_cache_dir, open_or_build
-from bcc_lightning.data.imageio import ImageDecodeError, is_image_file, load_rgb
-from bcc_lightning.data.labels import ACCEPTED_FOLDER_NAMES, CLASS_NAMES, label_from_folder
-from bcc_lightning.errors import UserError
-
-SPLITS = ("train", "val", "test")
-HOW_TO_CREATE = (
-    "Make it from a raw folder of B/M images with `python -m bcc_lightning.prepare raw=RAW out=ROOT`, try the "
-    "synthetic demo with `python train.py experiment=demo`, or arrange your images as "
-    "ROOT/{train,val,test}/{B,M}/*.png (jpg, tif and bmp work too); then pass `data.root=ROOT`."
-)
-
-
-def _show(paths: Sequence[Path]) -> str:
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in paths)
-    if not names:
-        return "nothing"
-    return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
-
-
-def scan_split(root: str | Path, split: str) -> list[tuple[Path, int]]:
-    """All (image path, label) pairs of one split, sorted; a clear UserError when the layout is wrong."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise UserError(f"Data root {root.resolve()} does not exist or is not a folder. {HOW_TO_CREATE}")
-    split_dir = root / split
-    if not split_dir.is_dir() and (root / "summary.json").is_file() and '"folds": 0' not in (
-            root / "summary.json").read_text():
-        raise UserError(f"{root} is a cross-validation split (folds in manifest.csv) without a '{split}' folder: "
-                        f"choose the fold to run with data.fold=k, or sweep them all with -m data.fold=0,1,2,...")
-    if not split_dir.is_dir():
-        found = [p for p in root.iterdir() if not p.name.startswith(".")]
-        raise UserError(
-            f"Data root {root} has no '{split}' folder (found: {_show(found)}); expected {root}/train, {root}/val "
-            f"and {root}/test, each with class folders {ACCEPTED_FOLDER_NAMES}. {HOW_TO_CREATE}"
-        )
-    class_dirs = [p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    unknown = [p for p in class_dirs if label_from_folder(p.name) is None]
-    if unknown:
-        raise UserError(
-            f"{split_dir} has folder(s) {_show(unknown)} that are not class names; class folders must be named "
-            f"{ACCEPTED_FOLDER_NAMES}. Rename or move them out of the data root."
-        )
-    by_label: dict[int, list[Path]] = {0: [], 1: []}
-    for class_dir in class_dirs:
-        label = label_from_folder(class_dir.name)
-        by_label[label].extend(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
-    for label, files in by_label.items():
-        if not files:
-            raise UserError(
-                f"{split_dir} has no {CLASS_NAMES[label]} images (class folders found: {_show(class_dirs)}). Each "
-                f"split needs both classes with .jpg/.jpeg/.png/.tif/.tiff/.bmp files. {HOW_TO_CREATE}"
-            )
-    return sorted(((p, label) for label, files in by_label.items() for p in files), key=lambda item: str(item[0]))
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """What the backbone expects; stored in checkpoints so evaluation reproduces it exactly."""
-
-    img_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-
-def resize_op(pre: Preprocess) -> v2.Resize:
-    # Resize the PIL image (SIMD uint8 path) to the square input: no crop, so no cell at the border is lost.
-    return v2.Resize((pre.img_size, pre.img_size), interpolation=v2.InterpolationMode(pre.interpolation),
-                     antialias=True)
-
-
-def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
-    """Decoded RGB image -> uint8 CHW tensor at the input size: what loaders ship and the model normalises."""
-    return v2.functional.pil_to_tensor(resize_op(pre)(image))
-
-
-def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
-    """One file -> uint8 CHW tensor at the input size (the part of the pipeline the cache stores)."""
-    try:
-        image = load_rgb(path)
-    except ImageDecodeError as exc:
-        raise UserError(f"Cannot read a training image: {exc}. Remove or replace the file (bcc-prepare lists and "
-                        f"skips unreadable files) and run again.") from exc
-    return to_pixels(image, pre)
-
-
-def decode_hwc(path: Path, pre: Preprocess) -> np.ndarray:
-    """decode_resized as an (S, S, 3) array: one row of the decoded-image cache."""
-    return decode_resized(path, pre).permute(1, 2, 0).numpy()
-
-
-def fold_samples(root: str | Path, split: str, fold: int) -> list[tuple[Path, int]]:
-    """(path, label) of one split of cross-validation run `fold`, from bcc-prepare's manifest.csv (no copying).
-
-    With a held-out test split: val = fold k, train = the other folds, test = the test split. Without one:
-    test = fold k, val = fold k+1 (mod K), train = the rest. Augmented copies only ever serve as training data.
-    """
-    root = Path(root)
-    manifest, summary_file = root / "manifest.csv", root / "summary.json"
-    if not manifest.is_file() or not summary_file.is_file():
-        raise UserError(f"data.fold={fold} needs fold assignments, but {root} has no manifest.csv/summary.json. "
-                        f"Make them with `python -m bcc_lightning.prepare raw=RAW out={root} folds=5`.")
-    settings = json.loads(summary_file.read_text()).get("settings", {})
-    folds, holdout = int(settings.get("folds") or 0), bool(settings.get("holdout_test", True))
-    if folds < 2:
-        raise UserError(f"{root} was prepared without folds (summary.json: folds={folds}); drop data.fold, or "
-                        f"prepare again with folds=K.")
-    if not 0 <= fold < folds:
-        raise UserError(f"data.fold={fold} is out of range: {root} has {folds} folds (0..{folds - 1}).")
-    if holdout:
-        roles = {"val": {fold}, "test": set(), "train": set(range(folds)) - {fold}}
-    else:
-        roles = {"test": {fold}, "val": {(fold + 1) % folds}, "train": set(range(folds)) - {fold, (fold + 1) % folds}}
-    samples = []
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            original = row["augmentation"] == "none"
-            in_fold = row.get("fold", "") != "" and int(row["fold"]) in roles[split]
-            if split == "test" and holdout:
-                chosen = row["split"] == "test" and original
-            else:
-                chosen = in_fold and (original or split == "train")
-            if chosen:
-                samples.append((root / row["path"], label_from_folder(row["label"])))
-    for label in (0, 1):
-        if not any(lab == label for _, lab in samples):
-            raise UserError(f"Fold {fold} of {root} has no {CLASS_NAMES[label]} images in its {split} split; "
-                            f"prepare with fewer folds or more images.")
-    return sorted(samples, key=lambda item: str(item[0]))
+from bcc_lightning.data.layout import SPLITS, fold_samples, scan_split
+from bcc_lightning.data.preprocess import Preprocess, decode_hwc, decode_resized
+from bcc_lightning.utils.device import resolve_num_workers
+from bcc_lightning.utils.errors import UserError
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -213,20 +82,8 @@ class ImageFolderDataset(Dataset):
         return [label for _, label in self.samples]
 
 
-def resolve_num_workers(num_workers: int | str, gpu: bool) -> int:
-    """`auto`: up to 4 when the CPU also trains (one worker already outpaces the model there, and the model needs
-    the cores); when a GPU trains, every core but two (the main process and the pin-memory thread), up to 16, since
-    the GPU consumes images several times faster than one worker decodes."""
-    if num_workers != "auto":
-        return int(num_workers)
-    cores = os.cpu_count() or 1
-    if gpu:
-        return max(1, min(cores - 2, 16))
-    return min(4, cores)
-
-
 class BCCDataModule(L.LightningDataModule):
-    def __init__(self, root: str | Path, preprocess: Preprocess | None, batch_size: int = 32,
+    def __init__(self, root: str | Path, preprocess: Preprocess, batch_size: int = 32,
                  num_workers: int | str = "auto",
                  augment: AugmentConfig | None = None, pin_memory: bool | None = None,
                  test_split: str = "test", balanced_sampler: bool = False, seed: int = 0,
@@ -253,8 +110,8 @@ class BCCDataModule(L.LightningDataModule):
         self.fold = None if fold is None else int(fold)
 
     def samples(self, split: str) -> list[tuple[Path, int]]:
-        """(path, label) of a split, scanned once; needs no preprocessing, so it can run before the model exists
-        (train.py checks the layout and counts classes for pos_weight=auto first)."""
+        """(path, label) of a split, scanned once (train.py checks the layout and counts classes for pos_weight=auto
+        before it builds the model)."""
         if split not in self._samples:
             self._samples[split] = (scan_split(self.root, split) if self.fold is None
                                     else fold_samples(self.root, split, self.fold))
@@ -262,8 +119,6 @@ class BCCDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> ImageFolderDataset:
         if split not in self.datasets:
-            if self.preprocess is None:
-                raise RuntimeError("BCCDataModule.preprocess must be set (from the model) before loading images")
             augment = self.augment if split == "train" else None
             samples = self.samples(split)
             cache = None

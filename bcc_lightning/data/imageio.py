@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
-
 # A truncated JPEG must be rejected, not silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -18,21 +16,21 @@ class ImageDecodeError(ValueError):
     """The file could not be turned into an RGB image; the message says why."""
 
 
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    """Scale high bit-depth or float pixels to 0..255 by the format's range, never by the image's own maximum: two
+    frames of one scene must decode to the same brightness relation they had on the camera.
 
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale a high bit-depth or float array to 0..255 by its real range (16-bit TIFFs rarely use all 16 bits)."""
-    array = array.astype(np.float64)
-    lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
-    if hi <= lo:
-        return np.zeros(array.shape, dtype=np.uint8)
-    if array.dtype.kind in "iu" or lo >= 0:
-        # Integer data: keep the absolute scale if it fits the type's usual range, so darker images stay darker.
-        top = 255.0 if hi <= 255 else (4095.0 if hi <= 4095 else 65535.0)
-        return np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return np.clip((array - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    16-bit modes: 0..65535. 32-bit integer mode `I` (how some readers return 16-bit PNGs): 0..65535 as well, clipped.
+    Float `F`: 0..1 by convention; data beyond 1 is taken as 8-bit (<= 255) or 16-bit (<= 65535) values stored as
+    floats. NaN becomes 0.
+    """
+    data = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if mode == "F":
+        top = float(np.max(data)) if data.size else 0.0
+        scale = 1.0 if top <= 1.0 else (255.0 if top <= 255.0 else 65535.0)
+    else:
+        scale = 65535.0
+    return np.clip(data / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -41,7 +39,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
+        return Image.fromarray(_to_uint8(np.asarray(image), mode)).convert("RGB")
     if mode == "P" and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -49,7 +47,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode in ("RGB;16", "RGBA;16", "BGR;16"):
-        return Image.fromarray(_to_uint8(np.asarray(image))[..., :3])
+        return Image.fromarray(_to_uint8(np.asarray(image), mode)[..., :3])
     return image.convert("RGB")
 
 

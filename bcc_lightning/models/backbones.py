@@ -13,8 +13,8 @@ import timm
 import torch
 from torch import nn
 
-from bcc_lightning.data.datamodule import Preprocess
-from bcc_lightning.errors import UserError
+from bcc_lightning.data.preprocess import Preprocess
+from bcc_lightning.utils.errors import UserError
 
 # Short names of the original project's three backbones -> timm names whose weights match the Keras/torchvision ones.
 ALIASES = {
@@ -123,7 +123,7 @@ class Head(nn.Sequential):
         super().__init__(*layers)
 
 
-def _build_timm(name: str, use_hub: bool) -> tuple[nn.Module, dict[str, Any], str]:
+def _build_timm(name: str, use_hub: bool) -> tuple[nn.Module, str]:
     name = resolve_name(name)
     try:
         backbone = timm.create_model(name, pretrained=use_hub, num_classes=0)
@@ -131,10 +131,10 @@ def _build_timm(name: str, use_hub: bool) -> tuple[nn.Module, dict[str, Any], st
         if use_hub:
             raise _pretrained_hint(name, exc) from exc
         raise UserError(f"Cannot build backbone '{name}': {type(exc).__name__}: {exc}") from exc
-    return backbone, timm.data.resolve_model_data_config(backbone), name.split(".")[0]
+    return backbone, name.split(".")[0]
 
 
-def _build_torchvision(name: str, use_hub: bool) -> tuple[nn.Module, dict[str, Any], str]:
+def _build_torchvision(name: str, use_hub: bool) -> tuple[nn.Module, str]:
     """torchvision's own architectures (the exact ones of the original Keras/ImageNet lineage), headless."""
     import torchvision
 
@@ -167,14 +167,37 @@ def _build_torchvision(name: str, use_hub: bool) -> tuple[nn.Module, dict[str, A
     linear = old if isinstance(old, nn.Linear) else [m for m in old.modules() if isinstance(m, nn.Linear)][0]
     setattr(backbone, classifier, nn.Identity())
     backbone.num_features = linear.in_features
+    return backbone, arch
+
+
+def _torchvision_data_config(arch: str) -> dict[str, Any]:
     mean, std = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if arch == "inception_v3" else (IMAGENET_MEAN, IMAGENET_STD)
     size = 299 if arch == "inception_v3" else 224
-    return backbone, {"input_size": (3, size, size), "mean": mean, "std": std, "interpolation": "bilinear"}, arch
+    return {"input_size": (3, size, size), "mean": mean, "std": std, "interpolation": "bilinear"}
+
+
+def data_config_for(name: str, source: str = "timm") -> dict[str, Any]:
+    """The input size, mean/std and interpolation of a backbone's weights, read from timm's pretrained config (or
+    torchvision's fixed ones) without building the network."""
+    if source == "torchvision":
+        return _torchvision_data_config(TORCHVISION_ALIASES.get(name.lower(), name))
+    name = resolve_name(name)
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    return timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {},
+                                         use_test_size=False)
+
+
+def resolve_preprocess(model_cfg: Mapping[str, Any]) -> Preprocess:
+    """The preprocessing a model config implies (its weights' own, overridable by img_size/mean/std), known before
+    the model exists: the data module is built with it once, and the model stores it in its checkpoint."""
+    source = str(model_cfg.get("source") or "timm")
+    return preprocess_for(data_config_for(model_cfg["name"], source), model_cfg.get("img_size"),
+                          arch_name(model_cfg["name"], source), model_cfg.get("mean"), model_cfg.get("std"))
 
 
 def build_backbone(name: str, pretrained: bool = False, weights: str | None = None, load_weights: bool = True,
-                   source: str = "timm") -> tuple[nn.Module, dict[str, Any]]:
-    """A headless network (pooled features, `num_features` wide) and the data config of its weights.
+                   source: str = "timm") -> nn.Module:
+    """A headless network (pooled features, `num_features` wide); its input is `resolve_preprocess`'s.
 
     `load_weights=False` builds the architecture only (used when a checkpoint supplies every tensor).
     """
@@ -182,14 +205,14 @@ def build_backbone(name: str, pretrained: bool = False, weights: str | None = No
         raise UserError(f"model.source must be timm or torchvision; got {source!r}.")
     use_hub = bool(pretrained) and not weights and load_weights
     builder = _build_timm if source == "timm" else _build_torchvision
-    backbone, data_config, arch = builder(name, use_hub)
+    backbone, arch = builder(name, use_hub)
     if weights and load_weights:
         info = load_backbone_weights(backbone, weights, arch)
         log.info("Loaded %d tensors from %s into %s (%d of the backbone's tensors missing, %d in the file unused)",
                  info["loaded"], weights, arch, info["missing"], info["unexpected"])
     elif use_hub:
         log.info("Loaded ImageNet weights for %s (%s)", arch, source)
-    return backbone, data_config
+    return backbone
 
 
 def arch_name(name: str, source: str = "timm") -> str:

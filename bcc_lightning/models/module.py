@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,11 +16,11 @@ from torchmetrics.classification import (
     BinaryRecall,
 )
 
-from bcc_lightning.data.datamodule import Preprocess
-from bcc_lightning.errors import UserError
-from bcc_lightning.models.backbones import Head, arch_name, build_backbone, preprocess_for
+from bcc_lightning.data.preprocess import Preprocess
+from bcc_lightning.models.backbones import Head, arch_name, build_backbone, resolve_preprocess
+from bcc_lightning.models.finite_loss import FiniteLossGuard
 from bcc_lightning.models.optim import build_optimizer, build_scheduler
-from bcc_lightning.runtime import log
+from bcc_lightning.utils.config import log
 
 
 def _metrics(prefix: str) -> MetricCollection:
@@ -50,76 +48,29 @@ class PixelNormalise(nn.Module):
         return (pixels.float() - self.mean) / self.std
 
 
-class FiniteLossGuard:
-    """Stops training on a non-finite loss with advice. On the CPU at once; on a GPU one step late, because a
-    Python `if` on a device value would make the host wait for every step and starve the kernel queue. The loss
-    is copied to (pinned) host memory asynchronously and looked at when the next step is queued, or when an epoch
-    ends (before any checkpoint of that epoch is written)."""
-
-    defer: bool | None = None  # None: defer on CUDA only (tests set True to run the deferred path on the CPU)
-
-    def __init__(self) -> None:
-        self.pending: tuple[torch.Tensor, Any, tuple[str, int, int]] | None = None
-
-    def check(self, loss: torch.Tensor, where: tuple[str, int, int]) -> None:
-        cuda = loss.device.type == "cuda"
-        if not (cuda if self.defer is None else self.defer):
-            self._raise_if_bad(loss.detach(), where)
-            return
-        event = None
-        if cuda:
-            value = loss.detach().to("cpu", non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-        else:
-            value = loss.detach().clone()
-        previous, self.pending = self.pending, (value, event, where)
-        if previous is not None:
-            self._settle(previous)
-
-    def flush(self) -> None:
-        if self.pending is not None:
-            previous, self.pending = self.pending, None
-            self._settle(previous)
-
-    def _settle(self, pending: tuple[torch.Tensor, Any, tuple[str, int, int]]) -> None:
-        value, event, where = pending
-        if event is not None:
-            event.synchronize()
-        self._raise_if_bad(value, where)
-
-    @staticmethod
-    def _raise_if_bad(loss: torch.Tensor, where: tuple[str, int, int]) -> None:
-        if not torch.isfinite(loss):
-            stage, epoch, step = where
-            raise UserError(
-                f"The {stage} loss became {loss.item()} at epoch {epoch}, step {step}. Lower optimizer.lr or train "
-                f"in full precision (trainer.precision=32-true); the last good checkpoint is kept in the run's "
-                f"checkpoints/ folder."
-            )
-
-
 class BCCClassifier(L.LightningModule):
     """Benign (0) vs malignant (1). Every constructor argument is a plain dict, saved in checkpoints.
 
     `model`: name, pretrained, weights, img_size, mean, std, dropout, hidden, channels_last.
     `optimizer`: name + keyword arguments of the torch optimizer. `scheduler`: name + options, or None.
     `data_info`: facts about the training data (root, class names, synthetic flag) kept for reports.
+    `preprocess`: the input the model was trained on (`Preprocess.to_dict()`); None resolves it from `model`
+    (checkpoints written before it was stored).
     """
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  pos_weight: float | None = None, data_info: dict[str, Any] | None = None,
-                 load_weights: bool = True) -> None:
+                 preprocess: dict[str, Any] | None = None, load_weights: bool = True) -> None:
         super().__init__()
+        if preprocess is None:
+            preprocess = resolve_preprocess(model).to_dict()
         self.save_hyperparameters(ignore=["load_weights"])
         source = str(model.get("source") or "timm")
-        self.backbone, data_config = build_backbone(
-            model["name"], pretrained=bool(model.get("pretrained")), weights=model.get("weights"),
-            load_weights=load_weights, source=source)
+        self.backbone = build_backbone(model["name"], pretrained=bool(model.get("pretrained")),
+                                       weights=model.get("weights"), load_weights=load_weights, source=source)
         self.head = Head(self.backbone.num_features, int(model.get("hidden") or 0), float(model.get("dropout") or 0))
         self.backbone_arch = arch_name(model["name"], source)
-        self.preprocess: Preprocess = preprocess_for(
-            data_config, model.get("img_size"), self.backbone_arch, model.get("mean"), model.get("std"))
+        self.preprocess = Preprocess.from_dict(preprocess)
         self.freeze_backbone = bool(model.get("freeze_backbone"))
         unfreeze = model.get("unfreeze_at_epoch")
         self.unfreeze_at_epoch = None if unfreeze is None else int(unfreeze)
@@ -233,39 +184,3 @@ class BCCClassifier(L.LightningModule):
         max_epochs = self.trainer.max_epochs if self._trainer is not None else 1
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, max_epochs or 1)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's contents, loaded weights-only (plain tensors and containers; no code is unpickled)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"Checkpoint {path} does not exist. Pass the .ckpt written by train.py, e.g. "
-                        f"ckpt=outputs/train/<run>/checkpoints/last.ckpt.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        # torch's own message suggests weights_only=False, which would run arbitrary code: do not pass it on.
-        detail = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else f"{type(exc).__name__}: {exc}"
-        raise UserError(
-            f"Cannot load checkpoint {path} ({detail.splitlines()[0][:300]}). It may be truncated, corrupt, or not "
-            f"written by bcc-lightning's train.py; use a .ckpt from a run's checkpoints/ folder."
-        ) from exc
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "model" not in (
-            checkpoint.get("hyper_parameters") or {}):
-        raise UserError(f"{path} is not a bcc-lightning checkpoint (no model hyperparameters inside); use a .ckpt "
-                        f"written by train.py.")
-    return checkpoint
-
-
-def load_checkpoint(path: str | Path, checkpoint: dict[str, Any] | None = None) -> BCCClassifier:
-    """Rebuild the model from a checkpoint's own hyperparameters (no config, no weight download)."""
-    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
-    hparams = dict(checkpoint["hyper_parameters"])
-    hparams.pop("load_weights", None)
-    model = BCCClassifier(**hparams, load_weights=False)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"Checkpoint {path} does not match the model its hyperparameters describe "
-                        f"({str(exc).splitlines()[0][:200]}); was it edited or written by another version?") from exc
-    return model.eval()

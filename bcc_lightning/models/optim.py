@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from bcc_lightning.errors import UserError
+from bcc_lightning.utils.errors import UserError
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bcc_lightning.data.datamodule import Preprocess, to_pixels
-from bcc_lightning.errors import UserError
+from bcc_lightning.data.preprocess import Preprocess, to_pixels
+from bcc_lightning.utils.errors import UserError
 
 # Known good layers (the last feature map before pooling); other backbones use the last 4-D activation.
 TARGET_LAYERS = {
@@ -107,7 +107,7 @@ def save_overlays(model: nn.Module, items: list[dict[str, Any]], pre: Preprocess
                   layer_path: str | None = None, device: torch.device | None = None) -> list[Path]:
     """Write one side-by-side PNG (image | Grad-CAM) per item {path, image, label, prob, predicted}; the model sees
     the same uint8 pixels as in evaluation (`to_pixels`)."""
-    from bcc_lightning.files import atomic_write
+    from bcc_lightning.utils.atomic_io import atomic_write
 
     if not items:
         return []

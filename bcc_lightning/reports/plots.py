@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bcc_lightning.data.labels import CLASS_NAMES  # noqa: E402
-from bcc_lightning.files import atomic_write  # noqa: E402
+from bcc_lightning.utils.atomic_io import atomic_write  # noqa: E402
 
 
 def confusion_matrix_figure(m: dict[str, Any], title: str = "") -> plt.Figure:

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from bcc_lightning.files import write_json, write_text
 from bcc_lightning.reports.metrics import classification_report, compute_metrics
 from bcc_lightning.reports.plots import (
     calibration_figure,
@@ -16,6 +15,7 @@ from bcc_lightning.reports.plots import (
     roc_figure,
     save_figure,
 )
+from bcc_lightning.utils.atomic_io import write_json, write_text
 
 SYNTHETIC_NOTE = "SYNTHETIC DEMO DATA: these numbers say nothing about real microscopy images."
 FIGURES = ("confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration.png")

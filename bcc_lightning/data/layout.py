@@ -1,0 +1,161 @@
+"""The split folder's contract in one place: split names, accepted files, manifest.csv and summary.json.
+
+A data root is `ROOT/{train,val,test}/{B,M}/...` (class folders B/M or benign/malignant, any depth below them), or a
+folder written by bcc-prepare, which adds manifest.csv (one row per file) and summary.json (counts and settings;
+with folds, the splits come from the manifest's fold column instead of folders).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bcc_lightning.data.labels import ACCEPTED_FOLDER_NAMES, CLASS_NAMES, label_from_folder
+from bcc_lightning.utils.errors import UserError
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+MANIFEST = "manifest.csv"
+SUMMARY = "summary.json"
+REJECTED = "rejected.csv"
+# sha256: of the file as written; source_sha256: of the raw file it came from (equal for byte-identical copies).
+MANIFEST_COLUMNS = ("path", "split", "label", "group", "source", "sha256", "augmentation", "fold", "source_sha256")
+HOW_TO_CREATE = (
+    "Make it from a raw folder of B/M images with `bcc-prepare raw=RAW out=ROOT`, try the "
+    "synthetic demo with `python train.py experiment=demo`, or arrange your images as "
+    "ROOT/{train,val,test}/{B,M}/*.png (jpg, tif and bmp work too); then pass `data.root=ROOT`."
+)
+
+
+def is_hidden(name: str) -> bool:
+    """Hidden files and folders (.DS_Store, .thumbnails/, editor swap files) are never data."""
+    return name.startswith(".")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path.name)
+
+
+def walk_files(folder: Path) -> Iterator[Path]:
+    """Every non-hidden file below `folder`, skipping hidden folders, in a stable (sorted) order; links to folders
+    are not followed (no cycles)."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        for name in sorted(filenames):
+            if not is_hidden(name):
+                yield Path(dirpath) / name
+
+
+def _show(paths: Sequence[Path]) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in paths)
+    if not names:
+        return "nothing"
+    return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+
+
+def read_summary(root: str | Path) -> dict[str, Any] | None:
+    """summary.json of a prepared root, or None for plain folders."""
+    path = Path(root) / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); it was edited or truncated. Prepare the folder again "
+                        f"with bcc-prepare, or delete summary.json to use the folders as plain splits.") from exc
+
+
+def fold_settings(root: str | Path) -> tuple[int, bool]:
+    """(number of folds, whether a test split is held out) of a prepared root; (0, True) without folds."""
+    settings = (read_summary(root) or {}).get("settings", {})
+    return int(settings.get("folds") or 0), bool(settings.get("holdout_test", True))
+
+
+def read_manifest(root: str | Path) -> list[dict[str, str]] | None:
+    """manifest.csv rows of a prepared root (paths relative to it), or None for plain folders."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def scan_split(root: str | Path, split: str) -> list[tuple[Path, int]]:
+    """All (image path, label) pairs of one split, sorted; a clear UserError when the layout is wrong."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"Data root {root.resolve()} does not exist or is not a folder. {HOW_TO_CREATE}")
+    split_dir = root / split
+    if not split_dir.is_dir() and fold_settings(root)[0]:
+        raise UserError(f"{root} is a cross-validation split (folds in manifest.csv) without a '{split}' folder: "
+                        f"choose the fold to run with data.fold=k, or sweep them all with -m data.fold=0,1,2,...")
+    if not split_dir.is_dir():
+        found = [p for p in root.iterdir() if not is_hidden(p.name)]
+        raise UserError(
+            f"Data root {root} has no '{split}' folder (found: {_show(found)}); expected {root}/train, {root}/val "
+            f"and {root}/test, each with class folders {ACCEPTED_FOLDER_NAMES}. {HOW_TO_CREATE}"
+        )
+    class_dirs = [p for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p.name)]
+    unknown = [p for p in class_dirs if label_from_folder(p.name) is None]
+    if unknown:
+        raise UserError(
+            f"{split_dir} has folder(s) {_show(unknown)} that are not class names; class folders must be named "
+            f"{ACCEPTED_FOLDER_NAMES}. Rename or move them out of the data root."
+        )
+    by_label: dict[int, list[Path]] = {0: [], 1: []}
+    for class_dir in class_dirs:
+        by_label[label_from_folder(class_dir.name)].extend(p for p in walk_files(class_dir) if is_image_file(p))
+    for label, files in by_label.items():
+        if not files:
+            raise UserError(
+                f"{split_dir} has no {CLASS_NAMES[label]} images (class folders found: {_show(class_dirs)}). Each "
+                f"split needs both classes with .jpg/.jpeg/.png/.tif/.tiff/.bmp files. {HOW_TO_CREATE}"
+            )
+    return sorted(((p, label) for label, files in by_label.items() for p in files), key=lambda item: str(item[0]))
+
+
+def fold_samples(root: str | Path, split: str, fold: int) -> list[tuple[Path, int]]:
+    """(path, label) of one split of cross-validation run `fold`, from bcc-prepare's manifest.csv (no copying).
+
+    With a held-out test split: val = fold k, train = the other folds, test = the test split. Without one:
+    test = fold k, val = fold k+1 (mod K), train = the rest. Augmented copies only ever serve as training data.
+    """
+    root = Path(root)
+    rows = read_manifest(root)
+    if rows is None or read_summary(root) is None:
+        raise UserError(f"data.fold={fold} needs fold assignments, but {root} has no manifest.csv/summary.json. "
+                        f"Make them with `bcc-prepare raw=RAW out={root} folds=5`.")
+    folds, holdout = fold_settings(root)
+    if folds < 2:
+        raise UserError(f"{root} was prepared without folds (summary.json: folds={folds}); drop data.fold, or "
+                        f"prepare again with folds=K.")
+    if not 0 <= fold < folds:
+        raise UserError(f"data.fold={fold} is out of range: {root} has {folds} folds (0..{folds - 1}).")
+    if holdout:
+        roles = {"val": {fold}, "test": set(), "train": set(range(folds)) - {fold}}
+    else:
+        roles = {"test": {fold}, "val": {(fold + 1) % folds}, "train": set(range(folds)) - {fold, (fold + 1) % folds}}
+    samples = []
+    for row in rows:
+        original = row["augmentation"] == "none"
+        in_fold = row.get("fold", "") != "" and int(row["fold"]) in roles[split]
+        if split == "test" and holdout:
+            chosen = row["split"] == "test" and original
+        else:
+            chosen = in_fold and (original or split == "train")
+        if chosen:
+            samples.append((root / row["path"], label_from_folder(row["label"])))
+    for label in (0, 1):
+        if not any(lab == label for _, lab in samples):
+            raise UserError(f"Fold {fold} of {root} has no {CLASS_NAMES[label]} images in its {split} split; "
+                            f"prepare with fewer folds or more images.")
+    return sorted(samples, key=lambda item: str(item[0]))
+
+
+def group_of_paths(root: str | Path) -> dict[str, str]:
+    """{path relative to root: group} from the manifest (empty for plain folders)."""
+    return {row["path"]: row["group"] for row in read_manifest(root) or [] if row.get("group")}

@@ -1,0 +1,90 @@
+"""bcc-prepare's settings, checked before any file is read."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from bcc_lightning.utils.errors import UserError
+
+AUGMENT_OPS = ("rot90", "rotate", "hflip", "vflip", "grayscale")
+BREAKHIS_PATTERN = r"^SOB_[BM]_[A-Za-z]+-(\d+-[A-Za-z0-9]+)-\d+-\d+"
+FORMATS = ("keep", "png", "jpg")
+GROUPINGS = ("image", "breakhis", "pattern")
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    raw: str
+    out: str
+    ratios: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    seed: int = 42
+    group: str = "image"
+    group_pattern: str | None = None
+    augment_ops: tuple[str, ...] = ("rot90", "hflip", "vflip")
+    augment_copies: int = 0
+    augment_before_split: bool = False
+    augment_max_degrees: float = 30.0
+    resize: int | None = None
+    format: str = "keep"
+    jpg_quality: int = 95
+    workers: int = 1
+    overwrite: bool = False
+    # K-fold cross-validation: 0 = a plain train/val/test split. With K >= 2, every image not held out for test is
+    # assigned to one of K folds (whole groups, stratified); train.py data.fold=k then validates on fold k.
+    folds: int = 0
+    holdout_test: bool = True
+
+    def validate(self) -> None:
+        if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or not math.isclose(sum(self.ratios), 1.0,
+                                                                                          abs_tol=1e-6):
+            raise UserError(f"ratios must be three non-negative numbers (train, val, test) that sum to 1; got "
+                            f"{list(self.ratios)}.")
+        if self.ratios[0] == 0:
+            raise UserError("The training ratio must be above 0.")
+        if self.group not in ("image", "breakhis", "pattern"):
+            raise UserError(f"group must be image, breakhis or pattern (with group_pattern=REGEX); got {self.group!r}.")
+        if self.group == "pattern":
+            if not self.group_pattern:
+                raise UserError("group=pattern needs group_pattern=REGEX whose first capture group is the group id.")
+            try:
+                compiled = re.compile(self.group_pattern)
+            except re.error as exc:
+                raise UserError(f"group_pattern {self.group_pattern!r} is not a valid regular expression: {exc}.") \
+                    from exc
+            if compiled.groups < 1:
+                raise UserError(f"group_pattern {self.group_pattern!r} needs a capture group, e.g. '^(P\\d+)_'.")
+        unknown = [op for op in self.augment_ops if op not in AUGMENT_OPS]
+        if unknown:
+            raise UserError(f"Unknown augment.ops {unknown}; choose from {list(AUGMENT_OPS)}.")
+        if self.augment_copies < 0:
+            raise UserError("augment.copies must be 0 or more.")
+        if self.augment_copies and not self.augment_ops:
+            raise UserError("augment.copies > 0 needs at least one op in augment.ops.")
+        if self.format not in FORMATS:
+            raise UserError(f"format must be one of {list(FORMATS)}; got {self.format!r}.")
+        if self.resize is not None and self.resize < 8:
+            raise UserError(f"resize (the longest side in pixels) must be at least 8; got {self.resize}.")
+        if self.folds == 1 or self.folds < 0:
+            raise UserError(f"folds must be 0 (no cross-validation) or at least 2; got {self.folds}.")
+        if self.folds and self.augment_before_split:
+            raise UserError("folds and augment.before_split=true do not go together: copies would cross folds.")
+        if not 1 <= self.jpg_quality <= 100:
+            raise UserError(f"jpg_quality must be 1..100; got {self.jpg_quality}.")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> PrepareSettings:
+        """From conf/prepare.yaml's keys (`workers=auto`: every core)."""
+        workers = (os.cpu_count() or 1) if cfg.num_workers == "auto" else int(cfg.num_workers)
+        return cls(
+            raw=str(cfg.raw), out=str(cfg.out), ratios=tuple(float(r) for r in cfg.ratios), seed=int(cfg.seed),
+            group=str(cfg.group), group_pattern=cfg.group_pattern, augment_ops=tuple(cfg.augment.ops),
+            augment_copies=int(cfg.augment.copies), augment_before_split=bool(cfg.augment.before_split),
+            augment_max_degrees=float(cfg.augment.max_degrees),
+            resize=None if cfg.resize is None else int(cfg.resize), format=str(cfg.format),
+            jpg_quality=int(cfg.jpg_quality), workers=workers, overwrite=bool(cfg.overwrite), folds=int(cfg.folds),
+            holdout_test=bool(cfg.holdout_test),
+        )

@@ -1,0 +1,64 @@
+"""What the backbone expects of its input, and the one path from a file to the uint8 pixels that loaders ship.
+
+`Preprocess` is stored in every checkpoint's hyperparameters, so evaluation, predict, export and serving reproduce
+training's input exactly, without rebuilding anything from the current config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
+from bcc_lightning.utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Input size (square), mean/std on the 0-1 scale and the resize interpolation."""
+
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers, as weights-only checkpoints require."""
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        return cls(img_size=int(data["img_size"]), mean=tuple(float(x) for x in data["mean"]),
+                   std=tuple(float(x) for x in data["std"]), interpolation=str(data.get("interpolation", "bilinear")))
+
+
+def resize_op(pre: Preprocess) -> v2.Resize:
+    # Resize the PIL image (SIMD uint8 path) to the square input: no crop, so no cell at the border is lost.
+    return v2.Resize((pre.img_size, pre.img_size), interpolation=v2.InterpolationMode(pre.interpolation),
+                     antialias=True)
+
+
+def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
+    """Decoded RGB image -> uint8 CHW tensor at the input size: what loaders ship and the model normalises."""
+    return v2.functional.pil_to_tensor(resize_op(pre)(image))
+
+
+def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
+    """One file -> uint8 CHW tensor at the input size (the part of the pipeline the cache stores)."""
+    try:
+        image = load_rgb(path)
+    except ImageDecodeError as exc:
+        raise UserError(f"Cannot read a training image: {exc}. Remove or replace the file (bcc-prepare lists and "
+                        f"skips unreadable files) and run again.") from exc
+    return to_pixels(image, pre)
+
+
+def decode_hwc(path: Path, pre: Preprocess) -> np.ndarray:
+    """decode_resized as an (S, S, 3) array: one row of the decoded-image cache."""
+    return decode_resized(path, pre).permute(1, 2, 0).numpy()

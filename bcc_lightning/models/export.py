@@ -1,0 +1,123 @@
+"""A deployable model (ONNX or TorchScript) with a sidecar JSON, and the check that it matches PyTorch.
+
+The exported graph takes float32 RGB images in [0, 1], shape (N, 3, S, S), already resized to S x S (whole image, no
+crop); it normalises internally and returns the malignant probability (N,) and the logit (N,). Batch size is dynamic.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bcc_lightning.data.labels import CLASS_NAMES
+from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
+from bcc_lightning.models.module import BCCClassifier
+from bcc_lightning.utils.atomic_io import atomic_write, sha256_file, write_json
+from bcc_lightning.utils.errors import UserError
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+class Deployable(nn.Module):
+    """Normalisation + network + sigmoid in one graph, fp32, channels-first."""
+
+    def __init__(self, model: BCCClassifier) -> None:
+        super().__init__()
+        self.normalise, self.backbone, self.head = model.normalise, model.backbone, model.head
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # [0, 1] in, as the sidecar documents; the model's own normalisation on the 0-255 scale.
+        logits = self.head(self.backbone(self.normalise(images * 255))).squeeze(-1)
+        return torch.sigmoid(logits), logits
+
+
+def export_model(ckpt: Path, fmt: str, out: Path, threshold: float = 0.5, opset: int = 17,
+                 check: bool = True) -> dict[str, Any]:
+    if fmt not in FORMATS:
+        raise UserError(f"format must be one of {list(FORMATS)}; got {fmt!r}.")
+    checkpoint = read_checkpoint(ckpt)
+    model = load_checkpoint(ckpt, checkpoint).float().to(memory_format=torch.contiguous_format)
+    model.channels_last = False
+    wrapper = Deployable(model).eval()
+    size = model.preprocess.img_size
+    example = torch.rand(2, 3, size, size)
+    if fmt == "onnx":
+        def write(tmp: Path) -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+                torch.onnx.export(wrapper, (example,), str(tmp), dynamo=False, opset_version=opset,
+                                  input_names=["images"], output_names=["prob_malignant", "logit"],
+                                  dynamic_axes={"images": {0: "batch"}, "prob_malignant": {0: "batch"},
+                                                "logit": {0: "batch"}})
+    else:
+        def write(tmp: Path) -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(wrapper, example)
+            traced.save(str(tmp))
+    atomic_write(out, write)
+
+    data_info = checkpoint["hyper_parameters"].get("data_info") or {}
+    sidecar = {
+        "format": fmt,
+        "model_file": out.name,
+        "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32", "range": [0.0, 1.0],
+                  "channels": "RGB", "layout": "NCHW",
+                  "preprocessing": f"decode to 8-bit RGB, resize the whole image to {size}x{size} "
+                                   f"({model.preprocess.interpolation}, no crop), divide by 255; mean/std "
+                                   f"normalisation happens inside the model",
+                  "mean": list(model.preprocess.mean), "std": list(model.preprocess.std)},
+        "outputs": {"prob_malignant": "probability of the malignant class, shape (batch,)",
+                    "logit": "the raw logit, shape (batch,)"},
+        "class_names": list(CLASS_NAMES),
+        "positive_class": "malignant",
+        "threshold": threshold,
+        "backbone": model.hparams.model["name"],
+        "timm_architecture": model.backbone_arch,
+        "source_checkpoint": str(ckpt.resolve()),
+        "source_checkpoint_sha256": sha256_file(ckpt),
+        "trained_on": data_info.get("root"),
+        "synthetic_training_data": bool(data_info.get("synthetic_data")),
+        "torch_version": torch.__version__,
+    }
+    if fmt == "onnx":
+        sidecar["opset"] = opset
+    if check:
+        sidecar["parity"] = check_parity(wrapper, out, fmt, size)
+    write_json(out.with_suffix(out.suffix + ".json"), sidecar)
+    return sidecar
+
+
+def run_exported(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
+    """Malignant probabilities from the exported file alone (ONNX Runtime, or torch.jit for TorchScript)."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(["prob_malignant"], {"images": images.astype(np.float32)})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return module(torch.from_numpy(images))[0].numpy()
+
+
+def check_parity(wrapper: nn.Module, path: Path, fmt: str, size: int, tolerance: float = 1e-4) -> dict[str, Any]:
+    """Exported vs PyTorch probabilities on random inputs, at two batch sizes (the batch axis is dynamic)."""
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for batch in (1, 5):
+        images = rng.random((batch, 3, size, size), dtype=np.float32)
+        with torch.no_grad():
+            reference = wrapper(torch.from_numpy(images))[0].numpy()
+        exported = run_exported(path, fmt, images)
+        worst = max(worst, float(np.max(np.abs(reference - exported))))
+    if worst > tolerance:
+        raise UserError(f"The exported {fmt} model differs from PyTorch by {worst:.2e} (> {tolerance:g}); it is "
+                        f"kept at {path} for inspection but should not be deployed. Try another opset or format.")
+    return {"max_abs_diff": worst, "tolerance": tolerance, "batch_sizes": [1, 5]}

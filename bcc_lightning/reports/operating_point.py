@@ -1,0 +1,214 @@
+"""Operating points (decision thresholds) and temperature scaling, both fitted on validation predictions.
+
+Order: calibrate first, then choose the threshold.
+1. `fit_temperature(val_labels, val_logits)` -> T.
+2. `apply_temperature(val_logits, T)` -> calibrated validation probabilities.
+3. `choose_threshold(val_labels, calibrated_val_probs, method)` -> threshold on the calibrated scale.
+4. At test time: `apply_temperature(test_logits, T) >= threshold`.
+A threshold chosen on uncalibrated probabilities is on another scale and must not be applied to calibrated ones.
+`fit_operating_point` does steps 1-3 in this order.
+
+A prediction is malignant when prob >= threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import optimize
+from scipy.special import expit
+
+OPERATING_POINT_FORMS = ("youden", "f1", "sensitivity@X", "specificity@X", "a number in [0, 1]")
+_TARGET = re.compile(r"^(sensitivity|specificity)@(.+)$")
+_T_BOUNDS = (0.05, 20.0)
+_TIE = 1e-12  # criterion values this close count as equal; equal criteria pick the lowest threshold
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A threshold, how it was chosen, and what it achieves on the data it was chosen on."""
+
+    threshold: float
+    method: str
+    criterion: str
+    value: float | None  # the criterion's achieved value (None for a fixed threshold)
+    sensitivity: float
+    specificity: float
+    f1: float
+    youden: float
+    n: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_operating_point(value: Any) -> str | float:
+    """Validate a user's operating point: "youden", "f1", "sensitivity@X", "specificity@X" (0 < X < 1) or a
+    fixed threshold in [0, 1]. Returns the canonical string, or the threshold as a float."""
+    accepted = ("accepted: 'youden', 'f1', 'sensitivity@X' or 'specificity@X' with 0 < X < 1 "
+                "(e.g. 'sensitivity@0.95'), or a fixed probability threshold between 0 and 1 (e.g. 0.5)")
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"invalid operating point {value!r}; {accepted}")
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        number = float(value)
+    else:
+        text = str(value).strip().lower()
+        if text in ("youden", "f1"):
+            return text
+        match = _TARGET.match(text.replace(" ", ""))
+        if match:
+            try:
+                target = float(match.group(2))
+            except ValueError:
+                raise ValueError(f"invalid operating point {value!r}: {match.group(2)!r} is not a number; "
+                                 f"{accepted}") from None
+            if not 0 < target < 1:
+                raise ValueError(f"invalid operating point {value!r}: the target must lie strictly between 0 and 1 "
+                                 f"(a fraction, not a percentage); {accepted}")
+            return f"{match.group(1)}@{target!r}"
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"invalid operating point {value!r}; {accepted}") from None
+    if not (math.isfinite(number) and 0 <= number <= 1):
+        raise ValueError(f"invalid operating point {value!r}: a fixed threshold must lie in [0, 1]; {accepted}")
+    return number
+
+
+def _validate(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if len(y) != len(p):
+        raise ValueError(f"labels and probabilities differ in length: {len(y)} vs {len(p)}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 (benign) or 1 (malignant)")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("probabilities must be finite")
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y):
+        only = "benign (0)" if n_pos == 0 else "malignant (1)"
+        raise ValueError(f"cannot choose a threshold: the validation predictions hold only {only} images "
+                         f"({len(y)} in all); sensitivity and specificity need both classes")
+    return y.astype(np.int64), p
+
+
+def _summary(threshold: float, method: str, criterion: str, value: float | None, tp: float, fp: float, n_pos: int,
+             n_neg: int) -> OperatingPoint:
+    sens, spec = tp / n_pos, 1 - fp / n_neg
+    f1 = 2 * tp / (2 * tp + fp + (n_pos - tp))
+    return OperatingPoint(float(threshold), method, criterion, None if value is None else float(value), float(sens),
+                          float(spec), float(f1), float(sens + spec - 1), n_pos + n_neg)
+
+
+def choose_threshold(labels: Any, probs: Any, method: str | float) -> OperatingPoint:
+    """Threshold on validation predictions, O(n log n): one sort, cumulative counts over distinct scores.
+
+    Candidates are the distinct scores (prob >= score is malignant).
+    - youden: maximises sensitivity + specificity - 1; f1: maximises F1. Ties: the lowest such threshold (the one
+      that misses fewer malignant images).
+    - sensitivity@X: the highest threshold whose sensitivity >= X, i.e. the best specificity under that constraint.
+    - specificity@X: the lowest threshold whose specificity >= X, i.e. the best sensitivity under that constraint;
+      if even the highest score leaves too many benign images above it, the threshold lies just above the highest
+      score (nothing is called malignant).
+    - a number: that fixed threshold.
+    Raises ValueError when only one class is present or the method is invalid.
+    """
+    parsed = parse_operating_point(method)
+    y, p = _validate(labels, probs)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if isinstance(parsed, float):
+        pred = p >= parsed
+        return _summary(parsed, str(parsed), "fixed threshold", None, float(np.sum(pred & (y == 1))),
+                        float(np.sum(pred & (y == 0))), n_pos, n_neg)
+    order = np.argsort(-p, kind="mergesort")
+    scores = p[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # end of each run of equal scores
+    thresholds = scores[last]  # descending
+    tps = np.cumsum(y[order])[last].astype(np.float64)
+    fps = (last + 1) - tps
+    sens, spec = tps / n_pos, 1 - fps / n_neg
+    if parsed in ("youden", "f1"):
+        crit = sens + spec - 1 if parsed == "youden" else 2 * tps / (2 * tps + fps + (n_pos - tps))
+        k = int(np.flatnonzero(crit >= crit.max() - _TIE)[-1])
+        name = "Youden's J" if parsed == "youden" else "F1"
+        return _summary(thresholds[k], parsed, name, crit[k], tps[k], fps[k], n_pos, n_neg)
+    kind, target = parsed.split("@")
+    x = float(target)
+    if kind == "sensitivity":
+        # Sensitivity grows as the threshold falls; the lowest score reaches 1, so a solution always exists.
+        k = int(np.flatnonzero(sens >= x)[0])
+        return _summary(thresholds[k], parsed, "sensitivity", sens[k], tps[k], fps[k], n_pos, n_neg)
+    ok = np.flatnonzero(spec >= x)
+    if len(ok) == 0:
+        above = float(np.nextafter(thresholds[0], np.inf))
+        return _summary(above, parsed, "specificity", 1.0, 0.0, 0.0, n_pos, n_neg)
+    k = int(ok[-1])
+    return _summary(thresholds[k], parsed, "specificity", spec[k], tps[k], fps[k], n_pos, n_neg)
+
+
+def _logits(values: Any) -> np.ndarray:
+    z = np.asarray(values, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(z)):
+        raise ValueError("logits must be finite")
+    return z
+
+
+def _nll(labels: np.ndarray, logits: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    # -log sigmoid(z) for malignant, -log(1 - sigmoid(z)) for benign, without overflow.
+    return float(np.mean(np.logaddexp(0.0, z) - labels * z))
+
+
+def fit_temperature(labels: Any, logits: Any) -> float:
+    """Temperature T minimising the validation NLL of sigmoid(logit / T), searched over log T in [0.05, 20].
+
+    T > 1 softens over-confident predictions; the ranking (and so AUROC) is unchanged. Warns when T ends on a
+    bound (e.g. perfectly separated validation data, where the NLL keeps falling as T -> 0).
+    """
+    y = np.asarray(labels).ravel()
+    z = _logits(logits)
+    if len(y) != len(z):
+        raise ValueError(f"labels and logits differ in length: {len(y)} vs {len(z)}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 (benign) or 1 (malignant)")
+    if len(y) == 0 or y.min() == y.max():
+        raise ValueError("temperature scaling needs validation images of both classes")
+    if not np.any(z):
+        return 1.0  # all logits 0: every temperature gives the same probabilities
+    y = y.astype(np.float64)
+    lo, hi = math.log(_T_BOUNDS[0]), math.log(_T_BOUNDS[1])
+    # Searching log T keeps the bracket symmetric around T = 1 (halving and doubling are equally far).
+    res = optimize.minimize_scalar(lambda s: _nll(y, z, math.exp(s)), bounds=(lo, hi), method="bounded",
+                                   options={"xatol": 1e-6})
+    temperature = math.exp(float(res.x))
+    if min(abs(res.x - lo), abs(res.x - hi)) < 1e-3:
+        warnings.warn(f"temperature {temperature:.3g} is at the search bound {_T_BOUNDS}: the validation "
+                      "predictions are degenerate (e.g. perfectly separated)", RuntimeWarning, stacklevel=2)
+    return temperature
+
+
+def apply_temperature(logits: Any, temperature: float) -> np.ndarray:
+    """Calibrated probabilities sigmoid(logit / T)."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+    return expit(_logits(logits) / temperature)
+
+
+def logits_from_probs(probs: Any, eps: float = 1e-7) -> np.ndarray:
+    """Logits from stored probabilities (clipped to [eps, 1 - eps], as compute_metrics' log loss does)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_operating_point(labels: Any, logits: Any, method: str | float,
+                        calibrate: bool = True) -> tuple[float, OperatingPoint]:
+    """(T, operating point) from validation logits, in the documented order: calibrate, then choose the threshold
+    on the calibrated probabilities. With calibrate=False, T = 1."""
+    temperature = fit_temperature(labels, logits) if calibrate else 1.0
+    return temperature, choose_threshold(labels, apply_temperature(logits, temperature), method)

@@ -1,0 +1,306 @@
+"""`bcc-bench` (`python -m bcc_lightning.tasks.bench`): where the time goes, from files to optimizer steps.
+
+Rows: loader only (per worker count), model step only (the compute floor), the full `train.py` path through
+Lightning, a plain PyTorch loop with the same model/data/settings, a naive fp32 loop, and inference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from bcc_lightning.data.augment import AugmentConfig
+from bcc_lightning.data.datamodule import BCCDataModule
+from bcc_lightning.data.demo import generate_raw
+from bcc_lightning.models.inference import predict_batches
+from bcc_lightning.models.module import BCCClassifier
+from bcc_lightning.utils.atomic_io import write_json
+from bcc_lightning.utils.config import check_config, run_dir, to_dict
+from bcc_lightning.utils.device import autocast_for, pick_device, resolve_num_workers, resolve_precision
+
+
+def _rates(runs: dict[str, Callable[[], tuple[int, float]]], repeats: int) -> dict[str, list[float]]:
+    """Images per second of each run, `repeats` times; each `run` returns (images, seconds). The runs take turns
+    (A B A B ...), so a slow spell of a shared machine hits all of them alike and their ratios stay fair."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            images, seconds = run()
+            rates[name].append(images / seconds)
+    return rates
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _model(cfg: DictConfig, channels_last: bool) -> BCCClassifier:
+    torch.manual_seed(0)
+    model = {**to_dict(cfg.model), "pretrained": False, "weights": None, "channels_last": channels_last}
+    return BCCClassifier(model, to_dict(cfg.optimizer), load_weights=False)
+
+
+def _prepare_data(cfg: DictConfig, workdir: Path) -> Path:
+    if cfg.data.root:
+        return Path(cfg.data.root)
+    per_class = max(2, int(cfg.n_images) // 2)
+    for split, n in (("train", per_class), ("val", 4)):
+        generate_raw(workdir / split, n_per_class=n, width=700, height=460, seed=1 if split == "train" else 2)
+        for png in (workdir / split).rglob("*.png"):  # microscope exports are mostly JPEG
+            from PIL import Image
+
+            Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=90)
+            png.unlink()
+    return workdir
+
+
+def _cycle(loader: Any) -> Iterator[Any]:
+    """Endless batches: a small folder is read again, as epochs do."""
+    while True:
+        yield from loader
+
+
+def _batches(loader: Any, limit: int) -> Iterator[Any]:
+    for index, batch in enumerate(loader):
+        if index >= limit:
+            return
+        yield batch
+
+
+def _proc_kb(path: str, keys: tuple[str, ...]) -> dict[str, int]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in lines if line.split(":", 1)[0] in keys)
+    return {key: int(value.split()[0]) for key, value in fields.items()}
+
+
+def _memory_mb(pid: int) -> dict[str, float]:
+    """A process's peak RSS, and its current pages split into private ones (its own: what a copy per worker would
+    show up in) and shared ones (libraries, pages inherited from the parent, the memory-mapped cache). From /proc
+    (Linux); {} elsewhere."""
+    status = _proc_kb(f"/proc/{pid}/status", ("VmHWM",))
+    rollup = _proc_kb(f"/proc/{pid}/smaps_rollup", ("Private_Clean", "Private_Dirty", "Shared_Clean", "Shared_Dirty"))
+    if not status or not rollup:
+        return {}
+    return {"peak_rss": status["VmHWM"] / 1024,
+            "private": (rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)) / 1024,
+            "shared": (rollup.get("Shared_Clean", 0) + rollup.get("Shared_Dirty", 0)) / 1024}
+
+
+def loader_rate(dm: BCCDataModule, cfg: DictConfig,
+                worker_memory: dict[int, dict[str, float]] | None = None) -> tuple[int, float]:
+    """Images/s from files to batches; `worker_memory[num_workers]` gets the largest worker's memory afterwards."""
+    loader = dm.train_dataloader()
+    iterator = _cycle(loader)
+    for _ in range(cfg.warmup):
+        next(iterator)
+    start, images = time.perf_counter(), 0
+    for _ in range(cfg.steps):
+        images += next(iterator)[0].shape[0]
+    seconds = time.perf_counter() - start
+    # The persistent workers of this loader (a private attribute of torch's DataLoader: read, never relied on).
+    if worker_memory is not None:
+        for process in getattr(getattr(loader, "_iterator", None), "_workers", None) or []:
+            memory = _memory_mb(process.pid)
+            if memory.get("peak_rss", 0) > worker_memory.get(dm.num_workers, {}).get("peak_rss", 0):
+                worker_memory[dm.num_workers] = memory
+    return images, seconds
+
+
+def train_step_fn(model: BCCClassifier, device: torch.device, precision: Any) -> Callable[[Any], None]:
+    model.to(device).train()
+    optimizer = model.configure_optimizers()  # the optimizer Lightning gets: same groups, same settings
+
+    def step(batch: Any) -> None:
+        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        with autocast_for(device, precision):
+            logits = model(images).float()
+        loss = model.loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def model_step_rate(model: BCCClassifier, cfg: DictConfig, device: torch.device, precision: Any) -> tuple[int, float]:
+    step = train_step_fn(model, device, precision)
+    # uint8 pixels, as the loader delivers them (the model normalises on its device).
+    size = model.preprocess.img_size
+    batch = (torch.randint(0, 256, (cfg.data.batch_size, 3, size, size), dtype=torch.uint8, device=device),
+             torch.randint(0, 2, (cfg.data.batch_size,), device=device).float())
+    for _ in range(cfg.warmup):
+        step(batch)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(cfg.steps):
+        step(batch)
+    _sync(device)
+    return cfg.data.batch_size * cfg.steps, time.perf_counter() - start
+
+
+def plain_loop_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, device: torch.device,
+                    precision: Any) -> tuple[int, float]:
+    step = train_step_fn(model, device, precision)
+    iterator = _cycle(dm.train_dataloader())
+    for _ in range(cfg.warmup):
+        step(next(iterator))
+    _sync(device)
+    start, images = time.perf_counter(), 0
+    for _ in range(cfg.steps):
+        batch = next(iterator)
+        step(batch)
+        images += batch[0].shape[0]
+    _sync(device)
+    return images, time.perf_counter() - start
+
+
+class _Timer(L.Callback):
+    """Times the steps after `warmup`; the device is synchronised only at the two ends, as in the plain loop (a
+    sync per step would stall a GPU's queue and understate Lightning)."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.last, self.start, self.end, self.images, self.seen = warmup, warmup + steps, 0.0, 0.0, 0, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, index: int) -> None:
+        self.seen += 1  # across epochs: a small folder is read several times
+        if self.seen > self.warmup:
+            self.images += batch[0].shape[0]
+        if self.seen == self.warmup:
+            _sync(module.device)
+            self.start = time.perf_counter()
+        elif self.seen == self.last:
+            _sync(module.device)
+            self.end = time.perf_counter()
+
+
+def lightning_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, device: torch.device,
+                   precision: Any) -> tuple[int, float]:
+    """The same path as train.py: BCCDataModule + BCCClassifier through lightning.Trainer.fit."""
+    timer = _Timer(cfg.warmup, cfg.steps)
+    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
+                        max_epochs=-1, max_steps=cfg.warmup + cfg.steps, limit_val_batches=0,
+                        num_sanity_val_steps=0, benchmark=device.type == "cuda", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[timer])
+    trainer.fit(model, datamodule=dm)
+    return timer.images, timer.end - timer.start
+
+
+def inference_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, device: torch.device,
+                   precision: Any) -> tuple[int, float]:
+    batches = list(_batches(_cycle(dm.loader("train")), cfg.warmup + cfg.steps))
+    predict_batches(model, [b[0] for b in batches[: cfg.warmup]], device, precision)
+    _sync(device)
+    start = time.perf_counter()
+    predict_batches(model, [b[0] for b in batches[cfg.warmup:]], device, precision)
+    _sync(device)
+    return sum(b[0].shape[0] for b in batches[cfg.warmup:]), time.perf_counter() - start
+
+
+MODEL_STEP = "model step only (tensors in memory)"
+FULL = "full train.py path (Lightning)"
+PLAIN = "plain PyTorch loop, same settings"
+NAIVE = "naive loop (fp32, channels-first)"
+INFERENCE = "inference (eval.py / predict)"
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg)  # warmup, steps and repeats >= 1: the first batches pay for start-up and are never timed
+    device = pick_device(str(cfg.trainer.accelerator))
+    precision = resolve_precision(cfg.trainer.precision, "gpu" if device.type == "cuda" else "cpu")
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.backends.cudnn.benchmark = True  # as train.py's default (trainer.benchmark), for every row alike
+    workers = resolve_num_workers(cfg.data.num_workers, gpu)
+    with tempfile.TemporaryDirectory(prefix="bcc_bench_") as tmp:
+        root = _prepare_data(cfg, Path(tmp))
+        model = _model(cfg, bool(cfg.model.channels_last))
+        if cfg.compile:
+            model.backbone = torch.compile(model.backbone)
+
+        def datamodule(num_workers: int) -> BCCDataModule:
+            return BCCDataModule(root, model.preprocess, batch_size=cfg.data.batch_size, num_workers=num_workers,
+                                 augment=AugmentConfig(), cache=cfg.data.cache, gpu=gpu)
+
+        build: dict[str, list[float]] = {}
+        if cfg.data.cache:  # built here once (timed, when new), so no loader row pays for it
+            probe = datamodule(workers)
+            before = set(probe.cache_dir.glob("train-*.u8"))
+            start = time.perf_counter()
+            count = len(probe.dataset("train"))
+            if set(probe.cache_dir.glob("train-*.u8")) != before:
+                build[f"cache build (decode + resize, {workers} workers)"] = [count / (time.perf_counter() - start)]
+        loader_workers = list(dict.fromkeys([*cfg.loader_workers, workers]))
+        worker_memory: dict[int, dict[str, float]] = {}
+        runs: dict[str, Callable[[], tuple[int, float]]] = {
+            f"loader only, {w} workers{' (default)' if w == workers else ''}":
+                (lambda w=w: loader_rate(datamodule(w), cfg, worker_memory)) for w in loader_workers}
+        dm = datamodule(workers)
+        runs[MODEL_STEP] = lambda: model_step_rate(model, cfg, device, precision)
+        runs[FULL] = lambda: lightning_rate(model, dm, cfg, device, precision)
+        runs[PLAIN] = lambda: plain_loop_rate(model, dm, cfg, device, precision)
+        if cfg.naive:
+            naive = _model(cfg, channels_last=False)
+            runs[NAIVE] = lambda: plain_loop_rate(naive, dm, cfg, device, "32-true")
+        runs[INFERENCE] = lambda: inference_rate(model, dm, cfg, device, precision)
+        samples = {**build, **_rates(runs, int(cfg.repeats))}
+    rates = {name: statistics.median(values) for name, values in samples.items()}
+    default_loader = next(v for k, v in rates.items() if k.startswith(f"loader only, {workers} workers"))
+    ratios = {"full / model step": rates[FULL] / rates[MODEL_STEP], "full / plain loop": rates[FULL] / rates[PLAIN],
+              "loader (default workers) / model step": default_loader / rates[MODEL_STEP]}
+    if cfg.naive:
+        ratios["full / naive fp32 loop"] = rates[FULL] / rates[NAIVE]
+    worker = worker_memory.get(workers) or max(worker_memory.values(), key=lambda m: m.get("peak_rss", 0), default={})
+    memory = {"peak_rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "largest_loader_worker_mb": worker}
+    threads = torch.get_num_threads()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)"
+    result = {"device": device_name, "model": cfg.model.name, "img_size": model.preprocess.img_size,
+              "batch_size": cfg.data.batch_size, "optimizer": to_dict(cfg.optimizer), "precision": str(precision),
+              "channels_last": bool(cfg.model.channels_last), "compile": bool(cfg.compile), "workers": workers,
+              "images_per_s": rates, "ratios": ratios, "memory": memory, "torch": torch.__version__,
+              "repeats": samples, "steps": int(cfg.steps), "warmup": int(cfg.warmup)}
+    print(format_table(result))
+    write_json(run_dir() / "bench.json", result)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"{result['model']} {result['img_size']}px, batch {result['batch_size']}, {result['precision']}, "
+             f"channels_last={result['channels_last']}, {result['workers']} workers, on {result['device']}",
+             f"| {'measurement':<44} | {'img/s':>9} | {'min - max':>19} |", f"|{'-' * 46}|{'-' * 11}|{'-' * 21}|"]
+    spread = result.get("repeats", {})
+    for name, value in result["images_per_s"].items():
+        low_high = f"{min(spread[name]):.1f} - {max(spread[name]):.1f}" if spread.get(name) else ""
+        lines.append(f"| {name:<44} | {value:>9.1f} | {low_high:>19} |")
+    lines += [f"| {name:<44} | {value:>8.2f}x | {'':>19} |" for name, value in result["ratios"].items()]
+    m = result["memory"]
+    line = f"peak RSS: main process {m['peak_rss_main_mb']:.0f} MB"
+    worker = m.get("largest_loader_worker_mb") or {}
+    if worker:
+        line += (f"; largest loader worker {worker['peak_rss']:.0f} MB peak RSS, at the end {worker['private']:.0f} MB "
+                 f"private + {worker['shared']:.0f} MB shared with other processes (libraries, pages inherited from "
+                 f"the parent, the memory-mapped cache)")
+    lines.append(line)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from bcc_lightning.tasks.entry import bench as _main
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _main()

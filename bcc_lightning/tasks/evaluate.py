@@ -1,0 +1,67 @@
+"""`python eval.py ckpt=PATH [split=test] [data.root=ROOT] [threshold=0.5|youden|f1]` (also `bcc-eval`).
+
+The model, its preprocessing and its training data root come from the checkpoint, never from the current config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from bcc_lightning.data.datamodule import BCCDataModule
+from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
+from bcc_lightning.reports.evaluation import EvalSettings, evaluate
+from bcc_lightning.utils.config import check_config, run_dir
+from bcc_lightning.utils.device import pick_device
+from bcc_lightning.utils.errors import UserError
+
+
+def _eval_fold(cfg: DictConfig, data_info: dict[str, Any]) -> int | None:
+    """data.fold if given; else the checkpoint's own fold when its own data root is evaluated."""
+    if cfg.data.get("fold") is not None:
+        return int(cfg.data.fold)
+    return data_info.get("fold") if not cfg.data.root else None
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg)
+    if not cfg.get("ckpt"):
+        raise UserError("Pass the checkpoint to evaluate: `python eval.py ckpt=outputs/train/<run>/checkpoints/"
+                        "last.ckpt` (train.py prints the best checkpoint's path at the end).")
+    if cfg.split not in ("train", "val", "test"):
+        raise UserError(f"split must be train, val or test (got {cfg.split!r}).")
+    outdir = run_dir()
+    ckpt = Path(cfg.ckpt).expanduser().resolve()
+    checkpoint = read_checkpoint(ckpt)
+    model = load_checkpoint(ckpt, checkpoint)
+    data_info = model.hparams.get("data_info") or {}
+    root_value = cfg.data.root or data_info.get("root")
+    if not root_value:
+        raise UserError(f"The checkpoint {ckpt} does not say which data it was trained on; pass data.root=ROOT.")
+    accelerator = str(cfg.trainer.accelerator)
+    datamodule = BCCDataModule(Path(root_value).expanduser(), model.preprocess, batch_size=cfg.data.batch_size,
+                               num_workers=cfg.data.num_workers, fold=_eval_fold(cfg, data_info),
+                               cache=cfg.data.get("cache"), gpu=pick_device(accelerator).type == "cuda")
+    settings = EvalSettings(split=cfg.split, threshold=cfg.threshold, tta=bool(cfg.tta), report=cfg.report,
+                            accelerator=accelerator, precision=cfg.trainer.precision)
+    writer = None
+    if "tensorboard" in (cfg.get("logger") or {}):
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(outdir / "tensorboard"))
+    try:
+        result = evaluate(model, datamodule, outdir, settings, ckpt, checkpoint, tensorboard=writer)
+    finally:
+        if writer is not None:
+            writer.close()
+    print((outdir / "classification_report.txt").read_text())
+    print(f"Report written to {outdir}/report.md (metrics.json, figures, gradcam/)")
+    return result
+
+
+if __name__ == "__main__":
+    from bcc_lightning.tasks.entry import evaluate as _main
+
+    _main()

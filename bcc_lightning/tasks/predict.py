@@ -1,0 +1,118 @@
+"""`bcc-predict ckpt=PATH input=FILE_OR_DIR [out=preds.csv] [cam=true]` (also `python -m bcc_lightning.tasks.predict`):
+classify new images; predictions.csv has the same schema as evaluation's (true_label empty)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
+from bcc_lightning.data.layout import is_image_file
+from bcc_lightning.data.preprocess import Preprocess, to_pixels
+from bcc_lightning.models.checkpoint import load_checkpoint
+from bcc_lightning.models.inference import predict_batches
+from bcc_lightning.reports.gradcam import save_overlays
+from bcc_lightning.reports.predictions import prediction_rows, write_predictions
+from bcc_lightning.utils.config import check_config, run_dir
+from bcc_lightning.utils.device import pick_device, resolve_num_workers
+from bcc_lightning.utils.errors import UserError
+
+
+def find_images(target: Path) -> list[Path]:
+    if target.is_file():
+        return [target]
+    if not target.is_dir():
+        raise UserError(f"input={target} does not exist. Pass an image file or a folder of images.")
+    files = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise UserError(f"No images (.jpg/.jpeg/.png/.tif/.tiff/.bmp) under {target}.")
+    return files
+
+
+class _Files(Dataset):
+    """Decodes in the loader workers into the same uint8 pixels as evaluation's loader; an unreadable file yields a
+    placeholder and its reason instead of failing."""
+
+    def __init__(self, files: list[Path], pre: Preprocess) -> None:
+        self.files, self.pre = files, pre
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            return to_pixels(load_rgb(self.files[index]), self.pre), ""
+        except ImageDecodeError as exc:
+            size = self.pre.img_size
+            return torch.zeros(3, size, size, dtype=torch.uint8), str(exc).split(": ", 1)[-1]
+
+
+def predict(ckpt: Path, target: Path, out: Path, threshold: float = 0.5, batch_size: int = 64,
+            num_workers: Any = "auto", accelerator: str = "auto", precision: Any = "auto", tta: bool = False,
+            cam: bool = False, cam_dir: Path | None = None, cam_layer: str | None = None,
+            progress: bool = False) -> list[dict[str, Any]]:
+    """Write `out` (CSV) with one row per image; returns the rows."""
+    if not 0 < threshold < 1:
+        raise UserError(f"threshold must lie strictly between 0 and 1; got {threshold}.")
+    model = load_checkpoint(ckpt)
+    files = find_images(target)
+    device = pick_device(accelerator)
+    gpu = device.type == "cuda"
+    loader = DataLoader(_Files(files, model.preprocess), batch_size=batch_size,
+                        num_workers=resolve_num_workers(num_workers, gpu), pin_memory=gpu)
+    errors: list[str] = []
+
+    def batches() -> Any:
+        iterator: Any = loader
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(loader, desc="predict", unit="batch", file=sys.stderr)
+        for images, reasons in iterator:
+            errors.extend(reasons)
+            yield images
+
+    probs = predict_batches(model, batches(), device, precision, tta).tolist()
+    rows = prediction_rows([str(path) for path in files], probs, threshold, errors=errors)
+    write_predictions(out, rows)
+    if cam:
+        items = [{"path": Path(r["path"]), "predicted": int(r["prob_malignant"] >= threshold),
+                  "name": f"{i:05d}_{Path(r['path']).stem}"} for i, r in enumerate(rows) if not r["error"]]
+        for start in range(0, len(items), batch_size):
+            for item in items[start:start + batch_size]:
+                item["image"] = load_rgb(item["path"])  # decoded per batch: memory stays flat over large folders
+            save_overlays(model, items[start:start + batch_size], model.preprocess, cam_dir or out.parent / "cams",
+                          model.backbone_arch, cam_layer, device)
+            for item in items[start:start + batch_size]:
+                item.pop("image", None)
+                item.pop("cam", None)
+    return rows
+
+
+def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    if not cfg.get("ckpt") or not cfg.get("input"):
+        raise UserError("Usage: bcc-predict ckpt=PATH input=FILE_OR_DIR [out=preds.csv] "
+                        "[threshold=0.5] [cam=true]")
+    out = Path(cfg.out) if cfg.get("out") else run_dir() / "predictions.csv"
+    progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
+    check_config(cfg)
+    rows = predict(Path(cfg.ckpt).expanduser(), Path(cfg.input).expanduser(), out, float(cfg.threshold),
+                   int(cfg.data.batch_size), cfg.data.num_workers, str(cfg.trainer.accelerator),
+                   cfg.trainer.precision, bool(cfg.tta),
+                   bool(cfg.cam), Path(cfg.cam_dir) if cfg.get("cam_dir") else None, cfg.get("cam_layer"), progress)
+    failed = sum(1 for r in rows if r["error"])
+    malignant = sum(1 for r in rows if r["pred_label"] == "malignant")
+    print(f"{len(rows)} images: {malignant} malignant, {len(rows) - malignant - failed} benign, {failed} unreadable "
+          f"(see the error column). Written to {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    from bcc_lightning.tasks.entry import predict as _main
+
+    _main()

@@ -1,0 +1,32 @@
+"""`bcc-prepare raw=RAW out=OUT` (also `python -m bcc_lightning.tasks.prepare`): raw B/M folder -> leakage-free
+train/val/test split (or folds)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from omegaconf import DictConfig
+
+from bcc_lightning.data.prepare import PrepareSettings, format_table, prepare
+from bcc_lightning.utils.config import check_config
+
+log = logging.getLogger("bcc_lightning.prepare")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg)
+    settings = PrepareSettings.from_config(cfg)
+    show_progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
+    summary = prepare(settings, progress=show_progress, log=log.warning)
+    print(format_table(summary))
+    print(f"Split written to {settings.out} (manifest.csv, rejected.csv, summary.json). "
+          f"Train on it with: python train.py data.root={settings.out}")
+    return summary
+
+
+if __name__ == "__main__":
+    from bcc_lightning.tasks.entry import prepare as _main
+
+    _main()

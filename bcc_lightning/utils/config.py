@@ -1,0 +1,158 @@
+"""Config helpers shared by the tasks: where the configs live, plain containers, the run directory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("bcc_lightning")
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def config_dir() -> Path:
+    """The Hydra configs: bcc_lightning/conf inside an installed wheel, conf/ at the top of a source checkout."""
+    for candidate in (_PACKAGE / "conf", _PACKAGE.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    return _PACKAGE / "conf"
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain Python containers (checkpoints must not hold OmegaConf objects: weights-only loading refuses them)."""
+    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def run_dir() -> Path:
+    """The Hydra run (or multirun job) directory; the current directory outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not running under Hydra (tests, notebooks)
+        return Path.cwd()
+    return Path(hydra_cfg.runtime.output_dir or hydra_cfg.run.dir)
+
+
+# ----------------------------------------------------------------------------------------------- value checks
+# Every value a user types is checked before any work starts: one paragraph naming every bad key, instead of a
+# Python exception minutes into a run. Keys absent from a task's config are skipped, so one table serves all tasks.
+
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64", "bf16", "16")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _whole(value: Any, low: int, allow: tuple[Any, ...] = ()) -> str | None:
+    if value in allow:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return f"a whole number >= {low}"
+    try:
+        number = int(value)
+    except ValueError:
+        return f"a whole number >= {low}"
+    return None if number >= low else f"a whole number >= {low}"
+
+
+def _number(value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> str | None:
+    want = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if isinstance(value, bool):
+        return want
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return want
+    if number < low or number > high or (low_open and number == low) or (high_open and number == high):
+        return want
+    return None
+
+
+def _choice(value: Any, options: tuple[str, ...]) -> str | None:
+    return None if str(value) in options else f"one of {', '.join(options)}"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+RULES: dict[str, Any] = {
+    "seed": lambda v: _whole(v, 0),
+    "data.batch_size": lambda v: _whole(v, 1),
+    "data.num_workers": lambda v: _whole(v, 0, ("auto",)),
+    "data.fold": lambda v: _whole(v, 0, (None,)),
+    "data.balanced_sampler": _boolean,
+    "data.augment.hflip": lambda v: _number(v, 0, 1),
+    "data.augment.vflip": lambda v: _number(v, 0, 1),
+    "data.augment.grayscale": lambda v: _number(v, 0, 1),
+    "data.augment.rotation_degrees": lambda v: _number(v, 0, 180),
+    "data.augment.rot90": _boolean,
+    "trainer.max_epochs": lambda v: _whole(v, 1, (None,)),
+    "trainer.accelerator": lambda v: _choice(v, ACCELERATORS),
+    "trainer.precision": lambda v: _choice(v, PRECISIONS),
+    "trainer.devices": lambda v: None if isinstance(v, (list, tuple)) or OmegaConf.is_list(v) else _whole(v, 1,
+                                                                                                          ("auto",)),
+    "trainer.num_nodes": lambda v: _whole(v, 1),
+    "trainer.accumulate_grad_batches": lambda v: _whole(v, 1),
+    "trainer.log_every_n_steps": lambda v: _whole(v, 1),
+    "trainer.num_sanity_val_steps": lambda v: _whole(v, -1),
+    "trainer.deterministic": lambda v: None if v in (True, False, "warn") else "true, false or warn",
+    "optimizer.lr": lambda v: _number(v, 0, 10, low_open=True),
+    "optimizer.weight_decay": lambda v: _number(v, 0, 10),
+    "optimizer.backbone_lr_scale": lambda v: _number(v, 0, 100),
+    "model.dropout": lambda v: _number(v, 0, 1, high_open=True),
+    "model.hidden": lambda v: _whole(v, 0),
+    "model.img_size": lambda v: _whole(v, 8, (None,)),
+    "model.pretrained": _boolean,
+    "model.channels_last": _boolean,
+    "model.freeze_backbone": _boolean,
+    "model.unfreeze_at_epoch": lambda v: _whole(v, 0, (None,)),
+    "model.pos_weight": lambda v: None if v in (None, "none", "auto") else _number(v, 0, 1e6, low_open=True),
+    "compile": _boolean,
+    "resume": _boolean,
+    "tta": _boolean,
+    "split": lambda v: _choice(v, ("train", "val", "test")),
+    "report.grid_size": lambda v: _whole(v, 0),
+    "report.cam_per_group": lambda v: _whole(v, 0),
+    "num_workers": lambda v: _whole(v, 1, ("auto",)),
+    "folds": lambda v: _whole(v, 0),
+    "warmup": lambda v: _whole(v, 1),
+    "steps": lambda v: _whole(v, 1),
+    "repeats": lambda v: _whole(v, 1),
+    "n_images": lambda v: _whole(v, 2),
+    "opset": lambda v: _whole(v, 7),
+    "check": _boolean,
+    "overwrite": _boolean,
+}
+
+_MISSING = object()
+
+
+def _lookup(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise one UserError naming every value of `cfg` that breaks its rule in RULES."""
+    from bcc_lightning.utils.errors import UserError
+
+    problems = []
+    for key, rule in RULES.items():
+        value = _lookup(cfg, key)
+        if value is _MISSING:
+            continue
+        wanted = rule(value)
+        if wanted:
+            problems.append(f"{key} must be {wanted} (got {value!r})")
+    if problems:
+        raise UserError("Invalid setting" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems)
+                        + ". Fix the value on the command line (key=value) or in the config file.")

@@ -1,0 +1,58 @@
+"""Device, precision and loader-worker choice: one place decides them for training, evaluation, predict and bench."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def resolve_precision(precision: Any, accelerator: str) -> Any:
+    """`auto`: bf16 autocast where the hardware runs it natively (Ampere+ GPUs, AVX-512-BF16/AMX CPUs); fp16 autocast
+    on older GPUs; else fp32."""
+    if str(precision) != "auto":
+        return precision
+    use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if use_cuda:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if accelerator in ("auto", "cpu") and cpu_has_bf16():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def pick_device(accelerator: str = "auto") -> torch.device:
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if accelerator == "mps" and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, precision: Any) -> contextlib.AbstractContextManager:
+    precision = str(resolve_precision(precision, device.type if device.type != "cuda" else "gpu"))
+    if precision.startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision.startswith("16") and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def resolve_num_workers(num_workers: int | str, gpu: bool) -> int:
+    """`auto`: up to 4 when the CPU also trains (one worker already outpaces the model there, and the model needs
+    the cores); when a GPU trains, every core but two (the main process and the pin-memory thread), up to 16, since
+    the GPU consumes images several times faster than one worker decodes."""
+    if num_workers != "auto":
+        return int(num_workers)
+    cores = os.cpu_count() or 1
+    if gpu:
+        return max(1, min(cores - 2, 16))
+    return min(4, cores)

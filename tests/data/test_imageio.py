@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
+from bcc_lightning.data.layout import is_image_file
+from tests.conftest import write_image
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "ext"),
+    [("RGB", "JPEG", "jpg"), ("L", "PNG", "png"), ("LA", "PNG", "png"), ("P", "PNG", "png"), ("RGBA", "PNG", "png"),
+     ("CMYK", "JPEG", "jpg"), ("CMYK", "TIFF", "tif"), ("I;16", "PNG", "png"), ("I;16", "TIFF", "tiff"),
+     ("F", "TIFF", "tif"), ("1", "BMP", "bmp"), ("RGB", "BMP", "bmp")],
+)
+def test_every_mode_becomes_8bit_rgb(tmp_path: Path, mode: str, fmt: str, ext: str) -> None:
+    path = write_image(tmp_path / f"x.{ext}", mode=mode, fmt=fmt)
+    image = load_rgb(path)
+    assert image.mode == "RGB"
+    assert image.size == (40, 30)
+    assert np.asarray(image).dtype == np.uint8
+
+
+def test_16bit_scaled_by_bit_depth_not_by_each_image(tmp_path: Path) -> None:
+    scene = np.tile(np.linspace(0, 4000, 40), (30, 1))
+    Image.fromarray(scene.astype(np.uint16)).save(tmp_path / "dim.tif")  # one frame, and the same scene 16x brighter
+    Image.fromarray((scene * 16).astype(np.uint16)).save(tmp_path / "bright.png")
+    dim = np.asarray(load_rgb(tmp_path / "dim.tif"))[..., 0].astype(float)
+    bright = np.asarray(load_rgb(tmp_path / "bright.png"))[..., 0].astype(float)
+    assert dim.max() == round(4000 / 65535 * 255) and bright.max() == round(64000 / 65535 * 255)
+    assert np.allclose(bright[:, 5:], 16 * dim[:, 5:], rtol=0.1, atol=8)  # their relation survives decoding
+
+
+def test_float_images_use_the_unit_range(tmp_path: Path) -> None:
+    Image.fromarray(np.full((10, 10), 0.5, dtype=np.float32)).save(tmp_path / "half.tif")
+    assert np.asarray(load_rgb(tmp_path / "half.tif")).max() == 128  # [0, 1] floats: not black
+
+
+def test_transparency_becomes_white(tmp_path: Path) -> None:
+    Image.new("RGBA", (5, 5), (10, 20, 30, 0)).save(tmp_path / "t.png")
+    assert np.asarray(load_rgb(tmp_path / "t.png")).min() == 255
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\xff\xd8\xff\xe0" + b"\x00" * 20])
+def test_bad_files_raise_decode_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageDecodeError, match="bad.jpg"):
+        load_rgb(path)
+
+
+def test_truncated_png_is_rejected(tmp_path: Path) -> None:
+    good = write_image(tmp_path / "good.png", size=(200, 200))
+    data = good.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError):
+        load_rgb(tmp_path / "cut.png")
+
+
+def test_decompression_bomb_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_image(tmp_path / "big.png", size=(300, 300))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageDecodeError, match="too large"):
+        load_rgb(path)
+
+
+def test_is_image_file() -> None:
+    assert is_image_file(Path("a/B/x.TIF")) and is_image_file(Path("x.jpeg"))
+    assert not is_image_file(Path("x.txt")) and not is_image_file(Path(".x.png"))

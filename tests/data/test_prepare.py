@@ -1,0 +1,255 @@
+"""bcc-prepare on generated raw folders: grouping, stratification, augmentation, bad files, safety."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bcc_lightning.data.prepare import PrepareSettings, prepare
+from bcc_lightning.utils.errors import UserError
+from tests.conftest import (
+    REPO,
+    breakhis_tree,
+    flat_tree,
+    read_manifest,
+    run_prepare,
+    tiny_train_config,
+    tree_digest,
+    write_image,
+)
+
+
+def test_breakhis_groups_never_cross_splits(tmp_path: Path) -> None:
+    raw = breakhis_tree(tmp_path / "raw")
+    summary = run_prepare(raw, tmp_path / "out", group="breakhis", augment_copies=2)
+    rows = read_manifest(tmp_path / "out")
+    splits_of = defaultdict(set)
+    for row in rows:
+        splits_of[row["group"]].add(row["split"])
+        assert (tmp_path / "out" / row["path"]).is_file()
+        assert row["path"].startswith(f"{row['split']}/{'B' if row['label'] == 'benign' else 'M'}/")
+    assert len(splits_of) == 12 and all(len(s) == 1 for s in splits_of.values())
+    assert summary["groups_crossing_splits"] == 0
+    assert sum(summary["groups"].values()) == 12 and all(summary["groups"][s] >= 2 for s in summary["groups"])
+    assert "14-0001F" in splits_of  # the patient id parsed from SOB_B_A-14-0001F-40-000.png
+
+
+def test_group_pattern(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    for label, cls in enumerate("BM"):
+        for patient in range(5):
+            for i in range(3):
+                write_image(raw / cls / f"P{label}{patient}_slide_{i}.png", seed=label * 100 + patient * 10 + i)
+    write_image(raw / "B" / "unmatched.png", seed=999)
+    run_prepare(raw, tmp_path / "out", group="pattern", group_pattern=r"^(P\d+)_")
+    rows = read_manifest(tmp_path / "out")
+    splits_of = defaultdict(set)
+    for row in rows:
+        splits_of[row["group"]].add(row["split"])
+    assert len(splits_of) == 10 and all(len(s) == 1 for s in splits_of.values())
+    rejected = (tmp_path / "out" / "rejected.csv").read_text()
+    assert "unmatched.png" in rejected and "group pattern" in rejected
+
+
+def test_stratified_ratios_and_determinism(tmp_path: Path) -> None:
+    raw = flat_tree(tmp_path / "raw", per_class=40)
+    summary = run_prepare(raw, tmp_path / "a", seed=3)
+    assert summary["counts"] == {"train": {"B": 28, "M": 28}, "val": {"B": 6, "M": 6}, "test": {"B": 6, "M": 6}}
+    run_prepare(raw, tmp_path / "b", seed=3)
+    run_prepare(raw, tmp_path / "c", seed=4)
+    a, b, c = (sorted((r["source"], r["split"]) for r in read_manifest(tmp_path / x)) for x in "abc")
+    assert a == b and a != c
+
+
+def test_augmented_copies_stay_in_train(tmp_path: Path) -> None:
+    raw = flat_tree(tmp_path / "raw")
+    summary = run_prepare(raw, tmp_path / "out", augment_copies=3, augment_ops=("rot90", "hflip", "rotate",
+                                                                                  "grayscale"))
+    rows = read_manifest(tmp_path / "out")
+    augmented = [r for r in rows if r["augmentation"] != "none"]
+    assert augmented and all(r["split"] == "train" for r in augmented)
+    split_of_source = {r["source"]: r["split"] for r in rows if r["augmentation"] == "none"}
+    assert all(split_of_source[r["source"]] == "train" for r in augmented)
+    assert len(augmented) == 3 * sum(1 for s in split_of_source.values() if s == "train")
+    assert summary["protocol"].startswith("leakage-free")
+    sample = next(r for r in augmented if r["augmentation"].startswith("rot90"))
+    assert Image.open(tmp_path / "out" / sample["path"]).size == (20, 30)  # rotated by 90: sides swapped
+
+
+def test_before_split_crosses_and_warns(tmp_path: Path) -> None:
+    raw = flat_tree(tmp_path / "raw")
+    messages: list[str] = []
+    summary = prepare(PrepareSettings(raw=str(raw), out=str(tmp_path / "out"), augment_copies=4,
+                                      augment_before_split=True), log=messages.append)
+    assert any("CONTAMINATED" in m for m in messages)
+    assert summary["protocol"].startswith("CONTAMINATED") and summary["settings"]["augment_before_split"]
+    splits_of = defaultdict(set)
+    for row in read_manifest(tmp_path / "out"):
+        splits_of[row["source"]].add(row["split"])
+    assert any(len(s) > 1 for s in splits_of.values())
+
+
+def test_bad_files_are_rejected_with_reasons(tmp_path: Path) -> None:
+    raw = flat_tree(tmp_path / "raw", per_class=10)
+    (raw / "B" / "empty.png").write_bytes(b"")
+    (raw / "B" / "text.jpg").write_text("this is not a jpeg")
+    good = (raw / "B" / "B_000.jpg").read_bytes()
+    (raw / "M" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (raw / "B" / "bad.tif").write_bytes(b"II*\x00" + b"\x00" * 50)
+    (raw / "B" / "copy.jpg").write_bytes(good)  # duplicate within B
+    (raw / "M" / "conflict.jpg").write_bytes((raw / "B" / "B_001.jpg").read_bytes())  # same content in M
+    (raw / "notes.txt").write_text("x")
+    write_image(raw / "B" / "odd_modes" / "cmyk.jpg", mode="CMYK", fmt="JPEG", seed=7)
+    write_image(raw / "M" / "odd_modes" / "sixteen.tif", mode="I;16", fmt="TIFF", seed=8)
+    write_image(raw / "M" / "odd_modes" / "rgba.png", mode="RGBA", seed=9)
+    write_image(raw / "B" / "odd_modes" / "palette.png", mode="P", seed=10)
+    summary = run_prepare(raw, tmp_path / "out")
+    reasons = dict(csv.reader((tmp_path / "out" / "rejected.csv").open()))
+    assert "empty" in reasons["B/empty.png"]
+    assert "cannot decode" in reasons["B/text.jpg"]
+    assert "cannot decode" in reasons["M/truncated.jpg"]
+    assert "cannot decode" in reasons["B/bad.tif"]
+    assert "duplicate of B/B_000.jpg" in reasons["B/copy.jpg"]
+    assert "conflict" in reasons["M/conflict.jpg"] and "conflict" in reasons["B/B_001.jpg"]
+    assert "not an image" in reasons["notes.txt"]
+    assert summary["duplicates"] == 1 and summary["conflicts"] == 2 and summary["rejected"] == len(reasons) - 1
+    used = {r["source"] for r in read_manifest(tmp_path / "out")}
+    assert {"B/odd_modes/cmyk.jpg", "M/odd_modes/sixteen.tif", "M/odd_modes/rgba.png"} <= used
+
+
+def test_decompression_bomb_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = flat_tree(tmp_path / "raw", per_class=10)
+    write_image(raw / "M" / "huge.png", size=(400, 400))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 400x400 is then over twice the limit
+    run_prepare(raw, tmp_path / "out")
+    reasons = dict(csv.reader((tmp_path / "out" / "rejected.csv").open()))
+    assert "too large" in reasons["M/huge.png"]
+
+
+def test_raw_is_never_modified(tmp_path: Path) -> None:
+    raw = breakhis_tree(tmp_path / "raw", patients=4, per_patient=3)
+    (raw / "benign" / "junk.txt").write_text("x")
+    before = tree_digest(raw)
+    run_prepare(raw, tmp_path / "out", group="breakhis", augment_copies=2, resize=16, format="jpg")
+    run_prepare(raw, tmp_path / "out", group="breakhis", overwrite=True)
+    assert tree_digest(raw) == before
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path: Path) -> None:
+    raw = flat_tree(tmp_path / "raw", per_class=10)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not empty"):
+        run_prepare(raw, out)
+    assert (out / "precious.txt").read_text() == "keep me"
+    run_prepare(raw, out, overwrite=True)
+    assert not (out / "precious.txt").exists() and (out / "manifest.csv").is_file()
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_overlapping_paths_are_refused(tmp_path: Path) -> None:
+    raw = flat_tree(tmp_path / "raw", per_class=10)
+    with pytest.raises(UserError, match="overlap"):
+        run_prepare(raw, raw / "split", overwrite=True)
+    with pytest.raises(UserError, match="overlap"):
+        run_prepare(raw, tmp_path, overwrite=True)
+
+
+@pytest.mark.parametrize(("layout", "message"), [
+    ({}, "No labelled images"),
+    ({"B/a.png": True}, "Only benign images"),
+    ({"images/a.png": True, "M/b.png": True}, "Only malignant"),
+    ({"patients/a.png": True}, "images outside class folders: patients/a.png"),
+])
+def test_layout_errors(tmp_path: Path, layout: dict, message: str) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i, rel in enumerate(layout):
+        write_image(raw / rel, seed=i)
+    with pytest.raises(UserError, match=message):
+        run_prepare(raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_settings(tmp_path: Path) -> None:
+    raw = flat_tree(tmp_path / "raw", per_class=4)
+    with pytest.raises(UserError, match="sum to 1"):
+        run_prepare(raw, tmp_path / "o", ratios=(0.7, 0.2, 0.2))
+    with pytest.raises(UserError, match="capture group"):
+        run_prepare(raw, tmp_path / "o", group="pattern", group_pattern="P\\d+")
+    with pytest.raises(UserError, match="Unknown augment"):
+        run_prepare(raw, tmp_path / "o", augment_ops=("crop",), augment_copies=1)
+
+
+def test_too_few_groups_is_a_clear_error(tmp_path: Path) -> None:
+    raw = breakhis_tree(tmp_path / "raw", patients=2, per_patient=3)
+    with pytest.raises(UserError, match="would be empty"):
+        run_prepare(raw, tmp_path / "out", group="breakhis")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_resize_and_format(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    for label, cls in enumerate("BM"):
+        for i in range(10):
+            write_image(raw / cls / f"{i}.tif", size=(70, 46), seed=label * 100 + i, fmt="TIFF")
+    run_prepare(raw, tmp_path / "out", resize=35, format="jpg", jpg_quality=80)
+    rows = read_manifest(tmp_path / "out")
+    assert all(r["path"].endswith(".jpg") for r in rows)
+    assert Image.open(tmp_path / "out" / rows[0]["path"]).size == (35, 23)
+
+
+def test_interrupted_run_leaves_no_output(tmp_path: Path) -> None:
+    raw = flat_tree(tmp_path / "raw", per_class=150)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bcc_lightning.tasks.prepare", f"raw={raw}", f"out={out}", "num_workers=1", "resize=8",
+         "augment.copies=6", "format=png", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    started = False
+    while time.time() < deadline and not started:
+        started = any(any(p.rglob("*.png")) for p in tmp_path.glob(".out.tmp-*"))
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert started, "the staging folder never received a file"
+    assert proc.wait() == -signal.SIGKILL, "prepare finished before it could be interrupted"
+    proc.wait()
+    assert not out.exists()
+    # The next run cleans the killed run's staging folder and completes.
+    run_prepare(raw, out)
+    assert (out / "summary.json").is_file() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_cli_and_training_on_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = breakhis_tree(tmp_path / "raw", patients=6, per_patient=4)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "bcc_lightning.tasks.prepare", f"raw={raw}", f"out={tmp_path / 'split'}",
+         "group=breakhis", "num_workers=2", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "train" in result.stdout and "groups" in result.stdout
+    summary = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert summary["groups_crossing_splits"] == 0
+
+    monkeypatch.chdir(tmp_path)
+    from bcc_lightning.tasks import train as training
+
+    training.run(tiny_train_config(tmp_path / "split", ["trainer.fast_dev_run=true", "logger=none"]))
+    assert (tmp_path / "metrics.json").is_file()
+
+    again = subprocess.run(
+        [sys.executable, "-m", "bcc_lightning.tasks.prepare", f"raw={raw}", f"out={tmp_path / 'split'}",
+         f"hydra.run.dir={tmp_path / 'run2'}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr

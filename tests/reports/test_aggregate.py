@@ -1,0 +1,148 @@
+"""Grouped k-fold cross-validation: fold assignment, training on a fold, aggregation with statistics."""
+
+import csv
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bcc_lightning.data.layout import fold_samples
+from bcc_lightning.reports.aggregate import bootstrap_ci, wilcoxon_signed_rank, write_summary
+from bcc_lightning.utils.errors import UserError
+from tests.conftest import REPO, breakhis_tree, read_manifest, run_prepare, subprocess_env
+
+
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("folds")
+    raw = breakhis_tree(base / "raw", patients=9, per_patient=3)
+    run_prepare(raw, base / "out", group="breakhis", folds=3, holdout_test=True, augment_copies=1)
+    return base
+
+
+def test_folds_are_disjoint_by_group_stratified_and_deterministic(folded: Path) -> None:
+    rows = read_manifest(folded / "out")
+    place = defaultdict(set)
+    per_fold = defaultdict(lambda: {"benign": 0, "malignant": 0})
+    for row in rows:
+        place[row["group"]].add(row["fold"] or "test")
+        if row["fold"] and row["augmentation"] == "none":
+            per_fold[row["fold"]][row["label"]] += 1
+    assert all(len(p) == 1 for p in place.values())  # a patient is in one fold (or the test split) only
+    assert set(per_fold) == {"0", "1", "2"}
+    assert all(c["benign"] > 0 and c["malignant"] > 0 for c in per_fold.values())
+    counts = [c["benign"] + c["malignant"] for c in per_fold.values()]
+    assert max(counts) - min(counts) <= 3  # whole patients of 3 images each
+    summary = json.loads((folded / "out" / "summary.json").read_text())
+    assert summary["settings"]["folds"] == 3 and set(summary["folds"]) == {"0", "1", "2"}
+    run_prepare(folded / "raw", folded / "again", group="breakhis", folds=3, holdout_test=True, augment_copies=1)
+    assert read_manifest(folded / "again") == rows
+
+
+def test_training_on_a_fold_uses_exactly_the_right_files(folded: Path) -> None:
+    root = folded / "out"
+    rows = read_manifest(root)
+    for k in range(3):
+        train = {p.relative_to(root).as_posix() for p, _ in fold_samples(root, "train", k)}
+        val = {p.relative_to(root).as_posix() for p, _ in fold_samples(root, "val", k)}
+        test = {p.relative_to(root).as_posix() for p, _ in fold_samples(root, "test", k)}
+        assert val == {r["path"] for r in rows if r["fold"] == str(k) and r["augmentation"] == "none"}
+        assert train == {r["path"] for r in rows if r["fold"] not in ("", str(k))}  # copies of fold k excluded
+        assert test == {r["path"] for r in rows if r["split"] == "test"}
+        assert not train & val and not train & test and not val & test
+        assert all((root / p).is_file() for p in train | val | test)  # no copies were made
+
+
+def test_fold_errors(folded: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="out of range: .* has 3 folds"):
+        fold_samples(folded / "out", "train", 3)
+    raw = breakhis_tree(tmp_path / "raw", patients=4, per_patient=2)
+    run_prepare(raw, tmp_path / "plain", group="breakhis")
+    with pytest.raises(UserError, match="prepared without folds"):
+        fold_samples(tmp_path / "plain", "train", 0)
+    with pytest.raises(UserError, match="needs fold assignments"):
+        fold_samples(tmp_path / "raw", "train", 0)
+    from bcc_lightning.data.layout import scan_split
+
+    with pytest.raises(UserError, match="data.fold=k"):
+        scan_split(folded / "out", "val")
+
+
+def test_statistics_of_known_values() -> None:
+    assert wilcoxon_signed_rank([0.1, 0.2, 0.05, 0.3, 0.15]) == pytest.approx(2 / 32)  # all positive, n=5
+    assert wilcoxon_signed_rank([0.1, -0.1]) == pytest.approx(1.0)
+    low, high = bootstrap_ci([0.8, 0.9, 1.0])
+    assert 0.8 <= low < 0.9 < high <= 1.0
+    from scipy import stats
+
+    diffs = [0.03, -0.01, 0.04, 0.02, 0.05, -0.025, 0.06]  # no ties: scipy's exact table applies
+    assert wilcoxon_signed_rank(diffs) == pytest.approx(stats.wilcoxon(diffs, method="exact").pvalue)
+
+
+def _fake_job(sweep: Path, num: int, overrides: list[str], metrics: dict, fold: int) -> None:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "metrics.json").write_text(json.dumps({"monitor": "val/loss", "best_monitor_value": 0.5, "fold": fold,
+                                                  "metrics": metrics, "data_root": None}))
+
+
+def test_aggregate_of_known_per_fold_metrics(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    accs = {"densenet121": [0.90, 0.80, 0.85], "mobilenetv2": [0.70, 0.75, 0.72]}
+    num = 0
+    for model, values in accs.items():
+        for fold, acc in enumerate(values):
+            _fake_job(sweep, num, [f"model={model}", f"data.fold={fold}"],
+                      {"accuracy": acc, "auroc": acc + 0.05, "balanced_accuracy": acc}, fold)
+            num += 1
+    (sweep / "9" / ".hydra").mkdir(parents=True)  # a failed job
+    result = write_summary(sweep)
+    assert result["missing"] == ["9"]
+    stats = result["aggregate"]["configs"]["model=densenet121"]["stats"]["accuracy"]
+    assert stats["mean"] == pytest.approx(0.85) and stats["std"] == pytest.approx(np.std([0.9, 0.8, 0.85], ddof=1))
+    assert stats["n"] == 3 and stats["ci_low"] <= 0.85 <= stats["ci_high"]
+    comparison = result["aggregate"]["comparisons"][0]
+    assert comparison["pairs"] == 3
+    assert comparison["metrics"]["accuracy"]["differences"] == pytest.approx([0.20, 0.05, 0.13])
+    text = (sweep / "aggregate.md").read_text()
+    assert "0.850 ± 0.050" in text and "Missing: jobs 9" in text and "Wilcoxon" in text
+    rows = list(csv.DictReader((sweep / "aggregate.csv").open()))
+    assert {r["config"] for r in rows} == {"model=densenet121", "model=mobilenetv2"}
+
+
+def test_three_fold_sweep_end_to_end(tmp_path: Path) -> None:
+    raw = breakhis_tree(tmp_path / "raw", patients=6, per_patient=3)
+    run_prepare(raw, tmp_path / "cv", group="breakhis", folds=3, holdout_test=False)
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", f"data.root={tmp_path / 'cv'}", "data.fold=0,1,2",
+         "model=mobilenetv2,densenet121", "model.img_size=48", "trainer.max_epochs=1", "data.num_workers=0",
+         "data.batch_size=8", "report.cam_per_group=0", "report.grid_size=0", "logger=none",
+         f"hydra.sweep.dir={sweep}"], env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    aggregate = json.loads((sweep / "aggregate.json").read_text())
+    assert set(aggregate["configs"]) == {"model=densenet121", "model=mobilenetv2"}
+    for entry in aggregate["configs"].values():
+        assert entry["runs"] == 3 and entry["protocol"] == "3-fold, no held-out test"
+        assert entry["out_of_fold"]["n"] == 36  # every image once, pooled over the 3 test folds
+        assert (sweep / entry["out_of_fold"]["figures"] / "roc_curve.png").is_file()
+    assert aggregate["comparisons"][0]["pairs"] == 3
+    assert "Paired comparisons" in (sweep / "aggregate.md").read_text()
+
+
+def test_mixed_protocols_are_refused(tmp_path: Path, folded: Path) -> None:
+    sweep = tmp_path / "sweep"
+    raw = breakhis_tree(tmp_path / "raw", patients=6, per_patient=2)
+    run_prepare(raw, tmp_path / "five", group="breakhis", folds=2, holdout_test=False)
+    for num, root in enumerate((folded / "out", tmp_path / "five")):
+        _fake_job(sweep, num, ["model=mobilenetv2", "data.fold=0", f"seed={num}"], {"accuracy": 0.8}, 0)
+        data = json.loads((sweep / str(num) / "metrics.json").read_text())
+        (sweep / str(num) / "metrics.json").write_text(json.dumps({**data, "data_root": str(root)}))
+    with pytest.raises(UserError, match="Mixed protocols.*2-fold, no held-out test, 3-fold, held-out test"):
+        write_summary(sweep)

@@ -1,0 +1,157 @@
+"""eval.py's report, predict and export, on one tiny trained run."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn import metrics as skm
+
+from bcc_lightning.models.checkpoint import load_checkpoint
+from bcc_lightning.models.export import export_model, run_exported
+from bcc_lightning.reports.gradcam import compute_cams, find_target_layer, overlay
+from bcc_lightning.reports.metrics import choose_threshold
+from bcc_lightning.tasks import evaluate as evaluation
+from bcc_lightning.tasks.predict import predict
+from bcc_lightning.utils.errors import UserError
+from tests.conftest import compose_config
+
+REPORT_FILES = ["metrics.json", "classification_report.txt", "confusion_matrix.png", "roc_curve.png", "pr_curve.png",
+                "calibration.png", "training_curves.png", "predictions_grid.png", "predictions.csv", "report.md"]
+
+
+def best_ckpt(run: Path) -> Path:
+    return Path(json.loads((run / "metrics.json").read_text())["checkpoint"])
+
+
+def run_eval(run: Path, outdir: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str) -> dict:
+    outdir.mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(outdir)
+    cfg = compose_config("eval", [f"ckpt={best_ckpt(run)}", "data.num_workers=0", "trainer.accelerator=cpu",
+                                  "trainer.precision=32-true", *overrides])
+    return evaluation.run(cfg)
+
+
+def test_report_files_and_numbers(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_eval(trained_run, tmp_path, monkeypatch, "logger=tensorboard")
+    for name in REPORT_FILES:
+        assert (tmp_path / name).stat().st_size > 0, name
+    cams = sorted((tmp_path / "gradcam").glob("*.png"))
+    assert cams
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    labels = np.array([r["true_label"] == "malignant" for r in rows], dtype=int)
+    probs = np.array([float(r["prob_malignant"]) for r in rows])
+    m = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    preds = (probs >= m["threshold"]).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(labels, preds, labels=[0, 1]).ravel()
+    assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (tn, fp, fn, tp)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, preds))
+    assert m["auroc"] == pytest.approx(skm.roc_auc_score(labels, probs), abs=1e-6)
+    assert m["auprc"] == pytest.approx(skm.average_precision_score(labels, probs), abs=1e-6)
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(labels, probs), abs=1e-6)
+    for key in ("balanced_accuracy", "specificity", "f1", "ece"):
+        assert m[key] is not None
+    assert result["checkpoint"] == str(best_ckpt(trained_run)) and result["split"] == "test"
+    md = (tmp_path / "report.md").read_text()
+    assert "SYNTHETIC" in md and "](gradcam/" in md
+    for name in ("confusion_matrix.png", "training_curves.png", "predictions_grid.png", "calibration.png"):
+        assert f"]({name})" in md
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # The training run wrote the same report for its best checkpoint.
+    assert (trained_run / "test" / "report.md").is_file() and (trained_run / "history.csv").is_file()
+
+
+def test_threshold_chosen_on_validation(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_eval(trained_run, tmp_path, monkeypatch, "threshold=youden")
+    assert result["threshold_method"].startswith("youden") and result["val_metrics"] is not None
+    # Recompute the choice from the model's own validation probabilities.
+    model = load_checkpoint(best_ckpt(trained_run))
+    from bcc_lightning.data.datamodule import BCCDataModule
+
+    dm = BCCDataModule(result["data_root"], model.preprocess, batch_size=64, num_workers=0)
+    with torch.no_grad():
+        val_probs = torch.cat([torch.sigmoid(model(x)) for x, _ in dm.loader("val")]).numpy()
+    expected = choose_threshold(dm.dataset("val").labels, val_probs, "youden")
+    assert result["metrics"]["threshold"] == pytest.approx(expected, abs=1e-5)
+    assert result["val_metrics"]["threshold"] == result["metrics"]["threshold"]
+
+
+def test_tta_runs_and_changes_probabilities(trained_run: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    run_eval(trained_run, tmp_path / "plain", monkeypatch, "report.cam_per_group=0", "report.grid_size=0")
+    tta = run_eval(trained_run, tmp_path / "tta", monkeypatch, "tta=true", "report.cam_per_group=0",
+                   "report.grid_size=0")
+    assert tta["tta"] is True
+    read = [[float(r["prob_malignant"]) for r in csv.DictReader((tmp_path / d / "predictions.csv").open())]
+            for d in ("plain", "tta")]
+    assert not np.allclose(read[0], read[1])
+
+
+def test_bad_threshold_and_split(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UserError, match="threshold"):
+        run_eval(trained_run, tmp_path, monkeypatch, "threshold=1.5")
+    with pytest.raises(UserError, match="split"):
+        run_eval(trained_run, tmp_path, monkeypatch, "split=holdout")
+    with pytest.raises(UserError, match="no 'test' folder"):
+        run_eval(trained_run, tmp_path, monkeypatch, f"data.root={tmp_path}")
+
+
+def test_gradcam_explains_the_predicted_class(trained_run: Path, demo_root: Path) -> None:
+    model = load_checkpoint(best_ckpt(trained_run))
+    from bcc_lightning.data.preprocess import to_pixels
+
+    path = next((demo_root / "test" / "M").glob("*.png"))
+    image = Image.open(path).convert("RGB")
+    x = to_pixels(image, model.preprocess).unsqueeze(0)  # uint8, as evaluation and predict pass them
+    layer = find_target_layer(model, model.backbone_arch, model.preprocess.img_size)
+    as_malignant = compute_cams(model, x, [1], layer)[0]
+    as_benign = compute_cams(model, x, [0], layer)[0]
+    assert as_malignant.shape == (model.preprocess.img_size, model.preprocess.img_size)
+    assert not np.allclose(as_malignant, as_benign)
+    assert overlay(image, as_malignant).size == image.size
+
+
+def test_predict_skips_bad_files(trained_run: Path, demo_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in list((demo_root / "test" / "B").glob("*.png"))[:2] + list((demo_root / "test" / "M").glob("*.png"))[:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    rows = predict(best_ckpt(trained_run), folder, tmp_path / "preds.csv", num_workers=0, accelerator="cpu",
+                   precision="32-true", cam=True)
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert "not a readable image" in by_name["corrupt.png"]["error"] and by_name["corrupt.png"]["pred_label"] == ""
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 4 and all(0 <= r["prob_malignant"] <= 1 for r in good)
+    written = list(csv.DictReader((tmp_path / "preds.csv").open()))
+    assert [r["path"] for r in written] == [r["path"] for r in rows]
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 4
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="No images"):
+        predict(best_ckpt(trained_run), tmp_path / "empty", tmp_path / "x.csv")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_parity(trained_run: Path, tmp_path: Path, fmt: str) -> None:
+    ckpt = best_ckpt(trained_run)
+    out = tmp_path / f"model.{fmt}"
+    sidecar = export_model(ckpt, fmt, out, check=True)
+    assert sidecar["parity"]["max_abs_diff"] < 1e-4
+    meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
+    assert meta["input"]["shape"][2] == 64 and meta["class_names"] == ["benign", "malignant"]
+    assert meta["synthetic_training_data"] is True and meta["source_checkpoint_sha256"]
+    # The exported file alone, on a real image prepared as the sidecar says, matches the checkpoint's model.
+    model = load_checkpoint(ckpt)
+    from bcc_lightning.data.imageio import load_rgb
+    from bcc_lightning.data.preprocess import to_pixels
+
+    image = load_rgb(next(Path(meta["trained_on"], "test", "M").glob("*.png")))
+    resized = np.asarray(image.resize((64, 64), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    batch = np.stack([resized.transpose(2, 0, 1)] * 3)  # dynamic batch of 3
+    exported = run_exported(out, fmt, batch)
+    with torch.no_grad():
+        reference = torch.sigmoid(model(to_pixels(image, model.preprocess).unsqueeze(0))).item()
+    assert exported.shape == (3,) and exported[0] == pytest.approx(reference, abs=2e-3)

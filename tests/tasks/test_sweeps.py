@@ -1,0 +1,52 @@
+"""Sweep summaries and the sweeper/launcher configs."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from bcc_lightning.reports.aggregate import write_summary
+from tests.conftest import REPO, compose_config, subprocess_env
+
+
+def test_sweep_summary_written_and_sorted(demo_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", f"data.root={demo_root}", "optimizer.lr=1e-2,1e-3",
+         "trainer.max_epochs=1", "data.num_workers=0", "model.img_size=48", "report.cam_per_group=0",
+         "report.grid_size=0", "logger=none", f"hydra.sweep.dir={sweep}"],
+        env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert {float(r["optimizer.lr"]) for r in rows} == {1e-2, 1e-3}
+    values = [float(r["best_monitor_value"]) for r in rows]
+    assert values == sorted(values)
+    assert "| job | optimizer.lr | val/loss" in (sweep / "sweep_summary.md").read_text()
+
+    (sweep / "7" / ".hydra").mkdir(parents=True)  # a job that died before writing anything
+    summary = write_summary(sweep)
+    assert summary["missing"] == ["7"] and "Missing: jobs 7" in (sweep / "sweep_summary.md").read_text()
+
+
+def test_optuna_and_slurm_configs_compose() -> None:
+    cfg = compose_config("train", ["hparams_search=optuna", "hydra/launcher=slurm"], hydra=True)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert "optimizer.lr" in cfg.hydra.sweeper.params
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+def test_optuna_runs_three_tiny_trials(demo_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "optuna"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+         "hydra.sweeper.sampler.n_startup_trials=2", "~hydra.sweeper.params.model",
+         f"data.root={demo_root}", "trainer.max_epochs=1",
+         "data.num_workers=0", "model.img_size=48", "report.cam_per_group=0", "report.grid_size=0", "logger=none",
+         f"hydra.sweep.dir={sweep}"],
+        env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["name"] == "optuna" and isinstance(best["best_value"], float)
+    assert len([p for p in sweep.iterdir() if (p / "metrics.json").is_file()]) == 3
