@@ -218,6 +218,28 @@ NAIVE = "naive loop (fp32, channels-first)"
 INFERENCE = "inference (eval.py / predict)"
 
 
+def _result(cfg: DictConfig, samples: dict[str, list[float]], worker_memory: dict[int, dict[str, float]],
+            workers: int, device: torch.device, precision: Any, img_size: int) -> dict[str, Any]:
+    """Medians, the ratios that matter, memory and the settings, as bench.json holds them."""
+    rates = {name: statistics.median(values) for name, values in samples.items()}
+    default_loader = next(v for k, v in rates.items() if k.startswith(f"loader only, {workers} workers"))
+    ratios = {"full / model step": rates[FULL] / rates[MODEL_STEP], "full / plain loop": rates[FULL] / rates[PLAIN],
+              "loader (default workers) / model step": default_loader / rates[MODEL_STEP]}
+    if cfg.naive:
+        ratios["full / naive fp32 loop"] = rates[FULL] / rates[NAIVE]
+    worker = worker_memory.get(workers) or max(worker_memory.values(), key=lambda m: m.get("peak_rss", 0), default={})
+    memory = {"peak_rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "largest_loader_worker_mb": worker}
+    threads = torch.get_num_threads()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)"
+    result = {"device": device_name, "model": cfg.model.name, "img_size": img_size,
+              "batch_size": cfg.data.batch_size, "optimizer": to_dict(cfg.optimizer), "precision": str(precision),
+              "channels_last": bool(cfg.model.channels_last), "compile": bool(cfg.compile), "workers": workers,
+              "images_per_s": rates, "ratios": ratios, "memory": memory, "torch": torch.__version__,
+              "repeats": samples, "steps": int(cfg.steps), "warmup": int(cfg.warmup)}
+    return result
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)  # warmup, steps and repeats >= 1: the first batches pay for start-up and are never timed
     device = pick_device(str(cfg.trainer.accelerator))
@@ -258,22 +280,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             runs[NAIVE] = lambda: plain_loop_rate(naive, dm, cfg, device, "32-true")
         runs[INFERENCE] = lambda: inference_rate(model, dm, cfg, device, precision)
         samples = {**build, **_rates(runs, int(cfg.repeats))}
-    rates = {name: statistics.median(values) for name, values in samples.items()}
-    default_loader = next(v for k, v in rates.items() if k.startswith(f"loader only, {workers} workers"))
-    ratios = {"full / model step": rates[FULL] / rates[MODEL_STEP], "full / plain loop": rates[FULL] / rates[PLAIN],
-              "loader (default workers) / model step": default_loader / rates[MODEL_STEP]}
-    if cfg.naive:
-        ratios["full / naive fp32 loop"] = rates[FULL] / rates[NAIVE]
-    worker = worker_memory.get(workers) or max(worker_memory.values(), key=lambda m: m.get("peak_rss", 0), default={})
-    memory = {"peak_rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "largest_loader_worker_mb": worker}
-    threads = torch.get_num_threads()
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)"
-    result = {"device": device_name, "model": cfg.model.name, "img_size": model.preprocess.img_size,
-              "batch_size": cfg.data.batch_size, "optimizer": to_dict(cfg.optimizer), "precision": str(precision),
-              "channels_last": bool(cfg.model.channels_last), "compile": bool(cfg.compile), "workers": workers,
-              "images_per_s": rates, "ratios": ratios, "memory": memory, "torch": torch.__version__,
-              "repeats": samples, "steps": int(cfg.steps), "warmup": int(cfg.warmup)}
+    result = _result(cfg, samples, worker_memory, workers, device, precision, model.preprocess.img_size)
     print(format_table(result))
     write_json(run_dir() / "bench.json", result)
     return result
