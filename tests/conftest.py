@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 # Tests never touch the network: the hubs answer from the cache or fail at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_USE_HF_HUB", "0")
+# data.cache=auto (the default) and the audit's descriptors write into the user cache folder: tests use their own.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="bcc_test_cache_")
 
 
 def compose_config(name: str = "train", overrides: list[str] | None = None, hydra: bool = False) -> DictConfig:

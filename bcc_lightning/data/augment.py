@@ -1,4 +1,5 @@
-"""The one augmentation, of the original project: rotation, flips, grayscale. No crops or tilts (they lose cells).
+"""The one augmentation: the original project's rotation, flips and grayscale (no crops or tilts: they lose cells),
+plus stain colour jitter.
 
 The loader draws a view per image per epoch; bcc-prepare writes augmented copies with the same function.
 
@@ -15,6 +16,8 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from bcc_lightning.data.stain import hed_jitter, hsv_jitter
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -23,6 +26,9 @@ class AugmentConfig:
     hflip: float = 0.5
     vflip: float = 0.5
     grayscale: float = 0.0
+    # Stain colour jitter strengths (data/stain.py): HED scale/shift (Tellez et al. 2019; 0.05 is "light") and HSV.
+    stain: float = 0.0
+    hsv: float = 0.0
 
 
 def rotate_reflect(image: torch.Tensor, angle: float) -> torch.Tensor:
@@ -63,6 +69,12 @@ def augment(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
     if chance(cfg.vflip):
         image = torch.flip(image, dims=(-2,))
         names.append("vflip")
+    if cfg.stain > 0:
+        image = hed_jitter(image, cfg.stain, generator)
+        names.append("hed")
+    if cfg.hsv > 0:
+        image = hsv_jitter(image, cfg.hsv, generator)
+        names.append("hsv")
     if chance(cfg.grayscale):
         image = F.rgb_to_grayscale(image, num_output_channels=3)
         names.append("grayscale")

@@ -26,8 +26,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "bcc_lightning"
 
 
-def cache_key(paths: Sequence[Path], img_size: int, interpolation: str) -> str:
-    digest = hashlib.sha256(json.dumps([VERSION, img_size, interpolation]).encode())
+def cache_key(paths: Sequence[Path], img_size: int, interpolation: str, variant: str = "") -> str:
+    """`variant`: anything else that changes the pixels (the preprocessing's fingerprint: stain normalisation)."""
+    digest = hashlib.sha256(json.dumps([VERSION, img_size, interpolation] + ([variant] if variant else [])).encode())
     for path in paths:
         stat = path.stat()
         digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -87,7 +88,7 @@ def _decoded(paths: Sequence[Path], decode: Callable[[Path], np.ndarray], shape:
 
 def open_or_build(cache_dir: str | Path, split: str, paths: Sequence[Path], img_size: int, interpolation: str,
                   decode: Callable[[Path], np.ndarray], log: Callable[[str], None] = print,
-                  workers: int = 0) -> CachedArray:
+                  workers: int = 0, variant: str = "") -> CachedArray:
     """The cache for these files at this size: opened if it exists, else built (atomically) first, decoding in
     `workers` processes."""
     cache_dir = Path(cache_dir).expanduser()
@@ -96,7 +97,7 @@ def open_or_build(cache_dir: str | Path, split: str, paths: Sequence[Path], img_
     except OSError as exc:
         raise UserError(f"Cannot create the image cache folder {cache_dir} ({exc.strerror}); set data.cache to a "
                         f"writable folder or data.cache=null.") from exc
-    key = cache_key(paths, img_size, interpolation)
+    key = cache_key(paths, img_size, interpolation, variant)
     target = cache_dir / f"{split}-{img_size}px-{key}.u8"
     shape = (len(paths), img_size, img_size, 3)
     if target.is_file() and target.stat().st_size == int(np.prod(shape)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -17,6 +19,8 @@ from bcc_lightning.data.layout import SPLITS, fold_samples, scan_split
 from bcc_lightning.data.preprocess import Preprocess, decode_hwc, decode_resized
 from bcc_lightning.utils.device import resolve_num_workers
 from bcc_lightning.utils.errors import UserError
+
+log = logging.getLogger("bcc_lightning")
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -87,7 +91,8 @@ class BCCDataModule(L.LightningDataModule):
                  num_workers: int | str = "auto",
                  augment: AugmentConfig | None = None, pin_memory: bool | None = None,
                  test_split: str = "test", balanced_sampler: bool = False, seed: int = 0,
-                 cache: str | Path | None = None, fold: int | None = None, gpu: bool | None = None) -> None:
+                 cache: str | Path | None = None, fold: int | None = None, gpu: bool | None = None,
+                 cache_budget_gb: float = 20.0) -> None:
         super().__init__()
         if int(batch_size) < 1:
             raise UserError(f"data.batch_size must be at least 1 (got {batch_size}).")
@@ -104,8 +109,12 @@ class BCCDataModule(L.LightningDataModule):
         # eval.py can point the test stage at another split (e.g. val) without a second code path.
         self.test_split = test_split
         self.balanced_sampler = balanced_sampler
-        self.cache_dir = None if cache in (None, "", "none", "null") else (
-            default_cache_dir() if cache == "auto" else Path(cache))
+        # cache: None (stream), "auto" (the user cache folder, if the decoded splits fit `cache_budget_gb` and the
+        # disk), or a folder (always). Decided once, when the first split is loaded.
+        self.cache_setting = None if cache in (None, "", "none", "null", "off") else str(cache)
+        self.cache_budget_gb = float(cache_budget_gb)
+        self.cache_dir: Path | None = None
+        self._cache_decided = False
         self.seed = int(seed)
         self.fold = None if fold is None else int(fold)
 
@@ -117,15 +126,53 @@ class BCCDataModule(L.LightningDataModule):
                                     else fold_samples(self.root, split, self.fold))
         return self._samples[split]
 
+    def resolve_cache(self) -> Path | None:
+        """Where the decoded splits go, decided once: `auto` caches when they fit the budget and the free disk
+        space, and otherwise streams (decoding every image every epoch) and says why. None: streaming."""
+        if not self._cache_decided:
+            self._cache_decided = True
+            self.cache_dir = self._choose_cache_dir()
+        return self.cache_dir
+
+    def _choose_cache_dir(self) -> Path | None:
+        if self.cache_setting is None:
+            return None
+        if self.cache_setting != "auto":
+            return Path(self.cache_setting).expanduser()
+        target = default_cache_dir()
+        count = 0
+        for split in SPLITS:
+            try:
+                count += len(self.samples(split))
+            except UserError:
+                continue  # a split this run does not have (e.g. a fold layout without val); its own use will tell
+        size = self.preprocess.img_size
+        needed = count * size * size * 3
+        probe = target
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        if needed > self.cache_budget_gb * 2**30 or needed > free - 2**30:
+            log.warning("Decoded-image cache off: %d images at %d px need %.1f GiB, more than data.cache_budget_gb=%g "
+                        "or the free space in %s (%.1f GiB); streaming (every image decoded every epoch). Set "
+                        "data.cache=DIR on a larger disk, or raise data.cache_budget_gb.", count, size,
+                        needed / 2**30, self.cache_budget_gb, target, free / 2**30)
+            return None
+        log.info("Decoded-image cache: %s (%.2f GiB for %d images at %d px; reused by later runs; data.cache=null "
+                 "streams instead)", target, needed / 2**30, count, size)
+        return target
+
     def dataset(self, split: str) -> ImageFolderDataset:
         if split not in self.datasets:
+            cache_dir = self.resolve_cache()
             augment = self.augment if split == "train" else None
             samples = self.samples(split)
             cache = None
-            if self.cache_dir is not None:
-                cache = open_or_build(self.cache_dir, split, [p for p, _ in samples], self.preprocess.img_size,
+            if cache_dir is not None:
+                cache = open_or_build(cache_dir, split, [p for p, _ in samples], self.preprocess.img_size,
                                       self.preprocess.interpolation, partial(decode_hwc, pre=self.preprocess),
-                                      workers=self.num_workers)
+                                      log=log.info, workers=self.num_workers,
+                                      variant=self.preprocess.fingerprint() if self.preprocess.stain_norm else "")
             self.datasets[split] = ImageFolderDataset(samples, self.preprocess, augment, cache)
         return self.datasets[split]
 

@@ -6,7 +6,9 @@ training's input exactly, without rebuilding anything from the current config.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import functools
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
+from bcc_lightning.data.stain import StainNormaliser
 from bcc_lightning.utils.errors import UserError
 
 
@@ -27,6 +30,8 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
+    # Fitted stain normalisation (StainNormaliser.state()), applied after resizing; None: none.
+    stain_norm: dict[str, Any] | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain containers, as weights-only checkpoints require."""
@@ -35,7 +40,17 @@ class Preprocess:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
         return cls(img_size=int(data["img_size"]), mean=tuple(float(x) for x in data["mean"]),
-                   std=tuple(float(x) for x in data["std"]), interpolation=str(data.get("interpolation", "bilinear")))
+                   std=tuple(float(x) for x in data["std"]), interpolation=str(data.get("interpolation", "bilinear")),
+                   stain_norm=data.get("stain_norm"))
+
+    def fingerprint(self) -> str:
+        """What changes the pixels a loader ships (the decoded-image cache's key includes it)."""
+        return json.dumps([self.img_size, self.interpolation, self.stain_norm], sort_keys=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _normaliser(state: str) -> StainNormaliser:
+    return StainNormaliser.from_state(json.loads(state))
 
 
 def resize_op(pre: Preprocess) -> v2.Resize:
@@ -45,8 +60,12 @@ def resize_op(pre: Preprocess) -> v2.Resize:
 
 
 def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
-    """Decoded RGB image -> uint8 CHW tensor at the input size: what loaders ship and the model normalises."""
-    return v2.functional.pil_to_tensor(resize_op(pre)(image))
+    """Decoded RGB image -> uint8 CHW tensor at the input size (stain-normalised when the preprocessing says so):
+    what loaders ship and the model normalises. Training, evaluation, predict and Grad-CAM all come through here."""
+    pixels = v2.functional.pil_to_tensor(resize_op(pre)(image))
+    if pre.stain_norm:
+        pixels = _normaliser(json.dumps(pre.stain_norm, sort_keys=True))(pixels)
+    return pixels
 
 
 def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:

@@ -110,6 +110,19 @@ def _pretrained_hint(name: str, exc: Exception) -> UserError:
     )
 
 
+def _looks_offline(exc: BaseException) -> bool:
+    """A failed download (no network, no cache), as opposed to a bad configuration."""
+    import urllib.error
+
+    while exc is not None:
+        if isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError)) or "HTTP" in type(exc).__name__:
+            return True
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class Head(nn.Sequential):
     """The new top: dropout, an optional hidden dense layer, and one logit (malignant vs benign)."""
 
@@ -148,20 +161,24 @@ def _build_torchvision(name: str, use_hub: bool) -> tuple[nn.Module, str]:
     weights_enum = torchvision.models.get_model_weights(arch).DEFAULT if use_hub else None
     kwargs: dict[str, Any] = {}
     if arch == "inception_v3":
-        # The weights expect inputs in [-1, 1]: mean/std 0.5 below does what transform_input would.
-        kwargs = {"aux_logits": False, "init_weights": False, "transform_input": False}
+        # The weights expect inputs in [-1, 1]: mean/std 0.5 below does what transform_input would. torchvision
+        # refuses its weights without the auxiliary head, so it is built and then dropped (inference never uses it).
+        kwargs = {"aux_logits": use_hub, "init_weights": False, "transform_input": False}
     try:
         backbone = torchvision.models.get_model(arch, weights=weights_enum, **kwargs)
     except Exception as exc:
-        if use_hub:
-            file = Path(weights_enum.url).name if weights_enum is not None else f"{arch}.pth"
+        if use_hub and _looks_offline(exc):
+            file = Path(weights_enum.url).name
             raise UserError(
-                f"ImageNet weights for torchvision '{arch}' could not be loaded ({type(exc).__name__}). This machine "
-                f"is probably offline: download {weights_enum.url if weights_enum else file} elsewhere and put it in "
+                f"ImageNet weights for torchvision '{arch}' are not on this machine and could not be downloaded "
+                f"({type(exc).__name__}). Download {weights_enum.url} elsewhere and put it in "
                 f"$TORCH_HOME/hub/checkpoints/{file} (TORCH_HOME defaults to ~/.cache/torch), or pass "
                 f"model.weights=PATH to that file, or train from scratch with model.pretrained=false."
             ) from exc
-        raise UserError(f"Cannot build torchvision model '{arch}': {type(exc).__name__}: {exc}") from exc
+        raise UserError(f"Cannot build torchvision model '{arch}'{' with its ImageNet weights' if use_hub else ''}: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    if arch == "inception_v3" and getattr(backbone, "AuxLogits", None) is not None:
+        backbone.AuxLogits, backbone.aux_logits = None, False
     classifier = next(attr for attr in ("classifier", "fc", "head", "heads") if hasattr(backbone, attr))
     old = getattr(backbone, classifier)
     linear = old if isinstance(old, nn.Linear) else [m for m in old.modules() if isinstance(m, nn.Linear)][0]

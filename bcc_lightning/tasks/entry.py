@@ -23,7 +23,7 @@ from bcc_lightning.utils.errors import UserError
 
 # console script / config name -> module under bcc_lightning.tasks
 TASKS = {"train": "train", "eval": "evaluate", "predict": "predict", "export": "export", "prepare": "prepare",
-         "bench": "bench", "aggregate": "aggregate", "demo": "demo"}
+         "bench": "bench", "aggregate": "aggregate", "demo": "demo", "audit": "audit", "compare": "compare"}
 
 
 def _quiet_libraries() -> None:
@@ -93,3 +93,11 @@ def aggregate() -> Any:
 
 def demo() -> Any:
     return main("demo")
+
+
+def audit() -> Any:
+    return main("audit")
+
+
+def compare() -> Any:
+    return main("compare")

@@ -195,3 +195,25 @@ def test_auto_workers_follow_the_device(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert resolve_num_workers("auto", gpu=False) == 2 and resolve_num_workers("auto", gpu=True) == 1
     assert resolve_num_workers(3, gpu=True) == 3
+
+
+def test_cache_auto_is_the_default_and_says_where(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.conftest import compose_config
+
+    assert compose_config("train").data.cache == "auto"
+    root = make_folder(tmp_path / "data", per_class=3)
+    dm = BCCDataModule(root, PRE, batch_size=4, num_workers=0, cache="auto")
+    with caplog.at_level("INFO", logger="bcc_lightning"):
+        dm.dataset("train")
+    assert dm.cache_dir is not None and dm.datasets["train"].cache is not None
+    assert str(dm.cache_dir).startswith(os.environ["XDG_CACHE_HOME"])  # the user cache folder (the tests' own)
+    assert "Decoded-image cache:" in caplog.text and "GiB for 18 images" in caplog.text
+
+
+def test_cache_auto_streams_when_over_budget(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_folder(tmp_path / "data", per_class=3)
+    dm = BCCDataModule(root, PRE, batch_size=4, num_workers=0, cache="auto", cache_budget_gb=1e-6)
+    with caplog.at_level("WARNING", logger="bcc_lightning"):
+        images, _ = next(iter(dm.loader("train")))
+    assert dm.cache_dir is None and dm.datasets["train"].cache is None and images.dtype == torch.uint8
+    assert "cache off" in caplog.text and "streaming" in caplog.text

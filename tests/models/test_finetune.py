@@ -121,3 +121,21 @@ def test_done_when_densenet_from_local_file(demo_root: Path, tmp_path: Path, mon
                                                f"model.weights={tmp_path / 'densenet121.pth'}",
                                                "trainer.fast_dev_run=true", "logger=none", "report.cam_per_group=0"]))
     assert json.loads((tmp_path / "metrics.json").read_text())["model"] == "densenet121"
+
+
+def test_torchvision_inceptionv3_with_imagenet_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """torchvision refuses its Inception weights without the auxiliary head: it is built, loaded, then dropped."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    reference = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    file = Path(torchvision.models.Inception_V3_Weights.DEFAULT.url).name
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / file)
+    backbone = build_backbone("inceptionv3", pretrained=True, source="torchvision")
+    assert backbone.AuxLogits is None and backbone.num_features == 2048
+    assert torch.equal(backbone.Conv2d_1a_3x3.conv.weight, reference.Conv2d_1a_3x3.conv.weight)
+    backbone.eval()
+    with torch.no_grad():
+        assert backbone(torch.rand(1, 3, 299, 299)).shape == (1, 2048)
