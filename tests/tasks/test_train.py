@@ -111,7 +111,7 @@ def test_multirun_sweep_two_backbones(demo_root: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["train.py", "data.root=does_not_exist"], "does not exist"),
     (["train.py", "data.root={demo}", "model.name=resnet_typo"], "Unknown backbone"),
-    (["train.py", "data.root={demo}", "data.batch_size=0"], "batch_size must be at least 1"),
+    (["train.py", "data.root={demo}", "data.batch_size=0"], "batch_size must be a whole number >= 1"),
     (["eval.py", "ckpt=missing.ckpt"], "does not exist"),
     (["eval.py"], "Pass the checkpoint"),
     (["-m", "bcc_lightning.tasks.predict", "ckpt=missing.ckpt", "input=."], "does not exist"),
