@@ -21,8 +21,19 @@ from scipy import stats
 from scipy.special import expit
 
 from bcc_lightning.reports import statistics as S
-from bcc_lightning.reports.metrics import choose_threshold as old_choose_threshold
+from bcc_lightning.reports.metrics import compute_metrics
 from bcc_lightning.reports.operating_point import choose_threshold
+
+
+def old_choose_threshold(labels: np.ndarray, probs: np.ndarray, method: str) -> float:
+    """The search this project used before (every metric at every distinct score: O(n^2)), kept here only to time it."""
+    best, best_score = 0.5, -np.inf
+    for t in np.unique(probs):
+        m = compute_metrics(labels, probs, float(t))
+        score = m["recall"] + m["specificity"] - 1 if method == "youden" else m["f1"]
+        if score > best_score + 1e-12:
+            best, best_score = float(t), score
+    return best
 
 REPO = Path(__file__).resolve().parent.parent
 

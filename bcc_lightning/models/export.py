@@ -37,7 +37,9 @@ class Deployable(nn.Module):
 
 
 def export_model(ckpt: Path, fmt: str, out: Path, threshold: float = 0.5, opset: int = 17,
-                 check: bool = True) -> dict[str, Any]:
+                 check: bool = True, operating_point: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Export the checkpoint's model and write the sidecar JSON; `operating_point` (threshold, method, chosen_on)
+    records how the threshold was chosen (default: a fixed number)."""
     if fmt not in FORMATS:
         raise UserError(f"format must be one of {list(FORMATS)}; got {fmt!r}.")
     checkpoint = read_checkpoint(ckpt)
@@ -77,6 +79,7 @@ def export_model(ckpt: Path, fmt: str, out: Path, threshold: float = 0.5, opset:
         "class_names": list(CLASS_NAMES),
         "positive_class": "malignant",
         "threshold": threshold,
+        "operating_point": operating_point or {"threshold": threshold, "method": "fixed", "chosen_on": None},
         "backbone": model.hparams.model["name"],
         "timm_architecture": model.backbone_arch,
         "source_checkpoint": str(ckpt.resolve()),

@@ -19,6 +19,12 @@ def dihedral_views(images: torch.Tensor) -> Iterator[torch.Tensor]:
         yield torch.flip(rotated, dims=(-1,))
 
 
+def _probability(logits: torch.Tensor) -> torch.Tensor:
+    """sigmoid in fp32 outside autocast: a bf16 sigmoid collapses probabilities near 0 and 1 into a few values."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return torch.sigmoid(logits.float())
+
+
 @torch.no_grad()
 def predict_batches(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device,
                     precision: Any = "auto", tta: bool = False) -> torch.Tensor:
@@ -29,8 +35,8 @@ def predict_batches(model: nn.Module, batches: Iterable[torch.Tensor], device: t
         for images in batches:
             images = images.to(device, non_blocking=True)
             if tta:
-                probs = torch.stack([torch.sigmoid(model(v).float()) for v in dihedral_views(images)]).mean(0)
+                probs = torch.stack([_probability(model(v)) for v in dihedral_views(images)]).mean(0)
             else:
-                probs = torch.sigmoid(model(images).float())
+                probs = _probability(model(images))
             out.append(probs)  # kept on the device: a copy per batch would make the host wait for every batch
     return torch.cat(out).cpu() if out else torch.empty(0)

@@ -117,7 +117,11 @@ class BCCClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)  # before the cast: the copy moves bytes, not floats
         if x.dtype == torch.uint8:
             x = self.normalise(x)
-        return self.head(self.backbone(x)).squeeze(-1)
+        features = self.backbone(x)
+        # The head in fp32 whatever the autocast: a bf16 logit has 8 mantissa bits, so sigmoid would give only a
+        # few hundred distinct probabilities and ties would distort AUROC and threshold choice.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.head(features.float()).squeeze(-1)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch

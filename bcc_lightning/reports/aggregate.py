@@ -1,5 +1,6 @@
-"""Sweep results: one row per job, and per configuration mean ± std with 95 % bootstrap intervals over folds and
-seeds, pooled out-of-fold predictions, and paired comparisons between configurations.
+"""Sweep results: one row per job, and per configuration mean ± sd with Student-t (and, for k-fold runs,
+Nadeau-Bengio corrected) 95 % intervals over folds and seeds, pooled held-out predictions, and paired comparisons
+between configurations (corrected resampled t-test, Wilcoxon signed-rank).
 
 Written at the end of every `train.py -m` (tasks/aggregate.py's Hydra callback): sweep_summary.{csv,md} (jobs,
 sorted by the monitored metric) and aggregate.{csv,md} (+ aggregate/ figures) in the sweep directory. Also
@@ -19,8 +20,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bcc_lightning.data.layout import fold_samples, fold_settings, read_manifest
 from bcc_lightning.reports.predictions import read_predictions
 from bcc_lightning.reports.report import write_metric_files
+from bcc_lightning.reports.statistics import corrected_resampled_t, corrected_t_interval, t_interval, wilcoxon
 from bcc_lightning.utils.atomic_io import write_json, write_text
 from bcc_lightning.utils.errors import UserError
 
@@ -55,6 +58,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         row["test"] = {k: (data.get("metrics") or {}).get(k) for k in TEST_KEYS}
         row["data_root"] = data.get("data_root")
         row["fold"] = data.get("fold")
+        row["n_test"] = (data.get("metrics") or {}).get("n")
         jobs.append(row)
     return jobs
 
@@ -102,46 +106,24 @@ def config_name(overrides: dict[str, str], shared: set[str]) -> str:
     return " ".join(items) or "(one configuration)"
 
 
-def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = 10_000,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (seeded, so reports are reproducible)."""
+def describe(values: list[float], sizes: tuple[float, float] | None = None,
+             sizes_note: str | None = None) -> dict[str, Any]:
+    """Mean ± sd with a Student-t 95 % interval, plus the Nadeau-Bengio corrected interval when the runs are
+    k-fold folds with known (n_train, n_test); otherwise `corrected_unavailable` says why."""
     data = np.asarray(values, dtype=float)
-    if len(data) < 2:
-        return (float(data[0]), float(data[0])) if len(data) else (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, len(data), (resamples, len(data)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
-
-
-def describe(values: list[float]) -> dict[str, float]:
-    data = np.asarray(values, dtype=float)
-    low, high = bootstrap_ci(values)
-    return {"n": int(len(data)), "mean": float(data.mean()), "std": float(data.std(ddof=1)) if len(data) > 1 else 0.0,
-            "ci_low": low, "ci_high": high}
-
-
-def wilcoxon_signed_rank(differences: list[float]) -> float:
-    """Exact two-sided p-value of the Wilcoxon signed-rank test (zero differences dropped; fine up to ~20 pairs)."""
-    d = np.asarray([x for x in differences if abs(x) > 1e-12], dtype=float)
-    n = len(d)
-    if n == 0:
-        return 1.0
-    ranks = np.empty(n)
-    order = np.argsort(np.abs(d), kind="mergesort")
-    sorted_abs = np.abs(d)[order]
-    i = 0
-    while i < n:  # average ranks over ties
-        j = i
-        while j + 1 < n and sorted_abs[j + 1] == sorted_abs[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    observed = ranks[d > 0].sum()
-    expected = ranks.sum() / 2
-    signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
-    stats = (signs * ranks).sum(axis=1)
-    return float(np.mean(np.abs(stats - expected) >= abs(observed - expected) - 1e-9))
+    t = t_interval(data)
+    out: dict[str, Any] = {"n": int(len(data)), "mean": float(data.mean()),
+                           "std": float(data.std(ddof=1)) if len(data) > 1 else 0.0,
+                           "ci_low": t.low, "ci_high": t.high, "ci_method": t.method}
+    if t.reason:
+        out["ci_reason"] = t.reason
+    if sizes is None:
+        out["corrected_unavailable"] = sizes_note or "not k-fold runs"
+    else:
+        c = corrected_t_interval(data, *sizes)
+        out["corrected"] = {"low": c.low, "high": c.high, "method": c.method, "n_train": sizes[0],
+                            "n_test": sizes[1], **({"reason": c.reason} if c.reason else {})}
+    return out
 
 
 def _protocol(root: str | None) -> str:
@@ -154,6 +136,34 @@ def _protocol(root: str | None) -> str:
     if not settings.get("folds"):
         return "train/val/test split"
     return f"{settings['folds']}-fold, {'held-out test' if settings.get('holdout_test', True) else 'no held-out test'}"
+
+
+def _fold_sizes(members: list[dict[str, Any]]) -> tuple[tuple[float, float] | None, str | None]:
+    """Mean (n_train, n_test) over k-fold runs for the Nadeau-Bengio correction, or (None, why not).
+
+    n_train counts original training images (augmented copies are not new samples). n_test is the part of the data
+    that changes between folds: the test fold without a held-out test, the validation fold with one (every fold is
+    then scored on the same test images, and only the training sets differ).
+    """
+    if not members or any(m.get("fold") is None for m in members):
+        return None, "not k-fold runs (no data.fold)"
+    root = members[0].get("data_root")
+    if not root or not (Path(root) / "manifest.csv").is_file():
+        return None, ("training-set sizes unknown (the data root with its manifest.csv is not available), so only "
+                      "the Student-t interval is shown")
+    copies = {r["path"] for r in read_manifest(root) or [] if r.get("augmentation", "none") != "none"}
+    _, holdout = fold_settings(root)
+    resolved = Path(root).resolve()
+    trains, tests = [], []
+    for m in members:
+        fold = int(m["fold"])
+        train = [p for p, _ in fold_samples(root, "train", fold)
+                 if p.resolve().relative_to(resolved).as_posix() not in copies]
+        trains.append(len(train))
+        tests.append(len(fold_samples(root, "val" if holdout else "test", fold)))
+    if min(trains) == 0 or min(tests) == 0:
+        return None, "a fold has no training or held-out images"
+    return (float(np.mean(trains)), float(np.mean(tests))), None
 
 
 def aggregate(jobs: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any]:
@@ -171,11 +181,16 @@ def aggregate(jobs: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any]:
                         + "; ".join(f"{name}: {', '.join(p)}" for name, p in mixed.items())
                         + ". Aggregate each protocol's sweep separately.")
     result: dict[str, Any] = {"configs": {}, "comparisons": []}
+    sizes: dict[str, tuple[tuple[float, float] | None, str | None]] = {}
     for name, members in sorted(configs.items()):
-        stats = {k: describe([m["test"][k] for m in members if m["test"].get(k) is not None])
+        sizes[name] = _fold_sizes(members)
+        stats = {k: describe([m["test"][k] for m in members if m["test"].get(k) is not None], *sizes[name])
                  for k in STAT_KEYS if any(m["test"].get(k) is not None for m in members)}
         entry = {"runs": len(members), "protocol": protocols[name][0], "stats": stats,
-                 "folds": sorted(m["fold"] for m in members if m.get("fold") is not None)}
+                 "folds": sorted(m["fold"] for m in members if m.get("fold") is not None),
+                 "n_test_per_run": sorted({m["n_test"] for m in members if m.get("n_test") is not None})}
+        if sizes[name][0] is not None:
+            entry["fold_sizes"] = {"n_train": sizes[name][0], "n_test": sizes[name][1]}
         oof = _pooled_predictions(members, sweep_dir / "aggregate" / _slug(name))
         if oof:
             entry["out_of_fold"] = oof
@@ -183,7 +198,7 @@ def aggregate(jobs: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any]:
     names = sorted(configs)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            comparison = _paired(configs[a], configs[b], a, b)
+            comparison = _paired(configs[a], configs[b], a, b, sizes[a][0] if sizes[a][0] == sizes[b][0] else None)
             if comparison:
                 result["comparisons"].append(comparison)
     return result
@@ -194,32 +209,39 @@ def _slug(name: str) -> str:
 
 
 def _pooled_predictions(members: list[dict[str, Any]], outdir: Path) -> dict[str, Any] | None:
-    """Out-of-fold predictions: each fold's held-out images once (the validation fold with a held-out test, the
-    test fold without one), pooled into one ROC curve and confusion matrix."""
+    """Each fold's held-out images once, pooled into one ROC curve and confusion matrix.
+
+    Without a held-out test these are the test folds: true out-of-fold predictions. With one, only the validation
+    folds are held out, and they chose each run's checkpoint (early stopping), so the pool is optimistic.
+    """
     if not members or any(m.get("fold") is None for m in members) or len({m["fold"] for m in members}) < len(members):
         return None  # not one run per fold (e.g. several seeds): pooling would count images twice
+    holdout = _protocol(members[0].get("data_root")).endswith(", held-out test")
     labels, probs = [], []
     for m in members:
         job = Path(m["dir"])
-        holdout = _protocol(m.get("data_root")).endswith(", held-out test")
         source = job / "val_predictions.csv" if holdout else job / "test" / "predictions.csv"
         if not source.is_file():
             return None
         fold_labels, fold_probs = read_predictions(source)
         labels += fold_labels
         probs += fold_probs
-    metrics, figures = write_metric_files(outdir, labels, probs, 0.5, "out-of-fold (pooled)")
+    kind = ("validation folds, used for model selection (early stopping): optimistic" if holdout
+            else "test folds (out-of-fold)")
+    metrics, figures = write_metric_files(outdir, labels, probs, 0.5, f"pooled {kind}")
     import matplotlib.pyplot as plt
 
     for fig in figures.values():
         plt.close(fig)
     return {"n": metrics["n"], "accuracy": metrics["accuracy"], "auroc": metrics["auroc"],
-            "recall": metrics["recall"], "specificity": metrics["specificity"],
-            "figures": str(outdir.relative_to(outdir.parent.parent))}
+            "recall": metrics["recall"], "specificity": metrics["specificity"], "source": kind,
+            "optimistic": holdout, "figures": str(outdir.relative_to(outdir.parent.parent))}
 
 
-def _paired(a_jobs: list[dict[str, Any]], b_jobs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
-    """Differences on the same folds (or seeds): per-unit differences, bootstrap CI of the mean, Wilcoxon p."""
+def _paired(a_jobs: list[dict[str, Any]], b_jobs: list[dict[str, Any]], a: str, b: str,
+            sizes: tuple[float, float] | None) -> dict[str, Any] | None:
+    """Differences on the same folds (or seeds): Student-t (or Nadeau-Bengio corrected) interval of the mean
+    difference, the corrected resampled t-test when the runs are folds, and the Wilcoxon signed-rank test."""
     def unit(job: dict[str, Any]) -> tuple:
         return (job.get("fold"), job["overrides"].get("seed"))
 
@@ -233,18 +255,61 @@ def _paired(a_jobs: list[dict[str, Any]], b_jobs: list[dict[str, Any]], a: str, 
                  if a_by[u]["test"].get(key) is not None and b_by[u]["test"].get(key) is not None]
         if len(diffs) < 2:
             continue
-        low, high = bootstrap_ci(diffs)
-        out["metrics"][key] = {"differences": diffs, "mean": float(np.mean(diffs)), "ci_low": low, "ci_high": high,
-                               "wilcoxon_p": wilcoxon_signed_rank(diffs)}
+        entry: dict[str, Any] = {"differences": diffs, "mean": float(np.mean(diffs))}
+        if sizes is not None:
+            test = corrected_resampled_t(diffs, *sizes)
+            interval = test.interval
+            entry.update(t_statistic=test.statistic, t_p=test.p_value, t_method=test.method,
+                         **({"t_reason": test.reason} if test.reason else {}))
+        else:
+            interval = t_interval(diffs)
+            entry["t_method"] = "not run: needs k-fold runs with known training/held-out sizes"
+        entry.update(ci_low=interval.low, ci_high=interval.high, ci_method=interval.method)
+        w = wilcoxon(diffs)
+        entry.update(wilcoxon_p=w.p_value, wilcoxon_method=w.method,
+                     wilcoxon_min_p=w.details.get("min_attainable_p"), **({"wilcoxon_reason": w.reason}
+                                                                          if w.reason else {}))
+        out["metrics"][key] = entry
     return out
+
+
+def _num(value: float | None, fmt: str = ".3f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _caveats(result: dict[str, Any]) -> list[str]:
+    """What each interval leaves out, in words, for the protocols present."""
+    protocols = {e["protocol"] for e in result["configs"].values()}
+    lines = ["What the intervals mean:",
+             "- **Student t** (n−1 df): treats the runs as independent draws. Right for seeds on fixed data; too "
+             "narrow for cross-validation folds, whose training sets overlap.",
+             "- **Nadeau-Bengio corrected t** (k-fold runs only): inflates the variance by (1/J + n_test/n_train) "
+             "for the overlap of training sets. Shown where the training and held-out sizes are known."]
+    if any(p.endswith(", held-out test") for p in protocols):
+        lines.append("- **Held-out test set**: every fold is scored on the *same* test images, so the spread over "
+                     "folds measures training variability only and ignores test-sampling variance; see each run's "
+                     "report.md for the test-set interval over images.")
+    if any(p.endswith(", no held-out test") for p in protocols):
+        lines.append("- **No held-out test**: each fold is scored on its own test fold; the corrected interval "
+                     "accounts for the dependence between folds only approximately (a heuristic correlation).")
+    if any(p in ("train/val/test split", "plain folders", "unknown") for p in protocols):
+        lines.append("- **Seeds on one split**: the spread covers training randomness only, not which images "
+                     "happened to land in the test split.")
+    missing = sorted({st.get("corrected_unavailable") for e in result["configs"].values()
+                      for st in e["stats"].values() if st.get("corrected_unavailable")} - {"not k-fold runs (no "
+                                                                                             "data.fold)"})
+    lines += [f"- Corrected interval not shown: {why}." for why in missing]
+    return lines + [""]
 
 
 def aggregate_tables(result: dict[str, Any]) -> tuple[str, str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["config", "runs", "protocol", "metric", "mean", "std", "ci95_low", "ci95_high"])
-    md = ["## Per configuration (mean ± std over folds/seeds, [95 % bootstrap CI of the mean])", "",
-          "| configuration | runs | " + " | ".join(STAT_NAMES[k] for k in STAT_KEYS) + " |",
+    writer.writerow(["config", "runs", "protocol", "metric", "mean", "std", "ci95_low", "ci95_high", "ci_method",
+                     "corrected_ci95_low", "corrected_ci95_high", "corrected_method"])
+    md = ["## Per configuration", "",
+          "mean ± sd over folds/seeds, [Student-t 95 % CI], and {Nadeau-Bengio corrected 95 % CI} for k-fold runs.",
+          "", "| configuration | runs | " + " | ".join(STAT_NAMES[k] for k in STAT_KEYS) + " |",
           "|---|---|" + "---|" * len(STAT_KEYS)]
     for name, entry in result["configs"].items():
         cells = []
@@ -253,30 +318,42 @@ def aggregate_tables(result: dict[str, Any]) -> tuple[str, str]:
             if st is None:
                 cells.append("–")
                 continue
+            corrected = st.get("corrected") or {}
             writer.writerow([name, entry["runs"], entry["protocol"], key, st["mean"], st["std"], st["ci_low"],
-                             st["ci_high"]])
-            cells.append(f"{st['mean']:.3f} ± {st['std']:.3f} [{st['ci_low']:.3f}, {st['ci_high']:.3f}]")
+                             st["ci_high"], st["ci_method"], corrected.get("low"), corrected.get("high"),
+                             corrected.get("method", st.get("corrected_unavailable", ""))])
+            cell = f"{st['mean']:.3f} ± {st['std']:.3f} [{_num(st['ci_low'])}, {_num(st['ci_high'])}]"
+            if corrected:
+                cell += f" {{{_num(corrected.get('low'))}, {_num(corrected.get('high'))}}}"
+            cells.append(cell)
         md.append(f"| {name} | {entry['runs']} | " + " | ".join(cells) + " |")
+    md += [""] + _caveats(result)
     pooled = [(n, e["out_of_fold"]) for n, e in result["configs"].items() if "out_of_fold" in e]
     if pooled:
-        md += ["", "## Pooled out-of-fold predictions", "",
-               "| configuration | images | accuracy | sensitivity | specificity | AUROC | figures |",
-               "|---|---|---|---|---|---|---|"]
+        md += ["## Pooled held-out predictions (threshold 0.5)", "",
+               "| configuration | pooled from | images | accuracy | sensitivity | specificity | AUROC | figures |",
+               "|---|---|---|---|---|---|---|---|"]
         for name, o in pooled:
-            auroc = f"{o['auroc']:.3f}" if o["auroc"] is not None else "–"
-            md.append(f"| {name} | {o['n']} | {o['accuracy']:.3f} | {o['recall']:.3f} | {o['specificity']:.3f} | "
-                      f"{auroc} | [ROC]({o['figures']}/roc_curve.png), "
+            md.append(f"| {name} | {o['source']} | {o['n']} | {_num(o['accuracy'])} | {_num(o['recall'])} | "
+                      f"{_num(o['specificity'])} | {_num(o['auroc'])} | [ROC]({o['figures']}/roc_curve.png), "
                       f"[confusion]({o['figures']}/confusion_matrix.png) |")
+        if any(o.get("optimistic") for _, o in pooled):
+            md += ["", "With a held-out test set the pooled images are the validation folds, which picked each "
+                   "run's checkpoint (early stopping): these numbers are optimistic, not out-of-fold estimates."]
+        md.append("")
     if result["comparisons"]:
-        md += ["", "## Paired comparisons (same folds/seeds; difference = first − second)", "",
-               "| first | second | pairs | metric | mean difference [95 % CI] | Wilcoxon p |",
-               "|---|---|---|---|---|---|"]
+        md += ["## Paired comparisons (same folds/seeds; difference = first − second)", "",
+               "| first | second | pairs | metric | mean difference [95 % CI] | CI method | corrected t p | "
+               "Wilcoxon p (method) |", "|---|---|---|---|---|---|---|---|"]
         for c in result["comparisons"]:
             for key, m in c["metrics"].items():
+                t_p = _num(m.get("t_p")) if "t_p" in m else "–"
                 md.append(f"| {c['a']} | {c['b']} | {c['pairs']} | {STAT_NAMES.get(key, key)} | "
-                          f"{m['mean']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}] | {m['wilcoxon_p']:.3f} |")
-        md += ["", "With few folds the exact Wilcoxon test cannot reach small p-values (5 pairs: p ≥ 0.0625); read "
-               "the interval of the mean difference too."]
+                          f"{m['mean']:+.3f} [{_num(m['ci_low'], '+.3f')}, {_num(m['ci_high'], '+.3f')}] | "
+                          f"{m['ci_method']} | {t_p} | {_num(m['wilcoxon_p'])} ({m['wilcoxon_method']}) |")
+        md += ["", "Tests: the Nadeau-Bengio corrected resampled t-test (k-fold runs with known sizes) and the "
+               "Wilcoxon signed-rank test (scipy; zero differences dropped). With few folds the Wilcoxon test "
+               "cannot reach small p-values (5 pairs: p ≥ 0.0625); read the interval of the mean difference too."]
     return buffer.getvalue(), "\n".join(md) + "\n"
 
 

@@ -24,7 +24,8 @@ from bcc_lightning.data.layout import group_of_paths
 from bcc_lightning.models.inference import predict_batches
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.reports.gradcam import save_overlays
-from bcc_lightning.reports.metrics import choose_threshold, compute_metrics
+from bcc_lightning.reports.metrics import compute_metrics
+from bcc_lightning.reports.operating_point import choose_threshold, parse_operating_point
 from bcc_lightning.reports.plots import predictions_grid_figure, save_figure, training_curves_figure
 from bcc_lightning.reports.predictions import prediction_rows, write_predictions
 from bcc_lightning.reports.report import write_metric_files, write_metrics_json, write_report_md
@@ -32,7 +33,7 @@ from bcc_lightning.utils.config import log
 from bcc_lightning.utils.device import pick_device
 from bcc_lightning.utils.errors import UserError
 
-THRESHOLD_METHODS = ("youden", "f1")
+GROUP_RULES = ("any", "mean", "majority")
 
 
 def _predict_split(model: BCCClassifier, datamodule: BCCDataModule, split: str, device: torch.device,
@@ -40,37 +41,72 @@ def _predict_split(model: BCCClassifier, datamodule: BCCDataModule, split: str, 
     dataset = datamodule.dataset(split)
     loader = datamodule.loader(split)
     probs = predict_batches(model, (images for images, _ in loader), device, precision, tta)
-    return [p for p, _ in dataset.samples], np.array(dataset.labels, dtype=np.int64), probs.numpy().astype(np.float64)
+    paths = [p for p, _ in dataset.samples]
+    probs = probs.numpy().astype(np.float64)
+    bad = [str(paths[i]) for i in np.flatnonzero(~np.isfinite(probs))]
+    if bad:
+        raise UserError(f"The model gave NaN or infinite probabilities for {len(bad)} {split} image(s), e.g. "
+                        f"{', '.join(bad[:10])}. The checkpoint's weights are probably broken (a diverged run); "
+                        f"evaluate an earlier checkpoint, or retrain with a lower learning rate or precision=32.")
+    return paths, np.array(dataset.labels, dtype=np.int64), probs
 
 
 def parse_threshold(value: Any) -> float | str:
-    if isinstance(value, str) and value.lower() in THRESHOLD_METHODS:
-        return value.lower()
+    """The eval `threshold=` value: a number in [0, 1], or a method chosen on val (youden, f1, sensitivity@X,
+    specificity@X)."""
     try:
-        threshold = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"threshold must be a number in (0, 1) or one of {THRESHOLD_METHODS}; got {value!r}.") from None
-    if not 0 < threshold < 1:
-        raise UserError(f"threshold must lie strictly between 0 and 1; got {threshold}.")
-    return threshold
+        return parse_operating_point(value)
+    except ValueError as exc:
+        raise UserError(f"threshold={value!r} is not valid: {exc}. Pass e.g. threshold=0.5 or "
+                        f"threshold=sensitivity@0.95.") from None
 
 
-def group_metrics(root: Path, paths: list[Path], labels: np.ndarray, probs: np.ndarray,
-                  threshold: float) -> dict[str, Any] | None:
-    """Patient/group-level metrics when the data root has prepare's manifest.csv: mean probability per group."""
+def _groups(root: Path, paths: list[Path]) -> list[str] | None:
+    """Each image's group (patient) from manifest.csv, or None unless every image has one."""
     group_of = group_of_paths(root)
     if not group_of:
         return None
+    resolved = root.resolve()
+    groups = [group_of.get(path.resolve().relative_to(resolved).as_posix()) for path in paths]
+    return None if any(g is None for g in groups) else groups
+
+
+def group_scores(groups: list[str], labels: np.ndarray, probs: np.ndarray, rule: str,
+                 image_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(group labels, group scores) under `rule`, labels and scores by the same rule.
+
+    any: malignant if any image is; score = max probability. mean: score = mean probability, label = mean label
+    >= 0.5. majority: score = fraction of images called malignant at `image_threshold`, label = fraction of
+    malignant images >= 0.5.
+    """
+    if rule not in GROUP_RULES:
+        raise UserError(f"group_rule must be one of {', '.join(GROUP_RULES)} (got {rule!r}): 'any' calls a patient "
+                        f"malignant if any image is, 'mean' averages the probabilities, 'majority' counts images.")
     members: dict[str, list[int]] = defaultdict(list)
-    for index, path in enumerate(paths):
-        group = group_of.get(path.resolve().relative_to(root.resolve()).as_posix())
-        if group is not None:
-            members[group].append(index)
-    if not members or all(len(v) == 1 for v in members.values()):
-        return None  # one image per group: identical to the image-level numbers
-    group_labels = np.array([round(labels[v].mean()) for v in members.values()])
-    group_probs = np.array([probs[v].mean() for v in members.values()])
-    return compute_metrics(group_labels, group_probs, threshold)
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    idx = list(members.values())
+    if rule == "any":
+        return np.array([labels[v].max() for v in idx]), np.array([probs[v].max() for v in idx])
+    group_labels = np.array([int(labels[v].mean() >= 0.5) for v in idx])
+    if rule == "mean":
+        return group_labels, np.array([probs[v].mean() for v in idx])
+    return group_labels, np.array([(probs[v] >= image_threshold).mean() for v in idx])
+
+
+def group_metrics(root: Path, paths: list[Path], labels: np.ndarray, probs: np.ndarray, threshold: float,
+                  rule: str = "any", group_threshold: float | None = None) -> dict[str, Any] | None:
+    """Patient/group-level metrics when the data root has prepare's manifest.csv (see `group_scores`).
+
+    group_threshold: on the group scores; default the image threshold (any, mean) or 0.5 (majority).
+    """
+    groups = _groups(root, paths)
+    if groups is None or len(set(groups)) == len(groups):
+        return None  # no groups, or one image per group: identical to the image-level numbers
+    group_labels, scores = group_scores(groups, labels, probs, rule, threshold)
+    if group_threshold is None:
+        group_threshold = 0.5 if rule == "majority" else threshold
+    return {**compute_metrics(group_labels, scores, group_threshold), "rule": rule}
 
 
 def _sample(labels: np.ndarray, wanted: int, rng: random.Random) -> list[int]:
@@ -110,23 +146,55 @@ class EvalSettings:
     split: str = "test"
     threshold: Any = 0.5
     tta: bool = False
+    group_rule: str = "any"
     report: Mapping[str, Any] = field(default_factory=dict)
     accelerator: str = "auto"
     precision: Any = "auto"
 
 
+@dataclass
+class _OperatingPoint:
+    threshold: float
+    method: str  # how it reads in the report
+    info: dict[str, Any]  # metrics.json's 'operating_point'
+    val_metrics: dict[str, Any] | None = None
+    group_threshold: float | None = None
+
+
+def _fit_on_val(labels: np.ndarray, probs: np.ndarray, method: str, what: str) -> Any:
+    try:
+        return choose_threshold(labels, probs, method)
+    except ValueError as exc:
+        raise UserError(f"threshold={method} is chosen on the validation {what}, but {exc}. Give a number "
+                        f"instead (e.g. threshold=0.5), or evaluate a data root whose val split has both "
+                        f"classes.") from None
+
+
 def _operating_point(model: BCCClassifier, datamodule: BCCDataModule, settings: EvalSettings,
-                     device: torch.device) -> tuple[float, str, dict[str, Any] | None]:
-    """(threshold, how it was chosen, validation metrics at it) — a method is always fitted on val, never on test."""
+                     device: torch.device) -> _OperatingPoint:
+    """The threshold and how it was chosen: a method is always fitted on val, never on the evaluated split."""
     method = parse_threshold(settings.threshold)
-    if not isinstance(method, str):
-        return float(method), "fixed", None
+    if isinstance(method, float):
+        return _OperatingPoint(method, "fixed", {"threshold": method, "method": "fixed", "chosen_on": None})
     if settings.split == "val":
         raise UserError(f"threshold={method} is chosen on the validation split, so evaluate split=test (or give "
                         f"a number).")
-    _, val_labels, val_probs = _predict_split(model, datamodule, "val", device, settings.precision, settings.tta)
-    chosen = choose_threshold(val_labels, val_probs, method)
-    return chosen, f"{method}, chosen on the validation split", compute_metrics(val_labels, val_probs, chosen)
+    paths, val_labels, val_probs = _predict_split(model, datamodule, "val", device, settings.precision, settings.tta)
+    chosen = _fit_on_val(val_labels, val_probs, method, "images")
+    info = {"threshold": chosen.threshold, "method": method, "chosen_on": "val", "criterion": chosen.criterion,
+            "value_on_val": chosen.value, "val_sensitivity": chosen.sensitivity,
+            "val_specificity": chosen.specificity, "n_val": chosen.n}
+    point = _OperatingPoint(chosen.threshold, f"{method}, chosen on the validation split", info,
+                            compute_metrics(val_labels, val_probs, chosen.threshold))
+    groups = _groups(datamodule.root, paths)
+    if groups is not None and len(set(groups)) < len(groups):
+        # The group rule turns image scores into group scores on another scale: choose its own threshold there.
+        group_labels, scores = group_scores(groups, val_labels, val_probs, settings.group_rule, chosen.threshold)
+        if 0 < group_labels.sum() < len(group_labels):
+            group_choice = _fit_on_val(group_labels, scores, method, "groups")
+            point.group_threshold = group_choice.threshold
+            info["group_threshold"] = group_choice.threshold
+    return point
 
 
 def _training_curves(outdir: Path, ckpt_path: Path, checkpoint: dict[str, Any] | None,
@@ -156,19 +224,29 @@ def _prediction_grid(outdir: Path, paths: list[Path], labels: np.ndarray, probs:
 
 def evaluate(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, settings: EvalSettings,
              ckpt_path: Path | None = None, checkpoint: dict[str, Any] | None = None,
-             tensorboard: Any = None) -> dict[str, Any]:
+             tensorboard: Any = None, leakage: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate `model` on `settings.split` of `datamodule` (its root and fold) and write every report file into
-    `outdir`; returns metrics.json's body. train.py passes its own data module (splits scanned, cache reused)."""
+    `outdir`; returns metrics.json's body. train.py passes its own data module (splits scanned, cache reused).
+
+    leakage: the leakage audit's counts (e.g. test_with_copy_in_train), shown as a banner in report.md."""
     device = pick_device(settings.accelerator)
     root, split = datamodule.root, settings.split
     data_info = model.hparams.get("data_info") or {}
     synthetic = bool(data_info.get("synthetic_data")) or is_demo_root(root)
-    threshold, threshold_method, val_metrics = _operating_point(model, datamodule, settings, device)
+    if settings.group_rule not in GROUP_RULES:
+        raise UserError(f"group_rule must be one of {', '.join(GROUP_RULES)} (got {settings.group_rule!r}): 'any' "
+                        f"calls a patient malignant if any image is, 'mean' averages the probabilities, "
+                        f"'majority' counts images.")
+    point = _operating_point(model, datamodule, settings, device)
+    threshold = point.threshold
 
     paths, labels, probs = _predict_split(model, datamodule, split, device, settings.precision, settings.tta)
     if len(labels) == 0:
         raise UserError(f"No images in {root}/{split}.")
-    metrics, figures = write_metric_files(outdir, labels, probs, threshold, split, synthetic)
+    groups = _groups(root, paths)
+    # Images of one patient are alike: resample whole patients, or the intervals come out too narrow.
+    metrics, figures = write_metric_files(outdir, labels, probs, threshold, split, synthetic,
+                                          groups if groups is not None and len(set(groups)) < len(groups) else None)
     resolved = root.resolve()
     write_predictions(outdir / "predictions.csv", prediction_rows(
         [p.resolve().relative_to(resolved).as_posix() for p in paths], probs.tolist(), threshold, labels.tolist()))
@@ -192,9 +270,13 @@ def evaluate(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, sett
     result = {
         "split": split, "data_root": str(resolved), "checkpoint": str(ckpt_path), "synthetic_data": synthetic,
         "model": model.hparams.model["name"], "img_size": model.preprocess.img_size, "tta": bool(settings.tta),
-        "fold": datamodule.fold, "threshold_method": threshold_method, "metrics": metrics,
-        "val_metrics": val_metrics, "group_metrics": group_metrics(root, paths, labels, probs, threshold),
+        "fold": datamodule.fold, "threshold_method": point.method, "operating_point": point.info,
+        "metrics": metrics, "val_metrics": point.val_metrics,
+        "group_metrics": group_metrics(root, paths, labels, probs, threshold, settings.group_rule,
+                                       point.group_threshold),
     }
+    if leakage is not None:
+        result["leakage"] = leakage
     write_metrics_json(outdir, result)
     extra = [name for name in ("training_curves.png", "predictions_grid.png") if name in figures]
     write_report_md(outdir, result, extra, cams, curves_note)

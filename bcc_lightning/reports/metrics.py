@@ -80,51 +80,58 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
                      for r in calibration_bins(labels, probs, bins)) / len(labels))
 
 
-def choose_threshold(labels: Any, probs: Any, method: str) -> float:
-    """Threshold maximising Youden's J (sensitivity + specificity - 1) or F1, found on validation predictions."""
-    labels = np.asarray(labels, dtype=np.int64).ravel()
-    probs = np.asarray(probs, dtype=np.float64).ravel()
-    if method not in ("youden", "f1"):
-        raise ValueError(f"unknown threshold method {method!r}")
-    candidates = np.unique(probs)
-    best, best_score = 0.5, -np.inf
-    for t in candidates:
-        m = compute_metrics(labels, probs, float(t))
-        score = m["recall"] + m["specificity"] - 1 if method == "youden" else m["f1"]
-        if score > best_score + 1e-12:
-            best, best_score = float(t), score
-    return best
+def _rate(num: int, den: int, name: str, reason: str, undefined: dict[str, str]) -> float | None:
+    """num / den, or None (reason recorded) when the denominator is empty: 0.0 would read as a real failure."""
+    if den == 0:
+        undefined[name] = reason
+        return None
+    return float(num / den)
 
 
 def compute_metrics(labels: Any, probs: Any, threshold: float = 0.5) -> dict[str, Any]:
-    """Binary metrics with malignant (1) as the positive class; a prediction is malignant when prob >= threshold."""
+    """Binary metrics with malignant (1) as the positive class; a prediction is malignant when prob >= threshold.
+
+    Rates whose denominator is empty (e.g. sensitivity without malignant images) are None, and
+    `undefined[name]` says why.
+    """
     labels = np.asarray(labels, dtype=np.int64).ravel()
     probs = np.asarray(probs, dtype=np.float64).ravel()
     if labels.shape != probs.shape:
         raise ValueError(f"labels and probs differ in length: {labels.shape} vs {probs.shape}")
+    if not np.all(np.isfinite(probs)):
+        raise ValueError(f"{int(np.sum(~np.isfinite(probs)))} probabilities are NaN or infinite")
     preds = (probs >= threshold).astype(np.int64)
     tp = int(((preds == 1) & (labels == 1)).sum())
     tn = int(((preds == 0) & (labels == 0)).sum())
     fp = int(((preds == 1) & (labels == 0)).sum())
     fn = int(((preds == 0) & (labels == 1)).sum())
     n = len(labels)
-    recall = _div(tp, tp + fn)
-    specificity = _div(tn, tn + fp)
-    precision = _div(tp, tp + fp)
-    npv = _div(tn, tn + fn)
+    undefined: dict[str, str] = {}
+    accuracy = _rate(tp + tn, n, "accuracy", "no images", undefined)
+    recall = _rate(tp, tp + fn, "recall", "no malignant images", undefined)
+    specificity = _rate(tn, tn + fp, "specificity", "no benign images", undefined)
+    precision = _rate(tp, tp + fp, "precision", "no image predicted malignant", undefined)
+    npv = _rate(tn, tn + fn, "npv", "no image predicted benign", undefined)
+    # F1 = 2tp / (2tp + fp + fn): defined (possibly 0) unless there are no malignant images and none predicted.
+    f1 = _rate(2 * tp, 2 * tp + fp + fn, "f1", "no malignant images and none predicted malignant", undefined)
+    balanced = None if recall is None or specificity is None else (recall + specificity) / 2
+    if balanced is None:
+        undefined["balanced_accuracy"] = "needs both classes"
+    if "recall" in undefined:
+        undefined["sensitivity"] = undefined["recall"]
     eps = 1e-7
     clipped = np.clip(probs, eps, 1 - eps)
-    return {
+    result = {
         "n": n,
         "threshold": float(threshold),
-        "accuracy": _div(tp + tn, n),
-        "balanced_accuracy": (recall + specificity) / 2,
+        "accuracy": accuracy,
+        "balanced_accuracy": balanced,
         "precision": precision,
         "recall": recall,
         "sensitivity": recall,
         "specificity": specificity,
         "npv": npv,
-        "f1": _div(2 * precision * recall, precision + recall),
+        "f1": f1,
         "auroc": auroc(labels, probs),
         "auprc": average_precision(labels, probs),
         "ece": expected_calibration_error(labels, probs),
@@ -133,28 +140,60 @@ def compute_metrics(labels: Any, probs: Any, threshold: float = 0.5) -> dict[str
         "tp": tp, "fp": fp, "tn": tn, "fn": fn,
         "support": {CLASS_NAMES[0]: int((labels == 0).sum()), CLASS_NAMES[1]: int((labels == 1).sum())},
     }
+    for key, reason in (("auroc", "needs both classes"), ("auprc", "no malignant images"), ("ece", "no images"),
+                        ("log_loss", "no images"), ("brier", "no images")):
+        if result[key] is None:
+            undefined[key] = reason
+    result["undefined"] = undefined
+    return result
 
 
-def classification_report(m: dict[str, Any]) -> str:
-    """Per-class precision/recall/F1/support, accuracy, macro and weighted averages (sklearn's layout)."""
+def _f(value: float | None) -> str:
+    return f"{value:9.4f}" if value is not None else f"{'n/a':>9}"
+
+
+def _mean(values: list[float | None], weights: list[float] | None = None) -> float | None:
+    if any(v is None for v in values):
+        return None
+    weights = weights or [1 / len(values)] * len(values)
+    return float(sum(w * v for w, v in zip(weights, values)))
+
+
+def classification_report(m: dict[str, Any], intervals: dict[str, Any] | None = None) -> str:
+    """Per-class precision/recall/F1/support, accuracy, macro and weighted averages (sklearn's layout); undefined
+    values print as n/a. With `intervals` (name -> {low, high, method}), a 95 % CI block follows."""
     support = [m["support"][CLASS_NAMES[0]], m["support"][CLASS_NAMES[1]]]
     # Benign as the positive class is the mirror image: its precision is the NPV, its recall the specificity.
     rows = {
         CLASS_NAMES[0]: (m["npv"], m["specificity"]),
         CLASS_NAMES[1]: (m["precision"], m["recall"]),
     }
-    f1 = {k: _div(2 * p * r, p + r) for k, (p, r) in rows.items()}
+    f1 = {CLASS_NAMES[0]: _class_f1(m["tn"], m["fn"], m["fp"]), CLASS_NAMES[1]: m["f1"]}
     total = sum(support)
     width = max(len(name) for name in [*CLASS_NAMES, "weighted avg"])
     lines = [f"{'':>{width}}  precision    recall  f1-score   support", ""]
     for (name, (p, r)), s in zip(rows.items(), support):
-        lines.append(f"{name:>{width}}  {p:9.4f} {r:9.4f} {f1[name]:9.4f} {s:9d}")
+        lines.append(f"{name:>{width}}  {_f(p)} {_f(r)} {_f(f1[name])} {s:9d}")
     lines.append("")
-    lines.append(f"{'accuracy':>{width}}  {'':9} {'':9} {m['accuracy']:9.4f} {total:9d}")
-    macro = [sum(v[i] for v in rows.values()) / 2 for i in range(2)]
-    lines.append(f"{'macro avg':>{width}}  {macro[0]:9.4f} {macro[1]:9.4f} {sum(f1.values()) / 2:9.4f} {total:9d}")
+    lines.append(f"{'accuracy':>{width}}  {'':9} {'':9} {_f(m['accuracy'])} {total:9d}")
+    macro = [_mean([v[i] for v in rows.values()]) for i in range(2)]
+    lines.append(f"{'macro avg':>{width}}  {_f(macro[0])} {_f(macro[1])} {_f(_mean(list(f1.values())))} {total:9d}")
     weights = [_div(s, total) for s in support]
-    weighted = [sum(w * v[i] for w, v in zip(weights, rows.values())) for i in range(2)]
-    wf1 = sum(w * f for w, f in zip(weights, f1.values()))
-    lines.append(f"{'weighted avg':>{width}}  {weighted[0]:9.4f} {weighted[1]:9.4f} {wf1:9.4f} {total:9d}")
+    weighted = [_mean([v[i] for v in rows.values()], weights) for i in range(2)]
+    wf1 = _mean(list(f1.values()), weights)
+    lines.append(f"{'weighted avg':>{width}}  {_f(weighted[0])} {_f(weighted[1])} {_f(wf1)} {total:9d}")
+    if m.get("undefined"):
+        lines += ["", "n/a: " + "; ".join(f"{k}: {v}" for k, v in m["undefined"].items() if k != "sensitivity")]
+    if intervals:
+        lines += ["", "95 % confidence intervals:"]
+        for name, ci in intervals.items():
+            value = m.get(name)
+            if ci.get("low") is None:
+                lines.append(f"{name:>{width}}  {_f(value)}   n/a ({ci.get('reason') or 'undefined'})")
+            else:
+                lines.append(f"{name:>{width}}  {_f(value)}   [{ci['low']:.4f}, {ci['high']:.4f}]  {ci['method']}")
     return "\n".join(lines) + "\n"
+
+
+def _class_f1(tp: int, fp: int, fn: int) -> float | None:
+    return float(2 * tp / (2 * tp + fp + fn)) if 2 * tp + fp + fn else None

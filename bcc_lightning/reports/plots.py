@@ -50,8 +50,9 @@ def roc_figure(labels: np.ndarray, probs: np.ndarray, m: dict[str, Any], title: 
     fig, ax = plt.subplots(figsize=(5, 5), constrained_layout=True)
     ax.plot(fpr, tpr, lw=2, label=f"AUROC {m['auroc']:.3f}" if m["auroc"] is not None else "AUROC n/a")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
-    ax.scatter([1 - m["specificity"]], [m["recall"]], color="red", zorder=3,
-               label=f"threshold {m['threshold']:.2f}")
+    if m["specificity"] is not None and m["recall"] is not None:  # undefined with one class only
+        ax.scatter([1 - m["specificity"]], [m["recall"]], color="red", zorder=3,
+                   label=f"threshold {m['threshold']:.2f}")
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
            xlim=(0, 1), ylim=(0, 1.01), title=title or "ROC curve (malignant = positive)")
     ax.legend(loc="lower right")
@@ -67,7 +68,8 @@ def pr_figure(labels: np.ndarray, probs: np.ndarray, m: dict[str, Any], title: s
             label=f"AUPRC {m['auprc']:.3f}" if m["auprc"] is not None else "AUPRC n/a")
     prevalence = labels.mean() if len(labels) else 0
     ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"prevalence {prevalence:.2f}")
-    ax.scatter([m["recall"]], [m["precision"]], color="red", zorder=3, label=f"threshold {m['threshold']:.2f}")
+    if m["recall"] is not None and m["precision"] is not None:  # undefined: no malignant / none predicted so
+        ax.scatter([m["recall"]], [m["precision"]], color="red", zorder=3, label=f"threshold {m['threshold']:.2f}")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01),
            title=title or "Precision-recall curve (malignant = positive)")
     ax.legend(loc="lower left")

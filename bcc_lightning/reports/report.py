@@ -15,24 +15,46 @@ from bcc_lightning.reports.plots import (
     roc_figure,
     save_figure,
 )
+from bcc_lightning.reports.statistics import metric_intervals
 from bcc_lightning.utils.atomic_io import write_json, write_text
 
 SYNTHETIC_NOTE = "SYNTHETIC DEMO DATA: these numbers say nothing about real microscopy images."
 FIGURES = ("confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration.png")
 
 
+INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "recall", "specificity", "precision", "npv", "f1", "auroc", "auprc",
+                 "brier", "ece")
+N_RESAMPLES = 1000  # enough for 95 % endpoints to ~0.01 and fast on tens of thousands of images
+
+
+def metric_cis(labels: Any, probs: Any, threshold: float, groups: Any = None) -> dict[str, dict[str, Any]]:
+    """95 % CI of each reported metric: cluster bootstrap over `groups` (e.g. patients) when given, else Wilson /
+    BCa over images. {name: {low, high, method[, reason, note]}}."""
+    intervals = metric_intervals(labels, probs, threshold=threshold, groups=groups, n_resamples=N_RESAMPLES)
+    out = {}
+    for key in INTERVAL_KEYS:
+        ci = intervals[key]
+        method = ci.method + (f", clustered by {len(set(groups))} groups" if groups is not None else "")
+        out[key] = {"low": ci.low, "high": ci.high, "method": method,
+                    **({"reason": ci.reason} if ci.reason else {}), **({"note": ci.note} if ci.note else {})}
+    return out
+
+
 def write_metric_files(outdir: str | Path, labels: Any, probs: Any, threshold: float, split: str,
-                       synthetic: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                       synthetic: bool = False, groups: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """classification_report.txt and the four metric figures; returns (metrics, {file name: figure}).
 
-    The figures are returned (already saved) so that callers can also send them to TensorBoard.
+    metrics['intervals'] holds each metric's 95 % CI (cluster bootstrap over `groups` when given). The figures are
+    returned (already saved) so that callers can also send them to TensorBoard.
     """
     outdir = Path(outdir)
     labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
     metrics = compute_metrics(labels, probs, threshold)
+    metrics["intervals"] = metric_cis(labels, probs, threshold, groups)
     header = f"{SYNTHETIC_NOTE}\n\n" if synthetic else ""
     write_text(outdir / "classification_report.txt",
-               header + f"Split: {split}, threshold {threshold:.4f}\n" + classification_report(metrics))
+               header + f"Split: {split}, threshold {threshold:.4f}\n"
+               + classification_report(metrics, metrics["intervals"]))
     suffix = f", {split} split" + (" — SYNTHETIC DEMO DATA" if synthetic else "")
     figures = {
         "confusion_matrix.png": confusion_matrix_figure(
@@ -46,8 +68,35 @@ def write_metric_files(outdir: str | Path, labels: Any, probs: Any, threshold: f
     return metrics, figures
 
 
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+def _fmt(value: Any, reason: str | None = None) -> str:
+    if value is None:
+        return f"n/a ({reason})" if reason else "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _ci(interval: dict[str, Any] | None) -> str:
+    if not interval:
+        return "–"
+    if interval.get("low") is None:
+        return f"n/a ({interval.get('reason') or 'undefined'})"
+    return f"[{interval['low']:.4f}, {interval['high']:.4f}] ({interval['method']})"
+
+
+def _leakage_banner(leakage: dict[str, Any] | None, n_test: int) -> list[str]:
+    """A warning at the top when the leakage audit found test/val images with a near-duplicate in train."""
+    if leakage is None:
+        return []
+    lines = []
+    for key, split in (("test_with_copy_in_train", "test"), ("val_with_copy_in_train", "validation")):
+        count = leakage.get(key) or 0
+        if count > 0:
+            total = leakage.get(f"n_{split if split == 'test' else 'val'}") or (n_test if split == "test" else "?")
+            effect = ("these test metrics are inflated" if split == "test"
+                      else "model selection and any threshold chosen on val are biased")
+            lines.append(f"> **Leakage: {count} of {total} {split} images have a near-duplicate in train: {effect}.**")
+    if not lines:
+        lines.append("Leakage audit: no test or validation image has a near-duplicate in train.")
+    return lines + [""]
 
 
 def write_report_md(outdir: Path, result: dict[str, Any], extra_figures: list[str], cams: list[dict[str, Any]],
@@ -55,6 +104,7 @@ def write_report_md(outdir: Path, result: dict[str, Any], extra_figures: list[st
     """One page, readable on GitHub, that links every file of the evaluation."""
     m = result["metrics"]
     lines = [f"# Evaluation report — {result['model']}", ""]
+    lines += _leakage_banner(result.get("leakage"), m["n"])
     if result.get("synthetic_data"):
         lines += [f"> **{SYNTHETIC_NOTE}**", ""]
     lines += [
@@ -64,15 +114,17 @@ def write_report_md(outdir: Path, result: dict[str, Any], extra_figures: list[st
         f"- threshold: {m['threshold']:.4f} ({result['threshold_method']}); "
         f"TTA: {'on (8 flips/rotations)' if result['tta'] else 'off'}",
         "",
-        "| metric | value |",
-        "|---|---|",
+        "| metric | value | 95 % CI (method) |",
+        "|---|---|---|",
     ]
+    undefined = m.get("undefined") or {}
+    intervals = m.get("intervals") or {}
     rows = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
             ("recall", "sensitivity (recall)"), ("specificity", "specificity"), ("precision", "precision (PPV)"),
             ("npv", "NPV"), ("f1", "F1"), ("auroc", "AUROC"), ("auprc", "AUPRC"), ("brier", "Brier score"),
             ("ece", "expected calibration error"))
     for key, name in rows:
-        lines.append(f"| {name} | {_fmt(m[key])} |")
+        lines.append(f"| {name} | {_fmt(m[key], undefined.get(key))} | {_ci(intervals.get(key))} |")
     lines += ["", f"Confusion: tp {m['tp']}, fp {m['fp']}, tn {m['tn']}, fn {m['fn']} — "
               f"**{m['fn']} malignant image(s) missed**, {m['fp']} benign image(s) flagged.", ""]
     if result.get("val_metrics"):
@@ -81,7 +133,9 @@ def write_report_md(outdir: Path, result: dict[str, Any], extra_figures: list[st
                   f"{_fmt(v['recall'])}, specificity {_fmt(v['specificity'])}, AUROC {_fmt(v['auroc'])}.", ""]
     if result.get("group_metrics"):
         g = result["group_metrics"]
-        lines += [f"Group level ({g['n']} groups from manifest.csv, mean probability per group): accuracy "
+        rule = {"any": "malignant if any image is: max probability", "mean": "mean probability",
+                "majority": "fraction of images called malignant"}.get(g.get("rule", "mean"), g.get("rule"))
+        lines += [f"Group level ({g['n']} groups from manifest.csv, {rule}; threshold {g['threshold']:.4f}): accuracy "
                   f"{_fmt(g['accuracy'])}, sensitivity {_fmt(g['recall'])}, specificity {_fmt(g['specificity'])}, "
                   f"AUROC {_fmt(g['auroc'])}.", ""]
     lines += ["## Classification report", "", "```", (outdir / "classification_report.txt").read_text().rstrip(),

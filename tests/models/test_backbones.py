@@ -126,3 +126,17 @@ def test_normalisation_uses_given_mean_std() -> None:
     model = BCCClassifier({"name": "resnet10t", "img_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}, OPT)
     tensor = model.normalise(torch.full((1, 3, 10, 10), 128, dtype=torch.uint8))
     assert torch.allclose(tensor, torch.full_like(tensor, (128 / 255 - 0.5) / 0.25), atol=1e-5)
+
+
+def test_bf16_autocast_keeps_fp32_probabilities() -> None:
+    """Head and sigmoid run in fp32 under bf16 autocast: probabilities keep their resolution (a bf16 sigmoid
+    would collapse 256 inputs onto a few dozen values)."""
+    from bcc_lightning.models.inference import predict_batches
+
+    torch.manual_seed(0)
+    model = BCCClassifier({"name": "resnet10t", "img_size": 32, "hidden": 0, "dropout": 0.0}, OPT)
+    x = torch.randn(256, 3, 32, 32)
+    probs = predict_batches(model, [x[:128], x[128:]], torch.device("cpu"), "bf16-mixed")
+    assert probs.dtype == torch.float32 and len(torch.unique(probs)) >= 200
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x[:4]).dtype == torch.float32

@@ -37,7 +37,8 @@ def test_checkpoint_from_before_the_reorganisation_evaluates_identically(tmp_pat
     fixture = REPO / "tests" / "fixtures" / "old_checkpoint"
     monkeypatch.chdir(tmp_path)
     cfg = compose_config("eval", [f"ckpt={fixture / 'model.ckpt'}", f"data.root={fixture / 'data'}",
-                                  "data.num_workers=0", "trainer.accelerator=cpu", "report.cam_per_group=1"])
+                                  "data.num_workers=0", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                                  "report.cam_per_group=1"])
     result = evaluate.run(cfg)
     expected = json.loads((fixture / "expected_metrics.json").read_text())["metrics"]
     for key, value in expected.items():

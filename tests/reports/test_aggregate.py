@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bcc_lightning.data.layout import fold_samples
-from bcc_lightning.reports.aggregate import bootstrap_ci, wilcoxon_signed_rank, write_summary
+from bcc_lightning.reports.aggregate import _paired, describe, write_summary
 from bcc_lightning.utils.errors import UserError
 from tests.conftest import REPO, breakhis_tree, read_manifest, run_prepare, subprocess_env
 
@@ -73,15 +73,49 @@ def test_fold_errors(folded: Path, tmp_path: Path) -> None:
         scan_split(folded / "out", "val")
 
 
-def test_statistics_of_known_values() -> None:
-    assert wilcoxon_signed_rank([0.1, 0.2, 0.05, 0.3, 0.15]) == pytest.approx(2 / 32)  # all positive, n=5
-    assert wilcoxon_signed_rank([0.1, -0.1]) == pytest.approx(1.0)
-    low, high = bootstrap_ci([0.8, 0.9, 1.0])
-    assert 0.8 <= low < 0.9 < high <= 1.0
+def test_statistics_match_scipy() -> None:
+    from scipy import stats
+
+    values = [0.8, 0.9, 1.0]
+    st = describe(values)
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    assert (st["ci_low"], st["ci_high"]) == pytest.approx((low, high))
+    assert "Student t" in st["ci_method"] and "not k-fold" in st["corrected_unavailable"]
+    corrected = describe(values, (80.0, 20.0))["corrected"]
+    assert corrected["low"] < low and corrected["high"] > high  # wider: overlapping training sets
+    assert "Nadeau-Bengio" in corrected["method"]
+
+
+def _pair_jobs(diffs: list[float]) -> tuple[list[dict], list[dict]]:
+    a = [{"fold": i, "overrides": {}, "test": {"accuracy": 0.5 + d}} for i, d in enumerate(diffs)]
+    b = [{"fold": i, "overrides": {}, "test": {"accuracy": 0.5}} for i in range(len(diffs))]
+    return a, b
+
+
+def test_paired_comparison_uses_scipy_wilcoxon_and_corrected_t() -> None:
     from scipy import stats
 
     diffs = [0.03, -0.01, 0.04, 0.02, 0.05, -0.025, 0.06]  # no ties: scipy's exact table applies
-    assert wilcoxon_signed_rank(diffs) == pytest.approx(stats.wilcoxon(diffs, method="exact").pvalue)
+    a, b = _pair_jobs(diffs)
+    m = _paired(a, b, "a", "b", (600.0, 100.0))["metrics"]["accuracy"]
+    assert m["wilcoxon_p"] == pytest.approx(stats.wilcoxon(diffs, method="exact").pvalue)
+    assert "exact" in m["wilcoxon_method"] and "Nadeau-Bengio" in m["t_method"]
+    d = np.asarray(diffs)
+    se = d.std(ddof=1) * np.sqrt(1 / len(d) + 100 / 600)
+    assert m["t_p"] == pytest.approx(2 * stats.t.sf(abs(d.mean() / se), len(d) - 1))
+    plain = _paired(a, b, "a", "b", None)["metrics"]["accuracy"]
+    assert "Student t" in plain["ci_method"] and "t_p" not in plain
+
+
+def test_twenty_five_pairs_are_fast() -> None:
+    import time
+
+    rng = np.random.default_rng(0)
+    a, b = _pair_jobs(list(rng.normal(0.01, 0.02, 25)))
+    start = time.perf_counter()
+    m = _paired(a, b, "a", "b", (400.0, 100.0))["metrics"]["accuracy"]
+    assert time.perf_counter() - start < 2.0  # no 2^25 enumeration
+    assert 0 <= m["wilcoxon_p"] <= 1 and m["ci_low"] < m["mean"] < m["ci_high"]
 
 
 def _fake_job(sweep: Path, num: int, overrides: list[str], metrics: dict, fold: int) -> None:
@@ -112,6 +146,7 @@ def test_aggregate_of_known_per_fold_metrics(tmp_path: Path) -> None:
     assert comparison["metrics"]["accuracy"]["differences"] == pytest.approx([0.20, 0.05, 0.13])
     text = (sweep / "aggregate.md").read_text()
     assert "0.850 ± 0.050" in text and "Missing: jobs 9" in text and "Wilcoxon" in text
+    assert "Student t" in text and "training-set sizes unknown" in text  # no data root: no corrected interval
     rows = list(csv.DictReader((sweep / "aggregate.csv").open()))
     assert {r["config"] for r in rows} == {"model=densenet121", "model=mobilenetv2"}
 
@@ -131,6 +166,8 @@ def test_three_fold_sweep_end_to_end(tmp_path: Path) -> None:
     for entry in aggregate["configs"].values():
         assert entry["runs"] == 3 and entry["protocol"] == "3-fold, no held-out test"
         assert entry["out_of_fold"]["n"] == 36  # every image once, pooled over the 3 test folds
+        assert entry["out_of_fold"]["source"] == "test folds (out-of-fold)" and "fold_sizes" in entry
+        assert entry["stats"]["accuracy"]["corrected"]["low"] is not None
         assert (sweep / entry["out_of_fold"]["figures"] / "roc_curve.png").is_file()
     assert aggregate["comparisons"][0]["pairs"] == 3
     assert "Paired comparisons" in (sweep / "aggregate.md").read_text()

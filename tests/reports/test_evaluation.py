@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 from bcc_lightning.models.checkpoint import load_checkpoint
 from bcc_lightning.models.export import export_model, run_exported
 from bcc_lightning.reports.gradcam import compute_cams, find_target_layer, overlay
-from bcc_lightning.reports.metrics import choose_threshold
+from bcc_lightning.reports.operating_point import choose_threshold
 from bcc_lightning.tasks import evaluate as evaluation
 from bcc_lightning.tasks.predict import predict
 from bcc_lightning.utils.errors import UserError
@@ -54,9 +54,15 @@ def test_report_files_and_numbers(trained_run: Path, tmp_path: Path, monkeypatch
     assert m["brier"] == pytest.approx(skm.brier_score_loss(labels, probs), abs=1e-6)
     for key in ("balanced_accuracy", "specificity", "f1", "ece"):
         assert m[key] is not None
+    for key in ("accuracy", "recall", "auroc", "brier"):  # every metric has a 95 % CI naming its method
+        ci = m["intervals"][key]
+        assert ci["method"] and (ci["low"] is None or ci["low"] - 1e-9 <= m[key] <= ci["high"] + 1e-9), key
+    assert "Wilson" in m["intervals"]["accuracy"]["method"]
+    assert "95 % confidence intervals" in (tmp_path / "classification_report.txt").read_text()
     assert result["checkpoint"] == str(best_ckpt(trained_run)) and result["split"] == "test"
     md = (tmp_path / "report.md").read_text()
-    assert "SYNTHETIC" in md and "](gradcam/" in md
+    assert "SYNTHETIC" in md and "](gradcam/" in md and "95 % CI (method)" in md
+    assert "**Leakage:" not in md  # the audit found no copies: no warning banner
     for name in ("confusion_matrix.png", "training_curves.png", "predictions_grid.png", "calibration.png"):
         assert f"]({name})" in md
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -74,9 +80,15 @@ def test_threshold_chosen_on_validation(trained_run: Path, tmp_path: Path, monke
     dm = BCCDataModule(result["data_root"], model.preprocess, batch_size=64, num_workers=0)
     with torch.no_grad():
         val_probs = torch.cat([torch.sigmoid(model(x)) for x, _ in dm.loader("val")]).numpy()
-    expected = choose_threshold(dm.dataset("val").labels, val_probs, "youden")
+    expected = choose_threshold(dm.dataset("val").labels, val_probs, "youden").threshold
     assert result["metrics"]["threshold"] == pytest.approx(expected, abs=1e-5)
     assert result["val_metrics"]["threshold"] == result["metrics"]["threshold"]
+    point = json.loads((tmp_path / "metrics.json").read_text())["operating_point"]
+    assert point["method"] == "youden" and point["chosen_on"] == "val"
+    assert point["threshold"] == result["metrics"]["threshold"]
+    sens = run_eval(trained_run, tmp_path / "sens", monkeypatch, "threshold=sensitivity@0.95",
+                    "report.cam_per_group=0", "report.grid_size=0")
+    assert sens["operating_point"]["method"] == "sensitivity@0.95" and sens["val_metrics"]["recall"] >= 0.95
 
 
 def test_tta_runs_and_changes_probabilities(trained_run: Path, tmp_path: Path,
@@ -93,9 +105,11 @@ def test_tta_runs_and_changes_probabilities(trained_run: Path, tmp_path: Path,
 def test_bad_threshold_and_split(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UserError, match="threshold"):
         run_eval(trained_run, tmp_path, monkeypatch, "threshold=1.5")
+    with pytest.raises(UserError, match="fraction, not a percentage"):
+        run_eval(trained_run, tmp_path, monkeypatch, "threshold=sensitivity@95")
     with pytest.raises(UserError, match="split"):
         run_eval(trained_run, tmp_path, monkeypatch, "split=holdout")
-    with pytest.raises(UserError, match="no 'test' folder"):
+    with pytest.raises(UserError, match="no '(test|train)' folder"):  # the leakage audit scans train first
         run_eval(trained_run, tmp_path, monkeypatch, f"data.root={tmp_path}")
 
 
@@ -155,3 +169,62 @@ def test_export_parity(trained_run: Path, tmp_path: Path, fmt: str) -> None:
     with torch.no_grad():
         reference = torch.sigmoid(model(to_pixels(image, model.preprocess).unsqueeze(0))).item()
     assert exported.shape == (3,) and exported[0] == pytest.approx(reference, abs=2e-3)
+
+
+def test_group_rules_label_and_score_alike() -> None:
+    from bcc_lightning.reports.evaluation import group_scores
+
+    groups = ["p1", "p1", "p2", "p2", "p3"]
+    labels = np.array([1, 1, 0, 0, 0])
+    probs = np.array([0.9, 0.2, 0.1, 0.7, 0.3])
+    y, s = group_scores(groups, labels, probs, "any", 0.5)
+    assert y.tolist() == [1, 0, 0] and s.tolist() == pytest.approx([0.9, 0.7, 0.3])
+    y, s = group_scores(groups, labels, probs, "mean", 0.5)
+    assert s.tolist() == pytest.approx([0.55, 0.4, 0.3])
+    y, s = group_scores(groups, labels, probs, "majority", 0.5)
+    assert s.tolist() == pytest.approx([0.5, 0.5, 0.0])
+    with pytest.raises(UserError, match="group_rule"):
+        group_scores(groups, labels, probs, "median", 0.5)
+
+
+def test_report_shows_leakage_banner_and_undefined_rates(tmp_path: Path) -> None:
+    from bcc_lightning.reports.report import write_metric_files, write_report_md
+
+    metrics, figures = write_metric_files(tmp_path, [0, 0, 0], [0.1, 0.6, 0.2], 0.5, "test")
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)
+    assert metrics["recall"] is None and metrics["intervals"]["recall"]["low"] is None
+    result = {"model": "m", "checkpoint": "c", "data_root": "r", "split": "test", "threshold_method": "fixed",
+              "tta": False, "metrics": metrics, "leakage": {"test_with_copy_in_train": 2, "n_test": 3}}
+    md = write_report_md(tmp_path, result, [], [], "").read_text()
+    assert "**Leakage: 2 of 3 test images have a near-duplicate in train: these test metrics are inflated.**" in md
+    assert "n/a (no malignant images)" in md
+    clean = write_report_md(tmp_path, {**result, "leakage": {"test_with_copy_in_train": 0}}, [], [], "").read_text()
+    assert "Leakage audit: no test or validation image" in clean
+
+
+def test_non_finite_probabilities_name_the_images(trained_run: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from bcc_lightning.reports import evaluation as report_evaluation
+
+    monkeypatch.setattr(report_evaluation, "predict_batches",
+                        lambda model, batches, *a, **k: torch.full((sum(len(b) for b in batches),), float("nan")))
+    with pytest.raises(UserError, match=r"NaN or infinite probabilities for \d+ test image\(s\), e.g. .*\.png"):
+        run_eval(trained_run, tmp_path, monkeypatch, "report.cam_per_group=0", "report.grid_size=0")
+
+
+def test_export_threshold_from_metrics_json(tmp_path: Path) -> None:
+    from bcc_lightning.tasks.export import resolve_threshold
+
+    assert resolve_threshold(0.3) == (0.3, {"threshold": 0.3, "method": "fixed", "chosen_on": None})
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"operating_point": {"threshold": 0.42, "method": "youden", "chosen_on": "val"}}))
+    threshold, point = resolve_threshold(str(metrics))
+    assert threshold == 0.42 and point["method"] == "youden" and point["chosen_on"] == "val"
+    (tmp_path / "old.json").write_text("{}")
+    with pytest.raises(UserError, match="no operating_point"):
+        resolve_threshold(str(tmp_path / "old.json"))
+    with pytest.raises(UserError, match="neither a number"):
+        resolve_threshold("youden")

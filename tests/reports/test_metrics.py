@@ -3,7 +3,6 @@ import pytest
 from sklearn import metrics as skm
 
 from bcc_lightning.reports.metrics import (
-    choose_threshold,
     classification_report,
     compute_metrics,
     expected_calibration_error,
@@ -54,7 +53,19 @@ def test_classification_report_matches_sklearn() -> None:
 
 def test_one_class_only_has_no_auroc() -> None:
     m = compute_metrics([1, 1, 1], [0.9, 0.2, 0.7])
-    assert m["auroc"] is None and m["recall"] == pytest.approx(2 / 3) and m["specificity"] == 0.0
+    assert m["auroc"] is None and m["recall"] == pytest.approx(2 / 3)
+    # No benign images: specificity and balanced accuracy are undefined, not 0.0, and say why.
+    assert m["specificity"] is None and m["balanced_accuracy"] is None
+    assert m["undefined"]["specificity"] == "no benign images"
+    assert "n/a" in classification_report(m)
+
+
+def test_undefined_rates_and_non_finite_probabilities() -> None:
+    m = compute_metrics([0, 0], [0.1, 0.2])
+    assert m["recall"] is None and m["precision"] is None and m["f1"] is None and m["auprc"] is None
+    assert m["undefined"]["recall"] == "no malignant images" and m["specificity"] == 1.0
+    with pytest.raises(ValueError, match="NaN"):
+        compute_metrics([0, 1], [0.1, float("nan")])
 
 
 def test_expected_calibration_error_by_hand() -> None:
@@ -65,9 +76,13 @@ def test_expected_calibration_error_by_hand() -> None:
     assert expected_calibration_error(labels, probs) == pytest.approx(expected)
 
 
-def test_threshold_selection() -> None:
+def test_threshold_selection_lives_in_operating_point() -> None:
+    from bcc_lightning.reports import metrics
+    from bcc_lightning.reports.operating_point import choose_threshold
+
+    assert not hasattr(metrics, "choose_threshold")  # the quadratic scan is gone; one implementation remains
     labels = np.array([0, 0, 0, 1, 1, 1])
     probs = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.9])
-    assert choose_threshold(labels, probs, "youden") == pytest.approx(0.35)  # separates perfectly
-    assert choose_threshold(labels, probs, "f1") == pytest.approx(0.35)
+    assert choose_threshold(labels, probs, "youden").threshold == pytest.approx(0.35)  # separates perfectly
+    assert choose_threshold(labels, probs, "f1").threshold == pytest.approx(0.35)
     assert compute_metrics(labels, probs, 0.35)["accuracy"] == 1.0

@@ -7,7 +7,6 @@ import pytest
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from bcc_lightning.reports import operating_point as op
-from bcc_lightning.reports.metrics import choose_threshold as old_choose_threshold
 from bcc_lightning.reports.metrics import compute_metrics
 
 
@@ -60,13 +59,6 @@ def test_choose_threshold_matches_brute_force(seed, method):
     m = compute_metrics(y, p, chosen.threshold)
     assert chosen.sensitivity == pytest.approx(m["recall"]) and chosen.specificity == pytest.approx(m["specificity"])
     assert chosen.f1 == pytest.approx(m["f1"]) and chosen.method == method
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_youden_and_f1_agree_with_the_old_brute_force(seed):
-    y, p = tied_scores(200, seed + 20)
-    for method in ("youden", "f1"):
-        assert op.choose_threshold(y, p, method).threshold == old_choose_threshold(y, p, method)
 
 
 def test_equal_criteria_pick_the_lowest_threshold():
