@@ -27,6 +27,7 @@ from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.utils.atomic_io import write_json
 from bcc_lightning.utils.config import check_config, run_dir, to_dict
 from bcc_lightning.utils.device import autocast_for, pick_device, resolve_num_workers, resolve_precision
+from bcc_lightning.utils.errors import UserError
 
 
 def _rates(runs: dict[str, Callable[[], tuple[int, float]]], repeats: int) -> dict[str, list[float]]:
@@ -242,6 +243,10 @@ def _result(cfg: DictConfig, samples: dict[str, list[float]], worker_memory: dic
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)  # warmup, steps and repeats >= 1: the first batches pay for start-up and are never timed
+    if cfg.get("mode", "steps") == "epochs":
+        return run_epochs(cfg)
+    if cfg.get("mode", "steps") != "steps":
+        raise UserError(f"mode must be steps (images/s per stage) or epochs (seconds per epoch); got {cfg.mode!r}.")
     device = pick_device(str(cfg.trainer.accelerator))
     precision = resolve_precision(cfg.trainer.precision, "gpu" if device.type == "cuda" else "cpu")
     gpu = device.type == "cuda"
@@ -261,10 +266,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         build: dict[str, list[float]] = {}
         if cfg.data.cache:  # built here once (timed, when new), so no loader row pays for it
             probe = datamodule(workers)
-            before = set(probe.cache_dir.glob("train-*.u8"))
+            cache_dir = probe.resolve_cache()
+            before = set(cache_dir.glob("train-*.u8")) if cache_dir else set()
             start = time.perf_counter()
             count = len(probe.dataset("train"))
-            if set(probe.cache_dir.glob("train-*.u8")) != before:
+            if cache_dir and set(cache_dir.glob("train-*.u8")) != before:
                 build[f"cache build (decode + resize, {workers} workers)"] = [count / (time.perf_counter() - start)]
         loader_workers = list(dict.fromkeys([*cfg.loader_workers, workers]))
         worker_memory: dict[int, dict[str, float]] = {}
@@ -311,3 +317,157 @@ if __name__ == "__main__":
 
     with contextlib.suppress(KeyboardInterrupt):
         _main()
+
+
+# ------------------------------------------------------------------------------------------------ epochs mode
+# Seconds per epoch (training plus validation, as the original's model.fit(validation_data=...)) of train.py's own
+# path (its config, data module, callbacks, logger and checkpoints) next to hand-written loops, in one run.
+
+
+class _EpochClock(L.Callback):
+    """Wall time of each epoch, training start to the next epoch's start (validation and checkpoints included)."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: Any) -> None:
+        _sync(module.device)
+        self.marks.append(time.perf_counter())
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        _sync(module.device)
+        self.marks.append(time.perf_counter())
+
+    @property
+    def epochs(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def _train_config(cfg: DictConfig, root: Path, cache: Any, epochs: int) -> DictConfig:
+    """train.yaml as `python train.py` composes it, with bench's model, optimizer and data settings."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    overrides = [f"data.root={root}", f"trainer.max_epochs={epochs}", "callbacks.progress_bar=none",
+                 "trainer.enable_model_summary=false", f"trainer.accelerator={cfg.trainer.accelerator}",
+                 f"trainer.precision={cfg.trainer.precision}", "logger=tensorboard"]
+    if GlobalHydra.instance().is_initialized():
+        train_cfg = compose("train", overrides=overrides)
+    else:
+        from bcc_lightning.utils.config import config_dir
+
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+            train_cfg = compose("train", overrides=overrides)
+    with open_dict(train_cfg):
+        train_cfg.model = cfg.model
+        train_cfg.model.pretrained = False
+        train_cfg.optimizer = cfg.optimizer
+        train_cfg.data.batch_size = cfg.data.batch_size
+        train_cfg.data.num_workers = cfg.data.num_workers
+        train_cfg.data.cache = cache
+        if "audit" in train_cfg.data:
+            train_cfg.data.audit = "off"  # the audit runs before training; it is not part of an epoch
+    return train_cfg
+
+
+def train_py_epochs(cfg: DictConfig, root: Path, cache: Any, outdir: Path) -> list[float]:
+    """Seconds per epoch of train.py's fit (everything but the final test report)."""
+    from bcc_lightning.tasks import train as train_task
+
+    train_cfg = _train_config(cfg, root, cache, int(cfg.epochs))
+    L.seed_everything(0)
+    model, datamodule, _ = train_task.build(train_cfg, outdir)
+    callbacks, _ = train_task.build_callbacks(train_cfg, outdir)
+    clock = _EpochClock()
+    trainer = train_task.build_trainer(train_cfg, [*callbacks, clock], train_task.build_loggers(train_cfg, outdir),
+                                       outdir)
+    trainer.fit(model, datamodule=datamodule)
+    return clock.epochs
+
+
+def plain_loop_epochs(cfg: DictConfig, root: Path, channels_last: bool, precision: Any, workers: int,
+                      device: torch.device) -> list[float]:
+    """A hand-written loop over the same data: train, then validate, per epoch (no logging, no checkpoints)."""
+    model = _model(cfg, channels_last)
+    dm = BCCDataModule(root, model.preprocess, batch_size=cfg.data.batch_size, num_workers=workers,
+                       augment=AugmentConfig(), gpu=device.type == "cuda")
+    step = train_step_fn(model, device, precision)
+    times = []
+    for epoch in range(int(cfg.epochs)):
+        _sync(device)
+        start = time.perf_counter()
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        model.train()
+        for batch in loader:
+            step(batch)
+        predict_batches(model, (images for images, _ in dm.val_dataloader()), device, precision)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_epochs(cfg: DictConfig) -> dict[str, Any]:
+    device = pick_device(str(cfg.trainer.accelerator))
+    precision = resolve_precision(cfg.trainer.precision, "gpu" if device.type == "cuda" else "cpu")
+    workers = resolve_num_workers(cfg.data.num_workers, device.type == "cuda")
+    rows: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bcc_bench_epochs_") as tmp:
+        root = _prepare_epoch_data(cfg, Path(tmp) / "data")
+        rows["train.py, default settings (data.cache=auto: a fresh cache)"] = train_py_epochs(
+            cfg, root, str(Path(tmp) / "cache"), Path(tmp) / "run_cached")
+        rows["train.py, data.cache=null (streaming)"] = train_py_epochs(cfg, root, None, Path(tmp) / "run_stream")
+        rows[f"tuned plain loop ({precision}, channels-last, {workers} workers)"] = plain_loop_epochs(
+            cfg, root, True, precision, workers, device)
+        if cfg.naive:
+            rows["plain loop, fp32, channels-first, 0 workers"] = plain_loop_epochs(cfg, root, False, "32-true", 0,
+                                                                                  device)
+        floor_model = _model(cfg, bool(cfg.model.channels_last))
+        step_rate = statistics.median(n / s for n, s in (model_step_rate(floor_model, cfg, device, precision)
+                                                         for _ in range(int(cfg.repeats))))
+    n_train, n_val = int(cfg.n_images), int(cfg.epoch_val_images)
+    result = {"mode": "epochs", "device": _device_name(device), "model": cfg.model.name, "precision": str(precision),
+              "batch_size": cfg.data.batch_size, "workers": workers, "train_images": n_train, "val_images": n_val,
+              "epochs": int(cfg.epochs), "seconds_per_epoch": rows,
+              "steady_state": {name: statistics.median(t[1:]) if len(t) > 1 else t[0] for name, t in rows.items()},
+              "model_step_floor_s": n_train / step_rate, "torch": torch.__version__}
+    print(format_epoch_table(result))
+    write_json(run_dir() / "bench_epochs.json", result)
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _prepare_epoch_data(cfg: DictConfig, root: Path) -> Path:
+    """train/val/test JPEGs at microscope size (700x460): n_images to train on, epoch_val_images to validate."""
+    from PIL import Image
+
+    counts = {"train": int(cfg.n_images) // 2, "val": int(cfg.epoch_val_images) // 2, "test": 2}
+    for index, (split, per_class) in enumerate(counts.items()):
+        generate_raw(root / split, n_per_class=max(1, per_class), width=700, height=460, seed=10 + index)
+        for png in (root / split).rglob("*.png"):
+            Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=90)
+            png.unlink()
+        (root / split / "README.txt").unlink(missing_ok=True)
+    return root
+
+
+def format_epoch_table(result: dict[str, Any]) -> str:
+    lines = [f"{result['model']}, batch {result['batch_size']}, {result['precision']}, {result['workers']} workers, "
+             f"{result['train_images']} training + {result['val_images']} validation images per epoch, on "
+             f"{result['device']}",
+             f"| {'system':<62} | {'s/epoch':>8} | {'first epoch':>11} | {'vs tuned loop':>13} |",
+             f"|{'-' * 64}|{'-' * 10}|{'-' * 13}|{'-' * 15}|"]
+    tuned = next(v for k, v in result["steady_state"].items() if k.startswith("tuned plain loop"))
+    for name, seconds in result["steady_state"].items():
+        first = result["seconds_per_epoch"][name][0]
+        lines.append(f"| {name:<62} | {seconds:>8.1f} | {first:>11.1f} | {seconds / tuned:>12.2f}x |")
+    floor = result["model_step_floor_s"]
+    lines.append(f"| {'model-step floor (training images only, tensors in memory)':<62} | {floor:>8.1f} | "
+                 f"{'':>11} | {floor / tuned:>12.2f}x |")
+    lines.append("s/epoch: median of the epochs after the first (steady state); the first includes start-up and, for "
+                 "the cached row, building the cache.")
+    return "\n".join(lines)

@@ -128,6 +128,8 @@ RULES: dict[str, Any] = {
     "steps": lambda v: _whole(v, 1),
     "repeats": lambda v: _whole(v, 1),
     "n_images": lambda v: _whole(v, 2),
+    "epochs": lambda v: _whole(v, 1),
+    "epoch_val_images": lambda v: _whole(v, 2),
     "opset": lambda v: _whole(v, 7),
     "check": _boolean,
     "overwrite": _boolean,
