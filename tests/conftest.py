@@ -35,7 +35,7 @@ def compose_config(name: str = "train", overrides: list[str] | None = None, hydr
 def tiny_train_config(root: Path, overrides: list[str] | None = None) -> DictConfig:
     """A config that trains in seconds on CPU: small images, fp32, no bars, no workers."""
     cfg = compose_config("train", [
-        f"data.root={root}", "data.num_workers=0", "data.batch_size=8", "model.img_size=64",
+        f"data.root={root}", "data.num_workers=0", "data.batch_size=8", "model.img_size=64", "model.pretrained=false",
         "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_epochs=1",
         "callbacks.progress_bar=none", "trainer.enable_model_summary=false", "optimizer.lr=1e-3",
         *(overrides or []),

@@ -136,8 +136,21 @@ class Head(nn.Sequential):
         super().__init__(*layers)
 
 
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a download host answers at all: an offline machine learns in a second, not after a minute of retries."""
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _build_timm(name: str, use_hub: bool) -> tuple[nn.Module, str]:
     name = resolve_name(name)
+    if use_hub and _cached_weights_file(name, "timm") is None and not _reachable("huggingface.co"):
+        raise _pretrained_hint(name, ConnectionError("huggingface.co is unreachable and the weights are not cached"))
     try:
         backbone = timm.create_model(name, pretrained=use_hub, num_classes=0)
     except Exception as exc:
@@ -145,6 +158,13 @@ def _build_timm(name: str, use_hub: bool) -> tuple[nn.Module, str]:
             raise _pretrained_hint(name, exc) from exc
         raise UserError(f"Cannot build backbone '{name}': {type(exc).__name__}: {exc}") from exc
     return backbone, name.split(".")[0]
+
+
+def _torchvision_offline(arch: str, url: str, why: str) -> UserError:
+    return UserError(
+        f"ImageNet weights for torchvision '{arch}' are not on this machine ({why}). Download {url} elsewhere and "
+        f"put it in $TORCH_HOME/hub/checkpoints/{Path(url).name} (TORCH_HOME defaults to ~/.cache/torch), or pass "
+        f"model.weights=PATH to that file, or train from scratch with model.pretrained=false.")
 
 
 def _build_torchvision(name: str, use_hub: bool) -> tuple[nn.Module, str]:
@@ -159,6 +179,9 @@ def _build_torchvision(name: str, use_hub: bool) -> tuple[nn.Module, str]:
         raise UserError(f"Unknown torchvision model '{name}'.{hint} With model.source=torchvision use a torchvision "
                         f"classification model name.")
     weights_enum = torchvision.models.get_model_weights(arch).DEFAULT if use_hub else None
+    if (weights_enum is not None and _cached_weights_file(arch, "torchvision") is None
+            and not _reachable("download.pytorch.org")):
+        raise _torchvision_offline(arch, weights_enum.url, "download.pytorch.org cannot be reached")
     kwargs: dict[str, Any] = {}
     if arch == "inception_v3":
         # The weights expect inputs in [-1, 1]: mean/std 0.5 below does what transform_input would. torchvision
@@ -168,13 +191,7 @@ def _build_torchvision(name: str, use_hub: bool) -> tuple[nn.Module, str]:
         backbone = torchvision.models.get_model(arch, weights=weights_enum, **kwargs)
     except Exception as exc:
         if use_hub and _looks_offline(exc):
-            file = Path(weights_enum.url).name
-            raise UserError(
-                f"ImageNet weights for torchvision '{arch}' are not on this machine and could not be downloaded "
-                f"({type(exc).__name__}). Download {weights_enum.url} elsewhere and put it in "
-                f"$TORCH_HOME/hub/checkpoints/{file} (TORCH_HOME defaults to ~/.cache/torch), or pass "
-                f"model.weights=PATH to that file, or train from scratch with model.pretrained=false."
-            ) from exc
+            raise _torchvision_offline(arch, weights_enum.url, f"the download failed: {type(exc).__name__}") from exc
         raise UserError(f"Cannot build torchvision model '{arch}'{' with its ImageNet weights' if use_hub else ''}: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
     if arch == "inception_v3" and getattr(backbone, "AuxLogits", None) is not None:
@@ -230,6 +247,55 @@ def build_backbone(name: str, pretrained: bool = False, weights: str | None = No
     elif use_hub:
         log.info("Loaded ImageNet weights for %s (%s)", arch, source)
     return backbone
+
+
+def _cached_weights_file(name: str, source: str) -> Path | None:
+    """The local file the hub loaders read ImageNet weights from (for the record), when it can be found."""
+    try:
+        if source == "torchvision":
+            import torchvision
+
+            arch = TORCHVISION_ALIASES.get(name.lower(), name)
+            url = torchvision.models.get_model_weights(arch).DEFAULT.url
+            path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+            return path if path.is_file() else None
+        cfg = timm.models.get_pretrained_cfg(resolve_name(name))
+        if cfg is None or not cfg.hf_hub_id:
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str):
+                return Path(found)
+    except Exception:  # the record is best effort; loading itself already succeeded or failed clearly
+        return None
+    return None
+
+
+def describe_initialisation(name: str, source: str, pretrained: bool, weights: str | None) -> dict[str, Any]:
+    """How the backbone's weights began: ImageNet from a named file (with its sha256) or from the hub cache, or
+    random. Recorded in the checkpoint, metrics.json, the report and the export sidecar."""
+    from bcc_lightning.utils.atomic_io import sha256_file
+
+    if weights:
+        path = Path(weights).expanduser().resolve()
+        return {"kind": "ImageNet", "file": str(path), "sha256": sha256_file(path)}
+    if not pretrained:
+        return {"kind": "random"}
+    path = _cached_weights_file(name, source)
+    return {"kind": "ImageNet", "source": f"{source} hub cache", "file": str(path) if path else None,
+            "sha256": sha256_file(path) if path else None}
+
+
+def initialisation_text(init: Mapping[str, Any] | None) -> str:
+    """'ImageNet (file, sha256 …)', 'random', or 'unknown' for checkpoints that predate the record."""
+    if not init:
+        return "unknown (checkpoint written before initialisations were recorded)"
+    if init.get("kind") != "ImageNet":
+        return str(init.get("kind", "unknown"))
+    sha = init.get("sha256")
+    return f"ImageNet ({init.get('file') or init.get('source')}{', sha256 ' + sha[:12] if sha else ''})"
 
 
 def arch_name(name: str, source: str = "timm") -> str:

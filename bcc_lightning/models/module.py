@@ -17,7 +17,13 @@ from torchmetrics.classification import (
 )
 
 from bcc_lightning.data.preprocess import Preprocess
-from bcc_lightning.models.backbones import Head, arch_name, build_backbone, resolve_preprocess
+from bcc_lightning.models.backbones import (
+    Head,
+    arch_name,
+    build_backbone,
+    describe_initialisation,
+    resolve_preprocess,
+)
 from bcc_lightning.models.finite_loss import FiniteLossGuard
 from bcc_lightning.models.optim import build_optimizer, build_scheduler
 from bcc_lightning.utils.config import log
@@ -55,15 +61,20 @@ class BCCClassifier(L.LightningModule):
     `optimizer`: name + keyword arguments of the torch optimizer. `scheduler`: name + options, or None.
     `data_info`: facts about the training data (root, class names, synthetic flag) kept for reports.
     `preprocess`: the input the model was trained on (`Preprocess.to_dict()`); None resolves it from `model`
-    (checkpoints written before it was stored).
+    (checkpoints written before it was stored). `initialisation`: how the backbone's weights began
+    (`describe_initialisation`), recorded when the weights are loaded.
     """
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  pos_weight: float | None = None, data_info: dict[str, Any] | None = None,
-                 preprocess: dict[str, Any] | None = None, load_weights: bool = True) -> None:
+                 preprocess: dict[str, Any] | None = None, initialisation: dict[str, Any] | None = None,
+                 load_weights: bool = True) -> None:
         super().__init__()
         if preprocess is None:
             preprocess = resolve_preprocess(model).to_dict()
+        if initialisation is None and load_weights:
+            initialisation = describe_initialisation(model["name"], str(model.get("source") or "timm"),
+                                                     bool(model.get("pretrained")), model.get("weights"))
         self.save_hyperparameters(ignore=["load_weights"])
         source = str(model.get("source") or "timm")
         self.backbone = build_backbone(model["name"], pretrained=bool(model.get("pretrained")),

@@ -139,3 +139,32 @@ def test_torchvision_inceptionv3_with_imagenet_weights(monkeypatch: pytest.Monke
     backbone.eval()
     with torch.no_grad():
         assert backbone(torch.rand(1, 3, 299, 299)).shape == (1, 2048)
+
+
+def test_imagenet_initialisation_is_the_default_and_is_recorded(tmp_path: Path) -> None:
+    import timm
+
+    from bcc_lightning.utils.atomic_io import sha256_file
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", ["model=densenet121"])
+    assert cfg.model.pretrained is True  # the original recipe: ImageNet weights
+    weights = tmp_path / "densenet121.pth"
+    torch.save(timm.create_model("densenet121", num_classes=0).state_dict(), weights)
+    model_cfg = {**dict(cfg.model), "weights": str(weights), "img_size": 64}
+    model = BCCClassifier(model_cfg, dict(cfg.optimizer))
+    init = model.hparams.initialisation
+    assert init == {"kind": "ImageNet", "file": str(weights.resolve()), "sha256": sha256_file(weights)}
+    scratch = BCCClassifier({**model_cfg, "weights": None, "pretrained": False}, dict(cfg.optimizer))
+    assert scratch.hparams.initialisation == {"kind": "random"}
+    rebuilt = BCCClassifier(**{**dict(model.hparams), "load_weights": False})
+    assert rebuilt.hparams.initialisation == init  # a checkpoint keeps the record; nothing is re-read
+
+
+def test_offline_without_cache_fails_fast_and_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bcc_lightning.models import backbones
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(backbones, "_reachable", lambda host, timeout=3.0: False)
+    with pytest.raises(UserError, match=r"model.weights=PATH.*model.pretrained=false"):
+        build_backbone("densenet121", pretrained=True)

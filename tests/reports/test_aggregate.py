@@ -156,7 +156,8 @@ def test_three_fold_sweep_end_to_end(tmp_path: Path) -> None:
     run_prepare(raw, tmp_path / "cv", group="breakhis", folds=3, holdout_test=False)
     sweep = tmp_path / "sweep"
     result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "-m", f"data.root={tmp_path / 'cv'}", "data.fold=0,1,2",
+        [sys.executable, str(REPO / "train.py"), "-m", f"data.root={tmp_path / 'cv'}", "model.pretrained=false",
+         "data.fold=0,1,2",
          "model=mobilenetv2,densenet121", "model.img_size=48", "trainer.max_epochs=1", "data.num_workers=0",
          "data.batch_size=8", "report.cam_per_group=0", "report.grid_size=0", "logger=none",
          f"hydra.sweep.dir={sweep}"], env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=900)

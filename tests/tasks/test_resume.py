@@ -16,7 +16,8 @@ from tests.conftest import DETERMINISTIC, REPO, history_rows, subprocess_env, ti
 
 
 def test_killed_run_resumes_to_the_same_result(demo_root: Path, tmp_path: Path) -> None:
-    args = [sys.executable, str(REPO / "train.py"), f"data.root={demo_root}", "trainer.max_epochs=4",
+    args = [sys.executable, str(REPO / "train.py"), f"data.root={demo_root}", "model.pretrained=false",
+            "trainer.max_epochs=4",
             "+trainer.enable_progress_bar=false", *DETERMINISTIC, "data.batch_size=2", "model.img_size=64"]
     straight = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'straight'}"], env=subprocess_env(), cwd=tmp_path,
                               capture_output=True, text=True, timeout=600)

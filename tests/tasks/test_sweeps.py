@@ -14,7 +14,8 @@ from tests.conftest import REPO, compose_config, subprocess_env
 def test_sweep_summary_written_and_sorted(demo_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "-m", f"data.root={demo_root}", "optimizer.lr=1e-2,1e-3",
+        [sys.executable, str(REPO / "train.py"), "-m", f"data.root={demo_root}", "model.pretrained=false",
+         "optimizer.lr=1e-2,1e-3",
          "trainer.max_epochs=1", "data.num_workers=0", "model.img_size=48", "report.cam_per_group=0",
          "report.grid_size=0", "logger=none", f"hydra.sweep.dir={sweep}"],
         env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -40,7 +41,8 @@ def test_optuna_and_slurm_configs_compose() -> None:
 def test_optuna_runs_three_tiny_trials(demo_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "optuna"
     result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+        [sys.executable, str(REPO / "train.py"), "hparams_search=optuna", "model.pretrained=false",
+         "hydra.sweeper.n_trials=3",
          "hydra.sweeper.sampler.n_startup_trials=2", "~hydra.sweeper.params.model",
          f"data.root={demo_root}", "trainer.max_epochs=1",
          "data.num_workers=0", "model.img_size=48", "report.cam_per_group=0", "report.grid_size=0", "logger=none",

@@ -99,7 +99,8 @@ def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Completed
 
 
 def test_multirun_sweep_two_backbones(demo_root: Path, tmp_path: Path) -> None:
-    result = _run([str(REPO / "train.py"), "-m", f"data.root={demo_root}", "model=mobilenetv2,densenet121",
+    result = _run([str(REPO / "train.py"), "-m", f"data.root={demo_root}", "model.pretrained=false",
+                   "model=mobilenetv2,densenet121",
                    "model.img_size=64", "trainer.fast_dev_run=true", "data.num_workers=0",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
