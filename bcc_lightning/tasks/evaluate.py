@@ -10,10 +10,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from bcc_lightning.data.audit import audit_gate, audit_workers
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
-from bcc_lightning.reports.evaluation import EvalSettings, evaluate
-from bcc_lightning.utils.config import check_config, run_dir
+from bcc_lightning.reports.evaluation import EvalSettings
+from bcc_lightning.tasks.train import evaluate_with_leakage
+from bcc_lightning.utils.config import check_config, log, run_dir
 from bcc_lightning.utils.device import pick_device
 from bcc_lightning.utils.errors import UserError
 
@@ -44,6 +46,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = BCCDataModule(Path(root_value).expanduser(), model.preprocess, batch_size=cfg.data.batch_size,
                                num_workers=cfg.data.num_workers, fold=_eval_fold(cfg, data_info),
                                cache=cfg.data.get("cache"), gpu=pick_device(accelerator).type == "cuda")
+    # data.audit: copies of the evaluated images in the training split inflate every number below.
+    leakage = audit_gate(cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
+                         workers=audit_workers(cfg.data.get("num_workers")), cache_setting=cfg.data.get("cache"),
+                         warn=log.warning)
     settings = EvalSettings(split=cfg.split, threshold=cfg.threshold, tta=bool(cfg.tta), report=cfg.report,
                             accelerator=accelerator, precision=cfg.trainer.precision)
     writer = None
@@ -52,11 +58,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         writer = SummaryWriter(str(outdir / "tensorboard"))
     try:
-        result = evaluate(model, datamodule, outdir, settings, ckpt, checkpoint, tensorboard=writer)
+        result = evaluate_with_leakage(leakage, model, datamodule, outdir, settings, ckpt, checkpoint,
+                                       tensorboard=writer)
     finally:
         if writer is not None:
             writer.close()
     print((outdir / "classification_report.txt").read_text())
+    if leakage is not None and not leakage["clean"]:
+        print(f"WARNING (leakage): {leakage['verdict']}")
     print(f"Report written to {outdir}/report.md (metrics.json, figures, gradcam/)")
     return result
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bcc_lightning.callbacks.history import History
 from bcc_lightning.callbacks.seeding import EpochSeeder
+from bcc_lightning.data.audit import audit_gate, audit_workers
 from bcc_lightning.data.augment import AugmentConfig
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.demo import generate, is_demo_root
@@ -117,6 +118,7 @@ def build_datamodule(data_cfg: Any, root: Path, preprocess: Preprocess, seed: in
     return BCCDataModule(root, preprocess, batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers,
                          augment=augment, balanced_sampler=bool(data_cfg.get("balanced_sampler", False)),
                          seed=int(seed), cache=data_cfg.get("cache"), fold=data_cfg.get("fold"),
+                         cache_budget_gb=float(data_cfg.get("cache_budget_gb", 20)),
                          gpu=pick_device(accelerator).type == "cuda")
 
 
@@ -170,16 +172,38 @@ def build(cfg: DictConfig, outdir: Path) -> tuple[BCCClassifier, BCCDataModule, 
     return model, datamodule, data_info
 
 
+def evaluate_with_leakage(leakage: dict[str, Any] | None, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """reports.evaluation.evaluate, with the audit summary in metrics.json ('leakage') and the report's banner.
+
+    Older evaluate() versions without a `leakage` parameter get it added to metrics.json afterwards."""
+    outdir = Path(args[2] if len(args) > 2 else kwargs["outdir"])
+    if "leakage" in inspect.signature(evaluate).parameters:
+        return evaluate(*args, leakage=leakage, **kwargs)
+    result = evaluate(*args, **kwargs)
+    if leakage is not None:
+        result["leakage"] = leakage
+        write_metrics_json(outdir, result)
+    return result
+
+
+def audit_data(cfg: DictConfig, datamodule: BCCDataModule) -> dict[str, Any] | None:
+    """data.audit=warn|error|off on the splits this run uses (its root and fold), before any training."""
+    return audit_gate(cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
+                      workers=audit_workers(cfg.data.get("num_workers")), cache_setting=cfg.data.get("cache"),
+                      warn=log.warning)
+
+
 def test_best(cfg: DictConfig, model: BCCClassifier, datamodule: BCCDataModule, checkpoint: ModelCheckpoint,
-              trainer: L.Trainer, loggers: list[Logger], outdir: Path) -> dict[str, Any]:
+              trainer: L.Trainer, loggers: list[Logger], outdir: Path,
+              leakage: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate the best checkpoint (the weights in memory after fast_dev_run) and write metrics.json."""
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
     tested = load_checkpoint(best_path) if best_path else model.eval()
     writer = next((lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
     settings = EvalSettings(split="test", report=cfg.report, accelerator=str(cfg.trainer.accelerator),
                             precision=trainer.precision)
-    result = evaluate(tested, datamodule, outdir / "test", settings, Path(best_path) if best_path else None,
-                      tensorboard=writer)
+    result = evaluate_with_leakage(leakage, tested, datamodule, outdir / "test", settings,
+                                   Path(best_path) if best_path else None, tensorboard=writer)
     if cfg.data.get("fold") is not None:  # the validation fold's predictions, for bcc-aggregate
         predict_split_csv(tested, datamodule, "val", outdir / "val_predictions.csv",
                           accelerator=str(cfg.trainer.accelerator), precision=trainer.precision)
@@ -190,6 +214,8 @@ def test_best(cfg: DictConfig, model: BCCClassifier, datamodule: BCCDataModule, 
     result.update({"monitor": checkpoint.monitor, "best_monitor_value": float(best) if best is not None else None,
                    "epochs_trained": trainer.current_epoch, "run_dir": str(outdir),
                    "checkpoint": best_path or None})
+    if leakage is not None:
+        result["leakage"] = leakage
     write_metrics_json(outdir, result)
     return result
 
@@ -202,6 +228,7 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     model, datamodule, data_info = build(cfg, outdir)
+    leakage = audit_data(cfg, datamodule)  # data.audit=error stops here, before any weights are trained
     callbacks, checkpoint = build_callbacks(cfg, outdir)
     loggers = build_loggers(cfg, outdir)
     trainer = build_trainer(cfg, callbacks, loggers or False, outdir)
@@ -215,13 +242,15 @@ def run(cfg: DictConfig) -> float | None:
     fit_model = torch.compile(model) if cfg.get("compile") else model
     trainer.fit(fit_model, datamodule=datamodule, ckpt_path=resume_path(cfg, outdir))
 
-    result = test_best(cfg, model, datamodule, checkpoint, trainer, loggers, outdir)
+    result = test_best(cfg, model, datamodule, checkpoint, trainer, loggers, outdir, leakage)
     m = result["metrics"]
     print(f"\nRun directory: {outdir}")
     print(f"Best checkpoint: {result['checkpoint'] or '(none written: fast_dev_run)'}")
     print(f"Test ({m['n']} images{', SYNTHETIC DEMO DATA' if data_info['synthetic_data'] else ''}): accuracy "
           f"{m['accuracy']:.4f}, sensitivity {m['recall']:.4f}, specificity {m['specificity']:.4f}, AUROC "
           f"{m['auroc'] or float('nan'):.4f}")
+    if leakage is not None and not leakage["clean"]:
+        print(f"WARNING (leakage): {leakage['verdict']}")
     best = result["best_monitor_value"]
     return best if best is not None and math.isfinite(best) else None
 

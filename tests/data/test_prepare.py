@@ -253,3 +253,88 @@ def test_cli_and_training_on_the_output(tmp_path: Path, monkeypatch: pytest.Monk
         [sys.executable, "-m", "bcc_lightning.tasks.prepare", f"raw={raw}", f"out={tmp_path / 'split'}",
          f"hydra.run.dir={tmp_path / 'run2'}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+# ------------------------------------------------------------------------------------ near-duplicate copies
+
+def _add_copies(raw: Path, sources: list[Path], names: list[tuple[str, str]]) -> dict[str, set[str]]:
+    """Rotated/flipped/grayscale copies of `sources` under other names; returns {source rel: rels of its family}."""
+    from PIL import ImageOps
+
+    ops = (lambda im: im.transpose(Image.Transpose.ROTATE_90), ImageOps.mirror,
+           lambda im: ImageOps.grayscale(im).convert("RGB"))
+    families = {}
+    for source, (first, second) in zip(sources, names):
+        image = Image.open(source).convert("RGB")
+        family = {source.relative_to(raw).as_posix()}
+        for k, name in enumerate((first, second)):
+            target = source.parent / name
+            ops[k % 3](image if k == 0 else ops[2](image)).save(target)
+            family.add(target.relative_to(raw).as_posix())
+        families[source.relative_to(raw).as_posix()] = family
+    return families
+
+
+def _assert_families_together(out: Path, families: dict[str, set[str]]) -> None:
+    by_source = {row["source"]: row for row in read_manifest(out) if row["augmentation"] == "none"}
+    for family in families.values():
+        placed = {(by_source[rel]["split"], by_source[rel]["fold"], by_source[rel]["group"]) for rel in family}
+        assert len(placed) == 1, placed
+
+
+@pytest.mark.parametrize("group", ["image", "breakhis", "pattern"])
+def test_copies_of_a_source_stay_in_one_split_and_fold(tmp_path: Path, group: str) -> None:
+    raw = tmp_path / "raw"
+    if group == "breakhis":
+        breakhis_tree(raw, patients=4, per_patient=3)
+        sources = sorted(raw.rglob("*-40-000.png"))
+        # Copies named after a patient of their own: the copy relation must join the two patients' groups.
+        names = [(s.name.replace("-14-", "-14-9"), s.name.replace("-14-", "-14-8")) for s in sources]
+        extra = {"group": "breakhis"}
+    else:
+        for label, cls in enumerate("BM"):
+            for i in range(10):
+                write_image(raw / cls / f"P{label}{i}_x.png", size=(36, 28), seed=label * 100 + i)
+        sources = sorted(raw.rglob("P*_x.png"))[::2]
+        names = [(f"P7{k}_copy.png", f"Q{k}_other.png") for k in range(len(sources))]
+        extra = {"group": "pattern", "group_pattern": r"^([PQ]\d+)_"} if group == "pattern" else {}
+    families = _add_copies(raw, sources, names)
+    for folds in (0, 3):
+        out = tmp_path / f"out{folds}"
+        summary = run_prepare(raw, out, folds=folds, **extra)
+        _assert_families_together(out, families)
+        near = summary["near_duplicate_clusters"]
+        assert near["count"] == len(families) and near["largest"] == 3
+        assert near["images_in_clusters"] == 3 * len(families) and near["mixed_label_count"] == 0
+
+
+def test_dedup_near_can_be_turned_off(tmp_path: Path) -> None:
+    raw = flat_tree(tmp_path / "raw", per_class=8)
+    summary = run_prepare(raw, tmp_path / "out", dedup_near=False)
+    assert summary["near_duplicate_clusters"] is None
+    with pytest.raises(UserError, match="group=content .* needs dedup_near=true"):
+        run_prepare(raw, tmp_path / "out2", group="content", dedup_near=False)
+
+
+def test_augment_before_split_is_caught_by_the_audit_and_content_resplit_is_clean(tmp_path: Path) -> None:
+    """Done-when: the contaminated protocol's output audits leaky; re-split with group=content, it audits clean."""
+    from bcc_lightning.data.audit import audit_splits, verdict
+
+    raw = flat_tree(tmp_path / "raw", per_class=15)
+    contaminated = tmp_path / "contaminated"
+    run_prepare(raw, contaminated, augment_before_split=True, augment_copies=3)
+    leaky = audit_splits(contaminated, cache_dir=False, workers=0)
+    summary = leaky.summary()
+    assert not summary["clean"] and summary["test_with_copy_in_train"] > 0
+    assert f"bcc-prepare raw={leaky.root} out=NEW group=content" in verdict(leaky)
+
+    resplit = tmp_path / "resplit"
+    prepared = run_prepare(contaminated, resplit, group="content")
+    assert prepared["near_duplicate_clusters"]["count"] >= 25  # 30 sources, nearly all with copies
+    names = [row["path"] for row in read_manifest(resplit)]
+    # Byte-identical copies (the same flips drawn twice) are dropped as exact duplicates; the rest keep unique names.
+    kept = 120 - prepared["duplicates"]
+    assert len(names) == len(set(names)) == kept
+    clean = audit_splits(resplit, cache_dir=False, workers=0)
+    assert clean.summary()["clean"], clean.rows
+    assert verdict(clean) == f"No copies across splits among {kept} images."

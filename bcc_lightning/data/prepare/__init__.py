@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bcc_lightning.data.layout import MANIFEST, MANIFEST_COLUMNS, REJECTED, SUMMARY
-from bcc_lightning.data.prepare.scan import assign_groups, deduplicate, scan_raw
+from bcc_lightning.data.prepare.scan import assign_groups, deduplicate, merge_near_duplicates, scan_raw
 from bcc_lightning.data.prepare.settings import PrepareSettings
 from bcc_lightning.data.prepare.split import split_groups
 from bcc_lightning.data.prepare.summary import check_written, format_table, summarise
@@ -64,17 +64,21 @@ def prepare(settings: PrepareSettings, progress: bool = False,
     sources = scan_raw(raw, rejected)
     sources, dup_counts = deduplicate(sources, rejected)
     sources = assign_groups(sources, settings, rejected)
+    near = merge_near_duplicates(sources, settings) if settings.dedup_near else None
     split_info = split_groups(sources, settings)
     jobs = plan_jobs(sources, settings)
 
     with atomic_directory(out, replace=True) as staging:  # an existing OUT is replaced only with overwrite=true
         manifest = write_outputs(jobs, staging, settings, rejected, progress)
         summary = summarise(manifest, rejected, dup_counts, split_info, settings, len(sources),
-                            time.perf_counter() - started)
+                            time.perf_counter() - started, near)
         if summary["ratio_max_deviation"] > 0.02:
             log(f"NOTE: grouped splitting could not meet the ratios exactly: achieved {summary['ratios_achieved']} "
                 f"for requested {summary['ratios_requested']} (largest deviation "
                 f"{summary['ratio_max_deviation']:.3f}); groups are never cut in two.")
+        if near and near["mixed_label_count"]:
+            log(f"NOTE: {near['mixed_label_count']} near-duplicate cluster(s) carry both labels (label noise, or one "
+                f"image filed twice); each is kept in one group: see near_duplicate_clusters in summary.json.")
         check_written(summary)
         verify_written(staging, manifest)
         _write_csv(staging / MANIFEST, MANIFEST_COLUMNS, manifest)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bcc_lightning.data.labels import ACCEPTED_FOLDER_NAMES, CLASS_NAMES, label_from_folder
 from bcc_lightning.data.layout import IMAGE_EXTENSIONS, is_hidden, walk_files
@@ -104,7 +105,10 @@ def deduplicate(sources: list[Source], rejected: list[tuple[str, str]]) -> tuple
 
 
 def assign_groups(sources: list[Source], settings: PrepareSettings, rejected: list[tuple[str, str]]) -> list[Source]:
-    if settings.group == "image":
+    """Group ids from file names (breakhis, pattern) or one group per file (image, content: copies join later)."""
+    if settings.group in ("image", "content"):
+        # rel includes any train/val/test folder of an already split raw tree, but only as a unique id: it never
+        # joins two files, so the old split has no say in the new one.
         for s in sources:
             s.group = s.rel
         return sources
@@ -123,3 +127,59 @@ def assign_groups(sources: list[Source], settings: PrepareSettings, rejected: li
     return kept
 
 
+
+
+def _copies_single_threaded(described: Any, find_copies: Callable[[Any], list]) -> list:
+    """find_copies with torch's intra-op pool off: pass 2 forks its writers afterwards, and a child forked after
+    OpenMP threads ran in the parent hangs as soon as it uses torch itself (the augmentations do)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return find_copies(described)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def merge_near_duplicates(sources: list[Source], settings: PrepareSettings,
+                          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Merge every cluster of near-duplicate sources (rotated/flipped/grayscale/resized copies) into one group.
+
+    Union-find over both relations, the group from `group=` and the copy clusters, so a copy that links two patients'
+    groups joins them too. Each source is decoded once (in settings.workers processes). Returns the summary's
+    near_duplicate_clusters entry; clusters with both labels are kept in one group and listed there.
+    """
+    from bcc_lightning.data.duplicates import clusters, describe_files, find_copies
+
+    workers = settings.workers if settings.workers > 1 else 0
+    described = describe_files([s.path for s in sources], workers=workers, progress=progress)
+    index = {path: i for i, path in enumerate(described.paths)}
+    rows = [index.get(str(s.path)) for s in sources]  # None: unreadable here; pass 2 rejects it
+    labels = clusters(len(described), _copies_single_threaded(described, find_copies))
+    members: dict[int, list[Source]] = defaultdict(list)
+    for s, row in zip(sources, rows):
+        if row is not None:
+            members[labels[row]].append(s)
+    found = [m for m in members.values() if len(m) > 1]
+
+    parent: dict[str, str] = {s.group: s.group for s in sources}
+
+    def find(g: str) -> str:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for cluster in found:
+        roots = sorted({find(s.group) for s in cluster})
+        for other in roots[1:]:
+            parent[other] = roots[0]  # the smallest name wins: stable, readable group ids
+    for s in sources:
+        s.group = find(s.group)
+    mixed = [sorted(s.rel for s in c) for c in found if len({s.label for s in c}) > 1]
+    sizes = sorted((len(c) for c in found), reverse=True)
+    return {"count": len(found), "largest": sizes[0] if sizes else 0, "images_in_clusters": sum(sizes),
+            "sizes": {str(k): v for k, v in sorted(Counter(sizes).items())}, "mixed_label": mixed[:50],
+            "mixed_label_count": len(mixed),
+            "unreadable": len(described.errors)}

@@ -13,7 +13,7 @@ from bcc_lightning.utils.errors import UserError
 AUGMENT_OPS = ("rot90", "rotate", "hflip", "vflip", "grayscale")
 BREAKHIS_PATTERN = r"^SOB_[BM]_[A-Za-z]+-(\d+-[A-Za-z0-9]+)-\d+-\d+"
 FORMATS = ("keep", "png", "jpg")
-GROUPINGS = ("image", "breakhis", "pattern")
+GROUPINGS = ("image", "breakhis", "pattern", "content")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class PrepareSettings:
     # assigned to one of K folds (whole groups, stratified); train.py data.fold=k then validates on fold k.
     folds: int = 0
     holdout_test: bool = True
+    # Near-duplicate copies (rotated, flipped, grayscale, resized...) of one source are merged into one group, so they
+    # never land in two splits or folds. group=content uses only this relation (each image is otherwise its own group).
+    dedup_near: bool = True
 
     def validate(self) -> None:
         if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or not math.isclose(sum(self.ratios), 1.0,
@@ -45,8 +48,12 @@ class PrepareSettings:
                             f"{list(self.ratios)}.")
         if self.ratios[0] == 0:
             raise UserError("The training ratio must be above 0.")
-        if self.group not in ("image", "breakhis", "pattern"):
-            raise UserError(f"group must be image, breakhis or pattern (with group_pattern=REGEX); got {self.group!r}.")
+        if self.group not in GROUPINGS:
+            raise UserError(f"group must be image, breakhis, pattern (with group_pattern=REGEX) or content; got "
+                            f"{self.group!r}.")
+        if self.group == "content" and not self.dedup_near:
+            raise UserError("group=content groups images by their near-duplicate copies, so it needs dedup_near=true; "
+                            "drop dedup_near=false, or use group=image.")
         if self.group == "pattern":
             if not self.group_pattern:
                 raise UserError("group=pattern needs group_pattern=REGEX whose first capture group is the group id.")
@@ -86,5 +93,5 @@ class PrepareSettings:
             augment_max_degrees=float(cfg.augment.max_degrees),
             resize=None if cfg.resize is None else int(cfg.resize), format=str(cfg.format),
             jpg_quality=int(cfg.jpg_quality), workers=workers, overwrite=bool(cfg.overwrite), folds=int(cfg.folds),
-            holdout_test=bool(cfg.holdout_test),
+            holdout_test=bool(cfg.holdout_test), dedup_near=bool(cfg.get("dedup_near", True)),
         )

@@ -31,7 +31,9 @@ def check_written(summary: dict[str, Any]) -> None:
 
 
 def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_counts: dict[str, int],
-             split_info: dict[str, Any], settings: PrepareSettings, n_sources: int, elapsed: float) -> dict[str, Any]:
+             split_info: dict[str, Any], settings: PrepareSettings, n_sources: int, elapsed: float,
+             near: dict[str, Any] | None = None) -> dict[str, Any]:
+    """summary.json's body; `near` is the near-duplicate clustering (None when dedup_near=false)."""
     counts = {split: {cls: 0 for cls in SHORT_NAMES} for split in SPLITS}
     originals = {split: {cls: 0 for cls in SHORT_NAMES} for split in SPLITS}
     groups: dict[str, set[str]] = {split: set() for split in SPLITS}
@@ -71,6 +73,7 @@ def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_co
         "rejected": len(rejected),
         "duplicates": dup_counts["duplicates"],
         "conflicts": dup_counts["conflicts"],
+        "near_duplicate_clusters": near,
         "elapsed_s": round(elapsed, 2),
         "images_per_s": round(n_sources / elapsed, 1) if elapsed > 0 else None,
         "settings": {**asdict(settings), "ratios": list(settings.ratios), "augment_ops": list(settings.augment_ops)},
@@ -87,5 +90,9 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"fold {k:<2} {fold['B']:>7} {fold['M']:>10} {fold['groups']:>7}")
     lines.append(f"rejected {summary['rejected']} (duplicates {summary['duplicates']}, conflicts "
                  f"{summary['conflicts']}); {summary['images_per_s']} source images/s")
+    near = summary.get("near_duplicate_clusters")
+    if near:
+        lines.append(f"near-duplicate clusters {near['count']} ({near['images_in_clusters']} images, largest "
+                     f"{near['largest']}; {near['mixed_label_count']} with both labels): each kept in one group")
     lines.append(f"protocol: {summary['protocol']}")
     return "\n".join(lines)
