@@ -1,11 +1,14 @@
 """A deployable model (ONNX or TorchScript) with a sidecar JSON, and the check that it matches PyTorch.
 
 The exported graph takes float32 RGB images in [0, 1], shape (N, 3, S, S), already resized to S x S (whole image, no
-crop); it normalises internally and returns the malignant probability (N,) and the logit (N,). Batch size is dynamic.
+crop); it normalises internally and returns the malignant probability (N,) and the raw logit (N,). Batch size is
+dynamic. The probability is sigmoid(logit / T), T being the operating point's temperature (1 without calibration),
+baked into the graph so that it equals predict's prob_malignant.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,28 +27,34 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 class Deployable(nn.Module):
-    """Normalisation + network + sigmoid in one graph, fp32, channels-first."""
+    """Normalisation + network + sigmoid(logit / T) in one graph, fp32, channels-first."""
 
-    def __init__(self, model: BCCClassifier) -> None:
+    def __init__(self, model: BCCClassifier, temperature: float = 1.0) -> None:
         super().__init__()
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise UserError(f"The operating point's temperature must be a positive number (got {temperature}); "
+                            f"re-run `bcc-eval ... calibrate=temperature` or pass a plain threshold.")
         self.normalise, self.backbone, self.head = model.normalise, model.backbone, model.head
+        self.temperature = float(temperature)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # [0, 1] in, as the sidecar documents; the model's own normalisation on the 0-255 scale.
         logits = self.head(self.backbone(self.normalise(images * 255))).squeeze(-1)
-        return torch.sigmoid(logits), logits
+        return torch.sigmoid(logits / self.temperature), logits
 
 
 def export_model(ckpt: Path, fmt: str, out: Path, threshold: float = 0.5, opset: int = 17,
                  check: bool = True, operating_point: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Export the checkpoint's model and write the sidecar JSON; `operating_point` (threshold, method, chosen_on)
-    records how the threshold was chosen (default: a fixed number)."""
+    """Export the checkpoint's model and write the sidecar JSON; `operating_point` (threshold, method, chosen_on,
+    temperature) records how the threshold was chosen (default: a fixed number). Its temperature is baked in."""
     if fmt not in FORMATS:
         raise UserError(f"format must be one of {list(FORMATS)}; got {fmt!r}.")
     checkpoint = read_checkpoint(ckpt)
     model = load_checkpoint(ckpt, checkpoint).float().to(memory_format=torch.contiguous_format)
     model.channels_last = False
-    wrapper = Deployable(model).eval()
+    point = operating_point or {"threshold": threshold, "method": "fixed", "chosen_on": None}
+    temperature = float(point.get("temperature", 1.0))
+    wrapper = Deployable(model, temperature).eval()
     size = model.preprocess.img_size
     example = torch.rand(2, 3, size, size)
     if fmt == "onnx":
@@ -74,12 +83,14 @@ def export_model(ckpt: Path, fmt: str, out: Path, threshold: float = 0.5, opset:
                                    f"({model.preprocess.interpolation}, no crop), divide by 255; mean/std "
                                    f"normalisation happens inside the model",
                   "mean": list(model.preprocess.mean), "std": list(model.preprocess.std)},
-        "outputs": {"prob_malignant": "probability of the malignant class, shape (batch,)",
-                    "logit": "the raw logit, shape (batch,)"},
+        "outputs": {"prob_malignant": f"probability of the malignant class, sigmoid(logit / {temperature:.6g}), "
+                                      f"shape (batch,)",
+                    "logit": "the raw logit (before the temperature), shape (batch,)"},
         "class_names": list(CLASS_NAMES),
         "positive_class": "malignant",
         "threshold": threshold,
-        "operating_point": operating_point or {"threshold": threshold, "method": "fixed", "chosen_on": None},
+        "temperature": temperature,
+        "operating_point": point,
         "backbone": model.hparams.model["name"],
         "timm_architecture": model.backbone_arch,
         "source_checkpoint": str(ckpt.resolve()),

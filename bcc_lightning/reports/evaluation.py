@@ -21,34 +21,58 @@ from bcc_lightning.data.demo import is_demo_root
 from bcc_lightning.data.imageio import load_rgb
 from bcc_lightning.data.labels import CLASS_NAMES
 from bcc_lightning.data.layout import group_of_paths
-from bcc_lightning.models.inference import predict_batches
+from bcc_lightning.models.inference import predict_view_logits, view_probabilities
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.reports.gradcam import save_overlays
-from bcc_lightning.reports.metrics import compute_metrics
-from bcc_lightning.reports.operating_point import choose_threshold, parse_operating_point
-from bcc_lightning.reports.plots import predictions_grid_figure, save_figure, training_curves_figure
+from bcc_lightning.reports.metrics import compute_metrics, expected_calibration_error
+from bcc_lightning.reports.operating_point import choose_threshold, fit_temperature, parse_operating_point
+from bcc_lightning.reports.plots import (
+    predictions_grid_figure,
+    referral_figure,
+    reliability_before_after_figure,
+    save_figure,
+    training_curves_figure,
+)
 from bcc_lightning.reports.predictions import prediction_rows, write_predictions
-from bcc_lightning.reports.report import write_metric_files, write_metrics_json, write_report_md
+from bcc_lightning.reports.report import referral_curve, write_metric_files, write_metrics_json, write_report_md
 from bcc_lightning.utils.config import log
 from bcc_lightning.utils.device import pick_device
 from bcc_lightning.utils.errors import UserError
 
 GROUP_RULES = ("any", "mean", "majority")
+CALIBRATIONS = ("temperature",)
+
+
+@dataclass
+class Scored:
+    """One split's images, true labels and logits, one column per TTA view (1 without TTA)."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    logits: torch.Tensor  # (N, V) float32
+
+    def probs(self, temperature: float = 1.0) -> np.ndarray:
+        """Malignant probabilities: mean over the views of sigmoid(logit / T) (as predict computes them)."""
+        return view_probabilities(self.logits, temperature)[0].numpy().astype(np.float64)
+
+    def spread(self, temperature: float = 1.0) -> np.ndarray | None:
+        """Standard deviation of the views' probabilities (None without TTA)."""
+        spread = view_probabilities(self.logits, temperature)[1]
+        return None if spread is None else spread.numpy().astype(np.float64)
 
 
 def _predict_split(model: BCCClassifier, datamodule: BCCDataModule, split: str, device: torch.device,
-                   precision: Any, tta: bool) -> tuple[list[Path], np.ndarray, np.ndarray]:
+                   precision: Any, tta: bool) -> Scored:
     dataset = datamodule.dataset(split)
     loader = datamodule.loader(split)
-    probs = predict_batches(model, (images for images, _ in loader), device, precision, tta)
+    logits = predict_view_logits(model, (images for images, _ in loader), device, precision, tta)
     paths = [p for p, _ in dataset.samples]
-    probs = probs.numpy().astype(np.float64)
-    bad = [str(paths[i]) for i in np.flatnonzero(~np.isfinite(probs))]
+    bad = [str(paths[i]) for i in np.flatnonzero(~torch.isfinite(logits).all(dim=1).numpy())]
     if bad:
         raise UserError(f"The model gave NaN or infinite probabilities for {len(bad)} {split} image(s), e.g. "
                         f"{', '.join(bad[:10])}. The checkpoint's weights are probably broken (a diverged run); "
                         f"evaluate an earlier checkpoint, or retrain with a lower learning rate or precision=32.")
-    return paths, np.array(dataset.labels, dtype=np.int64), probs
+    return Scored(paths, np.array(dataset.labels, dtype=np.int64), logits)
 
 
 def parse_threshold(value: Any) -> float | str:
@@ -150,6 +174,7 @@ class EvalSettings:
     report: Mapping[str, Any] = field(default_factory=dict)
     accelerator: str = "auto"
     precision: Any = "auto"
+    calibrate: str | None = None  # "temperature": fit T on the val logits before choosing the threshold
 
 
 @dataclass
@@ -159,6 +184,26 @@ class _OperatingPoint:
     info: dict[str, Any]  # metrics.json's 'operating_point'
     val_metrics: dict[str, Any] | None = None
     group_threshold: float | None = None
+    temperature: float = 1.0
+
+
+def parse_calibrate(value: Any) -> str | None:
+    """The eval `calibrate=` value: null/none/false (off) or temperature."""
+    if value is None or value is False or str(value).strip().lower() in ("", "none", "null", "off", "false"):
+        return None
+    text = str(value).strip().lower()
+    if text not in CALIBRATIONS:
+        raise UserError(f"calibrate={value!r} is not valid: pass calibrate=temperature (fit one temperature T on "
+                        f"the validation logits, so that sigmoid(logit / T) is calibrated) or calibrate=null.")
+    return text
+
+
+def _fit_temperature(labels: np.ndarray, logits: torch.Tensor) -> float:
+    try:
+        return fit_temperature(labels, logits.numpy())
+    except ValueError as exc:
+        raise UserError(f"calibrate=temperature fits T on the validation split, but {exc}. Evaluate a data root "
+                        f"whose val split has both classes, or pass calibrate=null.") from None
 
 
 def _fit_on_val(labels: np.ndarray, probs: np.ndarray, method: str, what: str) -> Any:
@@ -172,20 +217,41 @@ def _fit_on_val(labels: np.ndarray, probs: np.ndarray, method: str, what: str) -
 
 def _operating_point(model: BCCClassifier, datamodule: BCCDataModule, settings: EvalSettings,
                      device: torch.device) -> _OperatingPoint:
-    """The threshold and how it was chosen: a method is always fitted on val, never on the evaluated split."""
+    """The threshold and how it was chosen: a method is always fitted on val, never on the evaluated split.
+
+    With calibrate=temperature, T is fitted on the val logits first and the threshold is chosen on the calibrated
+    val probabilities (operating_point.fit_operating_point's order); T is stored with the threshold."""
     method = parse_threshold(settings.threshold)
-    if isinstance(method, float):
+    calibrate = parse_calibrate(settings.calibrate)
+    if settings.split == "val" and (calibrate or not isinstance(method, float)):
+        what = "calibrate=temperature fits T" if calibrate else f"threshold={method} is chosen"
+        raise UserError(f"{what} on the validation split, so evaluate split=test (or give a number"
+                        f"{' and calibrate=null' if calibrate else ''}).")
+    if isinstance(method, float) and not calibrate:
         return _OperatingPoint(method, "fixed", {"threshold": method, "method": "fixed", "chosen_on": None})
-    if settings.split == "val":
-        raise UserError(f"threshold={method} is chosen on the validation split, so evaluate split=test (or give "
-                        f"a number).")
-    paths, val_labels, val_probs = _predict_split(model, datamodule, "val", device, settings.precision, settings.tta)
-    chosen = _fit_on_val(val_labels, val_probs, method, "images")
-    info = {"threshold": chosen.threshold, "method": method, "chosen_on": "val", "criterion": chosen.criterion,
-            "value_on_val": chosen.value, "val_sensitivity": chosen.sensitivity,
-            "val_specificity": chosen.specificity, "n_val": chosen.n}
-    point = _OperatingPoint(chosen.threshold, f"{method}, chosen on the validation split", info,
-                            compute_metrics(val_labels, val_probs, chosen.threshold))
+    val = _predict_split(model, datamodule, "val", device, settings.precision, settings.tta)
+    paths, val_labels = val.paths, val.labels
+    temperature = _fit_temperature(val_labels, val.logits) if calibrate else 1.0
+    val_probs = val.probs(temperature)
+    if isinstance(method, float):
+        info: dict[str, Any] = {"threshold": method, "method": "fixed", "chosen_on": None}
+        point = _OperatingPoint(method, "fixed", info, compute_metrics(val_labels, val_probs, method))
+    else:
+        chosen = _fit_on_val(val_labels, val_probs, method, "images")
+        info = {"threshold": chosen.threshold, "method": method, "chosen_on": "val", "criterion": chosen.criterion,
+                "value_on_val": chosen.value, "val_sensitivity": chosen.sensitivity,
+                "val_specificity": chosen.specificity, "n_val": chosen.n}
+        point = _OperatingPoint(chosen.threshold, f"{method}, chosen on the validation split", info,
+                                compute_metrics(val_labels, val_probs, chosen.threshold))
+    if calibrate:
+        point.temperature = temperature
+        # ECE: positive (malignant) class, 10 equal-width bins, as compute_metrics reports it.
+        info.update(temperature=temperature, calibration="temperature scaling, T fitted on the val logits (NLL)",
+                    val_ece_before=expected_calibration_error(val_labels, val.probs(1.0)),
+                    val_ece_after=expected_calibration_error(val_labels, val_probs))
+        point.method += f"; temperature T = {temperature:.3f} fitted on the validation split"
+    if isinstance(method, float):
+        return point
     groups = _groups(datamodule.root, paths)
     if groups is not None and len(set(groups)) < len(groups):
         # The group rule turns image scores into group scores on another scale: choose its own threshold there.
@@ -238,9 +304,10 @@ def evaluate(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, sett
                         f"calls a patient malignant if any image is, 'mean' averages the probabilities, "
                         f"'majority' counts images.")
     point = _operating_point(model, datamodule, settings, device)
-    threshold = point.threshold
+    threshold, temperature = point.threshold, point.temperature
 
-    paths, labels, probs = _predict_split(model, datamodule, split, device, settings.precision, settings.tta)
+    scored = _predict_split(model, datamodule, split, device, settings.precision, settings.tta)
+    paths, labels, probs, spread = scored.paths, scored.labels, scored.probs(temperature), scored.spread(temperature)
     if len(labels) == 0:
         raise UserError(f"No images in {root}/{split}.")
     groups = _groups(root, paths)
@@ -249,7 +316,26 @@ def evaluate(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, sett
                                           groups if groups is not None and len(set(groups)) < len(groups) else None)
     resolved = root.resolve()
     write_predictions(outdir / "predictions.csv", prediction_rows(
-        [p.resolve().relative_to(resolved).as_posix() for p in paths], probs.tolist(), threshold, labels.tolist()))
+        [p.resolve().relative_to(resolved).as_posix() for p in paths], probs.tolist(), threshold, labels.tolist(),
+        method=str(point.info["method"]), spreads=None if spread is None else spread.tolist()))
+    calibration = None
+    if "temperature" in point.info:
+        before = scored.probs(1.0)
+        calibration = {"temperature": temperature, "ece_definition": "positive (malignant) class, 10 equal-width bins",
+                       "ece_before": expected_calibration_error(labels, before),
+                       "ece_after": metrics["ece"], "val_ece_before": point.info["val_ece_before"],
+                       "val_ece_after": point.info["val_ece_after"]}
+        figures["calibration_before_after.png"] = fig = reliability_before_after_figure(
+            labels, before, probs, temperature, f"Reliability diagram, {split} split, before/after temperature "
+            f"scaling (T = {temperature:.3f})")
+        save_figure(fig, outdir / "calibration_before_after.png", close=False)
+    uncertainty = "TTA std (spread of the 8 views)" if spread is not None else "closeness to the threshold |p - t|"
+    referral = {"uncertainty": uncertainty,
+                "points": referral_curve(labels, probs, threshold,
+                                         spread if spread is not None else -np.abs(probs - threshold))}
+    figures["referral_curve.png"] = fig = referral_figure(referral["points"], uncertainty,
+                                                          f"Referral curve, {split} split")
+    save_figure(fig, outdir / "referral_curve.png", close=False)
 
     ckpt_path = ckpt_path or outdir / "checkpoints" / "none.ckpt"
     curves_note = _training_curves(outdir, ckpt_path, checkpoint, figures)
@@ -271,7 +357,7 @@ def evaluate(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, sett
         "split": split, "data_root": str(resolved), "checkpoint": str(ckpt_path), "synthetic_data": synthetic,
         "model": model.hparams.model["name"], "img_size": model.preprocess.img_size, "tta": bool(settings.tta),
         "fold": datamodule.fold, "threshold_method": point.method, "operating_point": point.info,
-        "metrics": metrics, "val_metrics": point.val_metrics,
+        "metrics": metrics, "val_metrics": point.val_metrics, "calibration": calibration, "referral": referral,
         "group_metrics": group_metrics(root, paths, labels, probs, threshold, settings.group_rule,
                                        point.group_threshold),
     }
@@ -279,6 +365,7 @@ def evaluate(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, sett
         result["leakage"] = leakage
     write_metrics_json(outdir, result)
     extra = [name for name in ("training_curves.png", "predictions_grid.png") if name in figures]
+    # calibration_before_after.png and referral_curve.png have their own sections in report.md.
     write_report_md(outdir, result, extra, cams, curves_note)
     if tensorboard is not None:
         _to_tensorboard(tensorboard, split, metrics, figures)
@@ -302,7 +389,8 @@ def _to_tensorboard(writer: Any, split: str, metrics: dict[str, Any], figures: d
 def predict_split_csv(model: BCCClassifier, datamodule: BCCDataModule, split: str, out: Path,
                       accelerator: str = "auto", precision: Any = "auto") -> Path:
     """predictions.csv of one split (the validation fold of cross-validation runs: used for model selection)."""
-    paths, labels, probs = _predict_split(model, datamodule, split, pick_device(accelerator), precision, False)
+    scored = _predict_split(model, datamodule, split, pick_device(accelerator), precision, False)
     resolved = datamodule.root.resolve()
-    return write_predictions(out, prediction_rows([p.resolve().relative_to(resolved).as_posix() for p in paths],
-                                                  probs.tolist(), 0.5, labels.tolist()))
+    return write_predictions(out, prediction_rows([p.resolve().relative_to(resolved).as_posix()
+                                                   for p in scored.paths], scored.probs().tolist(), 0.5,
+                                                  scored.labels.tolist(), method="fixed"))

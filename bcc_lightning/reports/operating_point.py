@@ -9,19 +9,29 @@ A threshold chosen on uncalibrated probabilities is on another scale and must no
 `fit_operating_point` does steps 1-3 in this order.
 
 A prediction is malignant when prob >= threshold.
+
+Logits may be one per image (N,) or one per TTA view (N, V): the probability is then the mean over the views of
+sigmoid(logit / T), the same rule as inference.view_probabilities, so T is fitted on what predict will compute.
+
+`resolve_operating_point` turns predict's and export's `threshold=` (a number, an evaluation's metrics.json, or
+`auto`) into (threshold, operating point); the point carries the temperature when the evaluation calibrated.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import optimize
-from scipy.special import expit
+from scipy.special import expit, logsumexp
+
+from bcc_lightning.utils.errors import UserError
 
 OPERATING_POINT_FORMS = ("youden", "f1", "sensitivity@X", "specificity@X", "a number in [0, 1]")
 _TARGET = re.compile(r"^(sensitivity|specificity)@(.+)$")
@@ -153,7 +163,9 @@ def choose_threshold(labels: Any, probs: Any, method: str | float) -> OperatingP
 
 
 def _logits(values: Any) -> np.ndarray:
-    z = np.asarray(values, dtype=np.float64).ravel()
+    """(N,) logits, or (N, V) with one column per TTA view; a single view column is flattened."""
+    z = np.asarray(values, dtype=np.float64)
+    z = z[:, 0] if z.ndim == 2 and z.shape[1] == 1 else (z if z.ndim == 2 else z.ravel())
     if not np.all(np.isfinite(z)):
         raise ValueError("logits must be finite")
     return z
@@ -161,8 +173,13 @@ def _logits(values: Any) -> np.ndarray:
 
 def _nll(labels: np.ndarray, logits: np.ndarray, temperature: float) -> float:
     z = logits / temperature
-    # -log sigmoid(z) for malignant, -log(1 - sigmoid(z)) for benign, without overflow.
-    return float(np.mean(np.logaddexp(0.0, z) - labels * z))
+    if z.ndim == 1:
+        # -log sigmoid(z) for malignant, -log(1 - sigmoid(z)) for benign, without overflow.
+        return float(np.mean(np.logaddexp(0.0, z) - labels * z))
+    # Views: log of the mean of sigmoid(z_v) (and of 1 - sigmoid) via logsumexp, stable for large |z|.
+    log_p = logsumexp(-np.logaddexp(0.0, -z), axis=1) - math.log(z.shape[1])
+    log_q = logsumexp(-np.logaddexp(0.0, z), axis=1) - math.log(z.shape[1])
+    return float(-np.mean(labels * log_p + (1 - labels) * log_q))
 
 
 def fit_temperature(labels: Any, logits: Any) -> float:
@@ -173,8 +190,8 @@ def fit_temperature(labels: Any, logits: Any) -> float:
     """
     y = np.asarray(labels).ravel()
     z = _logits(logits)
-    if len(y) != len(z):
-        raise ValueError(f"labels and logits differ in length: {len(y)} vs {len(z)}")
+    if len(y) != z.shape[0]:
+        raise ValueError(f"labels and logits differ in length: {len(y)} vs {z.shape[0]}")
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0 (benign) or 1 (malignant)")
     if len(y) == 0 or y.min() == y.max():
@@ -194,10 +211,11 @@ def fit_temperature(labels: Any, logits: Any) -> float:
 
 
 def apply_temperature(logits: Any, temperature: float) -> np.ndarray:
-    """Calibrated probabilities sigmoid(logit / T)."""
+    """Calibrated probabilities sigmoid(logit / T); for (N, V) view logits, the mean over the views."""
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
-    return expit(_logits(logits) / temperature)
+    probs = expit(_logits(logits) / temperature)
+    return probs.mean(axis=1) if probs.ndim == 2 else probs
 
 
 def logits_from_probs(probs: Any, eps: float = 1e-7) -> np.ndarray:
@@ -212,3 +230,61 @@ def fit_operating_point(labels: Any, logits: Any, method: str | float,
     on the calibrated probabilities. With calibrate=False, T = 1."""
     temperature = fit_temperature(labels, logits) if calibrate else 1.0
     return temperature, choose_threshold(labels, apply_temperature(logits, temperature), method)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# predict's and export's threshold=
+# ---------------------------------------------------------------------------------------------------------------
+
+NO_EVALUATION = "fixed (no evaluation found)"
+
+
+def _point_from_metrics(path: Path, value: Any) -> tuple[float, dict[str, Any]]:
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"threshold={value}: could not read {path} as JSON ({exc}); pass an evaluation's "
+                        f"metrics.json, a number, or threshold=auto.") from None
+    point = body.get("operating_point") if isinstance(body, dict) else None
+    if not isinstance(point, dict) or not isinstance(point.get("threshold"), (int, float)):
+        raise UserError(f"{path} has no operating_point with a threshold: it is not an evaluation's metrics.json "
+                        f"from this version. Re-run `bcc-eval ckpt=... threshold=youden` and pass its metrics.json, "
+                        f"or give the number.")
+    temperature = point.get("temperature", 1.0)
+    if not isinstance(temperature, (int, float)) or not (math.isfinite(temperature) and temperature > 0):
+        raise UserError(f"{path}: operating_point.temperature is {temperature!r}, not a positive number; re-run "
+                        f"`bcc-eval ... calibrate=temperature` to write a valid one, or pass a number instead.")
+    return float(point["threshold"]), {**point, "source": str(path.resolve())}
+
+
+def resolve_operating_point(value: Any, ckpt: Path | None = None) -> tuple[float, dict[str, Any]]:
+    """(threshold, operating point) for predict and export from `threshold=`:
+
+    - a number in [0, 1]: that threshold (method 'fixed');
+    - the path of an evaluation's metrics.json: its operating_point (method, temperature, ...) with `source`;
+    - `auto`: the operating point of the checkpoint's own run (<run>/test/metrics.json, the run being
+      ckpt.parent.parent), else 0.5 with the method 'fixed (no evaluation found)'.
+    The point's 'temperature' (default 1) goes with the threshold: probabilities are sigmoid(logit / T).
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        candidate = ckpt.expanduser().resolve().parent.parent / "test" / "metrics.json" if ckpt else None
+        if candidate is not None and candidate.is_file():
+            return _point_from_metrics(candidate, value)
+        return 0.5, {"threshold": 0.5, "method": NO_EVALUATION, "chosen_on": None}
+    number: float | None
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is not None:
+        if not (math.isfinite(number) and 0 <= number <= 1):
+            raise UserError(f"threshold={value} must lie in [0, 1], be the path of an evaluation's metrics.json, "
+                            f"or be auto (the operating point of the checkpoint's own run).")
+        return number, {"threshold": number, "method": "fixed", "chosen_on": None}
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise UserError(f"threshold={value!r} is neither a number in [0, 1] nor an existing file. Pass e.g. "
+                        f"threshold=0.5, threshold=auto (the checkpoint's own run's evaluation), or "
+                        f"threshold=outputs/eval/<run>/metrics.json from `bcc-eval threshold=youden` to copy the "
+                        f"threshold chosen on the validation split.")
+    return _point_from_metrics(path, value)

@@ -132,3 +132,56 @@ def predictions_grid_figure(images: list[Any], labels: list[int], probs: list[fl
                 spine.set_linewidth(3)
     fig.suptitle(title or f"Random test predictions (threshold {threshold:.2f}; red = wrong)")
     return fig
+
+
+def reliability_before_after_figure(labels: np.ndarray, before: np.ndarray, after: np.ndarray, temperature: float,
+                                    title: str = "") -> plt.Figure:
+    """Reliability diagrams before and after temperature scaling on one axis (positive class, 10 equal-width
+    bins), with each curve's ECE."""
+    from bcc_lightning.reports.metrics import calibration_bins, expected_calibration_error
+
+    fig, ax = plt.subplots(figsize=(5, 5), constrained_layout=True)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    for probs, name, style in ((before, "before (T = 1)", "o-"), (after, f"after (T = {temperature:.3f})", "s-")):
+        rows = calibration_bins(labels, probs)
+        ece = expected_calibration_error(labels, probs)
+        ax.plot([r["mean_prob"] for r in rows], [r["fraction_malignant"] for r in rows], style, lw=2,
+                label=f"{name}, ECE {ece:.3f}" if ece is not None else name)
+    ax.set(xlabel="predicted probability of malignant", ylabel="observed fraction malignant", xlim=(0, 1),
+           ylim=(0, 1.01), title=title or "Reliability diagram before/after temperature scaling")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def referral_figure(points: list[dict[str, Any]], uncertainty: str, title: str = "") -> plt.Figure:
+    """Accuracy and sensitivity of the kept images against the fraction of the most uncertain images referred."""
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    fractions = [p["referred_fraction"] for p in points]
+    for key, style in (("accuracy", "o-"), ("sensitivity", "s-")):
+        values = [np.nan if p[key] is None else p[key] for p in points]
+        ax.plot(fractions, values, style, lw=2, label=key)
+    ax.set(xlabel=f"fraction referred (most uncertain first; {uncertainty})", ylabel="on the kept images",
+           ylim=(0, 1.01), title=title or "Referral curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def compare_roc_figure(labels: np.ndarray, curves: list[tuple[str, np.ndarray, float, float | None]],
+                       title: str = "") -> plt.Figure:
+    """Overlaid ROC curves of models scored on the same images; curves: (name, probs, threshold, AUROC)."""
+    from bcc_lightning.reports.metrics import roc_points
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5), constrained_layout=True)
+    for (name, probs, threshold, auroc), color in zip(curves, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+        fpr, tpr, _ = roc_points(labels, probs)
+        ax.plot(fpr, tpr, lw=2, color=color, label=f"{name} (AUROC {auroc:.3f})" if auroc is not None else name)
+        pred = probs >= threshold
+        pos, neg = max(int(labels.sum()), 1), max(int((1 - labels).sum()), 1)
+        ax.scatter([np.sum(pred & (labels == 0)) / neg], [np.sum(pred & (labels == 1)) / pos], color=color,
+                   edgecolor="black", zorder=3, label=f"{name} at threshold {threshold:.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+           xlim=(0, 1), ylim=(0, 1.01), title=title or "ROC curves on the same images (malignant = positive)")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig

@@ -25,6 +25,27 @@ FIGURES = ("confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration
 INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "recall", "specificity", "precision", "npv", "f1", "auroc", "auprc",
                  "brier", "ece")
 N_RESAMPLES = 1000  # enough for 95 % endpoints to ~0.01 and fast on tens of thousands of images
+REFERRAL_FRACTIONS = tuple(round(0.05 * k, 2) for k in range(11))  # refer 0 % .. 50 % of the images
+
+
+def referral_curve(labels: Any, probs: Any, threshold: float, uncertainty: Any,
+                   fractions: tuple[float, ...] = REFERRAL_FRACTIONS) -> list[dict[str, Any]]:
+    """Accuracy and sensitivity of the images kept when the most uncertain fraction is referred to a pathologist.
+
+    Higher `uncertainty` is referred first; ties keep the input order (a stable sort). Sensitivity is None when no
+    malignant image is kept."""
+    y = np.asarray(labels, dtype=np.int64)
+    pred = np.asarray(probs, dtype=np.float64) >= threshold
+    order = np.argsort(-np.asarray(uncertainty, dtype=np.float64), kind="stable")
+    points = []
+    for fraction in fractions:
+        kept = order[int(round(fraction * len(y))):]
+        y_kept, pred_kept = y[kept], pred[kept]
+        malignant = int(y_kept.sum())
+        points.append({"referred_fraction": float(fraction), "kept": int(len(kept)),
+                       "accuracy": float(np.mean(pred_kept == y_kept)) if len(kept) else None,
+                       "sensitivity": float(np.mean(pred_kept[y_kept == 1])) if malignant else None})
+    return points
 
 
 def metric_cis(labels: Any, probs: Any, threshold: float, groups: Any = None) -> dict[str, dict[str, Any]]:
@@ -138,6 +159,8 @@ def write_report_md(outdir: Path, result: dict[str, Any], extra_figures: list[st
         lines += [f"Group level ({g['n']} groups from manifest.csv, {rule}; threshold {g['threshold']:.4f}): accuracy "
                   f"{_fmt(g['accuracy'])}, sensitivity {_fmt(g['recall'])}, specificity {_fmt(g['specificity'])}, "
                   f"AUROC {_fmt(g['auroc'])}.", ""]
+    lines += _calibration_section(result.get("calibration"))
+    lines += _referral_section(result.get("referral"))
     lines += ["## Classification report", "", "```", (outdir / "classification_report.txt").read_text().rstrip(),
               "```", "", "## Figures", ""]
     for name in (*FIGURES, *extra_figures):
@@ -155,6 +178,33 @@ def write_report_md(outdir: Path, result: dict[str, Any], extra_figures: list[st
     lines += ["Files: `metrics.json`, `predictions.csv`, `classification_report.txt`, the figures above"
               + (", `gradcam/`" if cams else "") + "."]
     return write_text(outdir / "report.md", "\n".join(lines) + "\n")
+
+
+def _calibration_section(calibration: dict[str, Any] | None) -> list[str]:
+    if not calibration:
+        return []
+    return ["## Calibration (temperature scaling)", "",
+            f"Temperature T = {calibration['temperature']:.4f}, fitted on the validation logits (minimum NLL); "
+            f"probabilities are sigmoid(logit / T) and the threshold above was chosen on them. T travels with the "
+            f"threshold in metrics.json's operating_point into predict and export.", "",
+            f"Expected calibration error (ECE; {calibration['ece_definition']}): test {_fmt(calibration['ece_before'])}"
+            f" before, {_fmt(calibration['ece_after'])} after; validation {_fmt(calibration['val_ece_before'])} "
+            f"before, {_fmt(calibration['val_ece_after'])} after.", "",
+            "![calibration_before_after.png](calibration_before_after.png)", ""]
+
+
+def _referral_section(referral: dict[str, Any] | None) -> list[str]:
+    if not referral:
+        return []
+    lines = ["## Referral curve (per-image uncertainty)", "",
+             f"The most uncertain images are referred first (uncertainty: {referral['uncertainty']}); accuracy and "
+             f"sensitivity are of the images kept.", "",
+             "| referred | kept | accuracy | sensitivity |", "|---|---|---|---|"]
+    for point in referral["points"]:
+        if round(point["referred_fraction"] * 100) % 10 == 0:
+            lines.append(f"| {point['referred_fraction']:.0%} | {point['kept']} | {_fmt(point['accuracy'])} | "
+                         f"{_fmt(point['sensitivity'])} |")
+    return lines + ["", "![referral_curve.png](referral_curve.png)", ""]
 
 
 def write_metrics_json(outdir: Path, result: dict[str, Any]) -> Path:

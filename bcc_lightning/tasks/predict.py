@@ -1,5 +1,9 @@
 """`bcc-predict ckpt=PATH input=FILE_OR_DIR [out=preds.csv] [cam=true]` (also `python -m bcc_lightning.tasks.predict`):
-classify new images; predictions.csv has the same schema as evaluation's (true_label empty)."""
+classify new images; predictions.csv has the same schema as evaluation's (true_label empty).
+
+threshold=auto (the default) takes the operating point of the checkpoint's own run (<run>/test/metrics.json), with
+its temperature when that evaluation calibrated; a number or an evaluation's metrics.json can be given instead.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
 from bcc_lightning.data.layout import is_image_file
 from bcc_lightning.data.preprocess import Preprocess, to_pixels
 from bcc_lightning.models.checkpoint import load_checkpoint
-from bcc_lightning.models.inference import predict_batches
+from bcc_lightning.models.inference import predict_view_logits, view_probabilities
 from bcc_lightning.reports.gradcam import save_overlays
+from bcc_lightning.reports.operating_point import resolve_operating_point
 from bcc_lightning.reports.predictions import prediction_rows, write_predictions
 from bcc_lightning.utils.config import check_config, run_dir
 from bcc_lightning.utils.device import pick_device, resolve_num_workers
@@ -52,13 +57,29 @@ class _Files(Dataset):
             return torch.zeros(3, size, size, dtype=torch.uint8), str(exc).split(": ", 1)[-1]
 
 
-def predict(ckpt: Path, target: Path, out: Path, threshold: float = 0.5, batch_size: int = 64,
+def threshold_label(point: dict[str, Any]) -> str:
+    """How the threshold was chosen, with its temperature and source: predictions.csv's threshold_method."""
+    text = str(point.get("method", "fixed"))
+    temperature = float(point.get("temperature", 1.0))
+    if temperature != 1.0:
+        text += f"; temperature T = {temperature:.6g}"
+    return text + (f"; from {point['source']}" if point.get("source") else "")
+
+
+def predict(ckpt: Path, target: Path, out: Path, threshold: Any = "auto", batch_size: int = 64,
             num_workers: Any = "auto", accelerator: str = "auto", precision: Any = "auto", tta: bool = False,
             cam: bool = False, cam_dir: Path | None = None, cam_layer: str | None = None,
-            progress: bool = False) -> list[dict[str, Any]]:
-    """Write `out` (CSV) with one row per image; returns the rows."""
+            progress: bool = False, point: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Write `out` (CSV) with one row per image; returns the rows.
+
+    threshold: a number, an evaluation's metrics.json or auto (see resolve_operating_point); `point` (already
+    resolved) wins over it. Probabilities are sigmoid(logit / T) with the operating point's temperature T."""
+    if point is None:
+        threshold, point = resolve_operating_point(threshold, ckpt)
+    threshold = float(point["threshold"])
     if not 0 < threshold < 1:
         raise UserError(f"threshold must lie strictly between 0 and 1; got {threshold}.")
+    temperature = float(point.get("temperature", 1.0))
     model = load_checkpoint(ckpt)
     files = find_images(target)
     device = pick_device(accelerator)
@@ -77,8 +98,9 @@ def predict(ckpt: Path, target: Path, out: Path, threshold: float = 0.5, batch_s
             errors.extend(reasons)
             yield images
 
-    probs = predict_batches(model, batches(), device, precision, tta).tolist()
-    rows = prediction_rows([str(path) for path in files], probs, threshold, errors=errors)
+    probs, spread = view_probabilities(predict_view_logits(model, batches(), device, precision, tta), temperature)
+    rows = prediction_rows([str(path) for path in files], probs.tolist(), threshold, errors=errors,
+                           method=threshold_label(point), spreads=None if spread is None else spread.tolist())
     write_predictions(out, rows)
     if cam:
         items = [{"path": Path(r["path"]), "predicted": int(r["prob_malignant"] >= threshold),
@@ -97,18 +119,22 @@ def predict(ckpt: Path, target: Path, out: Path, threshold: float = 0.5, batch_s
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     if not cfg.get("ckpt") or not cfg.get("input"):
         raise UserError("Usage: bcc-predict ckpt=PATH input=FILE_OR_DIR [out=preds.csv] "
-                        "[threshold=0.5] [cam=true]")
+                        "[threshold=auto|0.5|PATH/metrics.json] [cam=true]")
     out = Path(cfg.out) if cfg.get("out") else run_dir() / "predictions.csv"
     progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
     check_config(cfg)
-    rows = predict(Path(cfg.ckpt).expanduser(), Path(cfg.input).expanduser(), out, float(cfg.threshold),
+    ckpt = Path(cfg.ckpt).expanduser()
+    threshold, point = resolve_operating_point(cfg.threshold, ckpt)
+    print(f"Threshold {threshold:.4f} ({threshold_label(point)})")
+    rows = predict(ckpt, Path(cfg.input).expanduser(), out, threshold,
                    int(cfg.data.batch_size), cfg.data.num_workers, str(cfg.trainer.accelerator),
                    cfg.trainer.precision, bool(cfg.tta),
-                   bool(cfg.cam), Path(cfg.cam_dir) if cfg.get("cam_dir") else None, cfg.get("cam_layer"), progress)
+                   bool(cfg.cam), Path(cfg.cam_dir) if cfg.get("cam_dir") else None, cfg.get("cam_layer"), progress,
+                   point=point)
     failed = sum(1 for r in rows if r["error"])
     malignant = sum(1 for r in rows if r["pred_label"] == "malignant")
     print(f"{len(rows)} images: {malignant} malignant, {len(rows) - malignant - failed} benign, {failed} unreadable "
-          f"(see the error column). Written to {out}")
+          f"(see the error column) at threshold {threshold:.4f} ({threshold_label(point)}). Written to {out}")
     return rows
 
 

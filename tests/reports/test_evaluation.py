@@ -209,22 +209,27 @@ def test_non_finite_probabilities_name_the_images(trained_run: Path, tmp_path: P
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from bcc_lightning.reports import evaluation as report_evaluation
 
-    monkeypatch.setattr(report_evaluation, "predict_batches",
-                        lambda model, batches, *a, **k: torch.full((sum(len(b) for b in batches),), float("nan")))
+    monkeypatch.setattr(report_evaluation, "predict_view_logits",
+                        lambda model, batches, *a, **k: torch.full((sum(len(b) for b in batches), 1), float("nan")))
     with pytest.raises(UserError, match=r"NaN or infinite probabilities for \d+ test image\(s\), e.g. .*\.png"):
         run_eval(trained_run, tmp_path, monkeypatch, "report.cam_per_group=0", "report.grid_size=0")
 
 
 def test_export_threshold_from_metrics_json(tmp_path: Path) -> None:
-    from bcc_lightning.tasks.export import resolve_threshold
+    from bcc_lightning.reports.operating_point import resolve_operating_point
 
-    assert resolve_threshold(0.3) == (0.3, {"threshold": 0.3, "method": "fixed", "chosen_on": None})
+    assert resolve_operating_point(0.3) == (0.3, {"threshold": 0.3, "method": "fixed", "chosen_on": None})
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"operating_point": {"threshold": 0.42, "method": "youden", "chosen_on": "val"}}))
-    threshold, point = resolve_threshold(str(metrics))
+    threshold, point = resolve_operating_point(str(metrics))
     assert threshold == 0.42 and point["method"] == "youden" and point["chosen_on"] == "val"
     (tmp_path / "old.json").write_text("{}")
     with pytest.raises(UserError, match="no operating_point"):
-        resolve_threshold(str(tmp_path / "old.json"))
+        resolve_operating_point(str(tmp_path / "old.json"))
     with pytest.raises(UserError, match="neither a number"):
-        resolve_threshold("youden")
+        resolve_operating_point("youden")
+    with pytest.raises(UserError, match="must lie in"):
+        resolve_operating_point(1.5)
+    metrics.write_text(json.dumps({"operating_point": {"threshold": 0.4, "temperature": -1}}))
+    with pytest.raises(UserError, match="not a positive number"):
+        resolve_operating_point(str(metrics))

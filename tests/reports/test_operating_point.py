@@ -179,3 +179,15 @@ def test_temperature_edge_cases():
         op.apply_temperature([0.1], 0.0)
     probs = np.array([0.1, 0.5, 0.9])
     assert op.apply_temperature(op.logits_from_probs(probs), 1.0) == pytest.approx(probs)
+
+
+def test_temperature_over_tta_views_matches_the_mean_of_view_probabilities():
+    rng = np.random.default_rng(2)
+    base = rng.normal(0, 1.5, 3000)
+    y = (rng.random(3000) < 1 / (1 + np.exp(-base))).astype(int)
+    views = 3.0 * (base[:, None] + rng.normal(0, 0.2, (3000, 8)))  # 8 over-confident TTA views
+    temperature = op.fit_temperature(y, views)
+    assert 2.0 < temperature < 4.0
+    expected = (1 / (1 + np.exp(-views / temperature))).mean(axis=1)
+    assert op.apply_temperature(views, temperature) == pytest.approx(expected)
+    assert op.apply_temperature(views[:, :1], 1.5) == pytest.approx(op.apply_temperature(views[:, 0], 1.5))
