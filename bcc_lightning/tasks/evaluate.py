@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 from bcc_lightning.data.audit import audit_gate, audit_workers
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
-from bcc_lightning.reports.evaluation import EvalSettings
-from bcc_lightning.tasks.train import evaluate_with_leakage
+from bcc_lightning.reports.card import write_card
+from bcc_lightning.reports.evaluation import EvalSettings, evaluate
 from bcc_lightning.utils.config import check_config, log, run_dir
 from bcc_lightning.utils.device import pick_device
 from bcc_lightning.utils.errors import UserError
@@ -51,18 +51,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          workers=audit_workers(cfg.data.get("num_workers")), cache_setting=cfg.data.get("cache"),
                          warn=log.warning)
     settings = EvalSettings(split=cfg.split, threshold=cfg.threshold, tta=bool(cfg.tta), report=cfg.report,
-                            accelerator=accelerator, precision=cfg.trainer.precision)
+                            accelerator=accelerator, precision=cfg.trainer.precision,
+                            group_rule=str(cfg.get("group_rule", "any")), calibrate=cfg.get("calibrate"))
     writer = None
     if "tensorboard" in (cfg.get("logger") or {}):
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(outdir / "tensorboard"))
     try:
-        result = evaluate_with_leakage(leakage, model, datamodule, outdir, settings, ckpt, checkpoint,
-                                       tensorboard=writer)
+        result = evaluate(model, datamodule, outdir, settings, ckpt, checkpoint, tensorboard=writer, leakage=leakage)
     finally:
         if writer is not None:
             writer.close()
+    write_card(outdir, dict(model.hparams), result, str(ckpt))
     print((outdir / "classification_report.txt").read_text())
     if leakage is not None and not leakage["clean"]:
         print(f"WARNING (leakage): {leakage['verdict']}")

@@ -13,7 +13,7 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from bcc_lightning.callbacks.history import History
@@ -24,14 +24,19 @@ from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.demo import generate, is_demo_root
 from bcc_lightning.data.layout import SPLITS
 from bcc_lightning.data.preprocess import Preprocess
-from bcc_lightning.models.backbones import resolve_preprocess
+from bcc_lightning.models.backbones import initialisation_text, resolve_preprocess
 from bcc_lightning.models.checkpoint import AtomicCheckpointIO, load_checkpoint, read_checkpoint
 from bcc_lightning.models.module import BCCClassifier
+from bcc_lightning.reports.card import write_card
 from bcc_lightning.reports.evaluation import EvalSettings, evaluate, predict_split_csv
 from bcc_lightning.reports.report import write_metrics_json
 from bcc_lightning.utils.config import check_config, log, run_dir, to_dict
 from bcc_lightning.utils.device import pick_device, resolve_precision
 from bcc_lightning.utils.errors import UserError
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def progress_bar_kind(setting: Any) -> str:
@@ -55,7 +60,9 @@ def _instantiate(name: str, spec: Any, defaults: dict[str, Any]) -> Any:
     try:
         return hydra.utils.instantiate(OmegaConf.create({"_target_": spec._target_}), **options)
     except Exception as exc:
-        raise UserError(f"Cannot build {name} ({spec._target_}): {str(exc).splitlines()[0][:300]}") from exc
+        cause = exc.__cause__ or exc  # Hydra wraps the real error in "Error in call to target ..."
+        raise UserError(f"Cannot build {name} ({spec._target_}): {type(cause).__name__}: "
+                        f"{str(cause).splitlines()[0][:300]}") from exc
 
 
 def build_callbacks(cfg: DictConfig, outdir: Path) -> tuple[list[Callback], ModelCheckpoint]:
@@ -85,7 +92,9 @@ def build_loggers(cfg: DictConfig, outdir: Path) -> list[Logger]:
             continue
         target = hydra.utils.get_class(spec._target_) if isinstance(spec, DictConfig) and "_target_" in spec else None
         wants_dir = target is not None and "save_dir" in inspect.signature(target).parameters
-        loggers.append(_instantiate(f"logger.{name}", spec, {"save_dir": str(outdir)} if wants_dir else {}))
+        # Null paths and names mean: this run's directory, and the run's name (the job number in a sweep).
+        defaults = {"run_name": outdir.name, "name": outdir.name, **({"save_dir": str(outdir)} if wants_dir else {})}
+        loggers.append(_instantiate(f"logger.{name}", spec, defaults))
     return loggers
 
 
@@ -172,20 +181,6 @@ def build(cfg: DictConfig, outdir: Path) -> tuple[BCCClassifier, BCCDataModule, 
     return model, datamodule, data_info
 
 
-def evaluate_with_leakage(leakage: dict[str, Any] | None, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """reports.evaluation.evaluate, with the audit summary in metrics.json ('leakage') and the report's banner.
-
-    Older evaluate() versions without a `leakage` parameter get it added to metrics.json afterwards."""
-    outdir = Path(args[2] if len(args) > 2 else kwargs["outdir"])
-    if "leakage" in inspect.signature(evaluate).parameters:
-        return evaluate(*args, leakage=leakage, **kwargs)
-    result = evaluate(*args, **kwargs)
-    if leakage is not None:
-        result["leakage"] = leakage
-        write_metrics_json(outdir, result)
-    return result
-
-
 def audit_data(cfg: DictConfig, datamodule: BCCDataModule) -> dict[str, Any] | None:
     """data.audit=warn|error|off on the splits this run uses (its root and fold), before any training."""
     return audit_gate(cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
@@ -202,8 +197,8 @@ def test_best(cfg: DictConfig, model: BCCClassifier, datamodule: BCCDataModule, 
     writer = next((lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
     settings = EvalSettings(split="test", report=cfg.report, accelerator=str(cfg.trainer.accelerator),
                             precision=trainer.precision)
-    result = evaluate_with_leakage(leakage, tested, datamodule, outdir / "test", settings,
-                                   Path(best_path) if best_path else None, tensorboard=writer)
+    result = evaluate(tested, datamodule, outdir / "test", settings, Path(best_path) if best_path else None,
+                      tensorboard=writer, leakage=leakage)
     if cfg.data.get("fold") is not None:  # the validation fold's predictions, for bcc-aggregate
         predict_split_csv(tested, datamodule, "val", outdir / "val_predictions.csv",
                           accelerator=str(cfg.trainer.accelerator), precision=trainer.precision)
@@ -214,10 +209,34 @@ def test_best(cfg: DictConfig, model: BCCClassifier, datamodule: BCCDataModule, 
     result.update({"monitor": checkpoint.monitor, "best_monitor_value": float(best) if best is not None else None,
                    "epochs_trained": trainer.current_epoch, "run_dir": str(outdir),
                    "checkpoint": best_path or None})
-    if leakage is not None:
-        result["leakage"] = leakage
     write_metrics_json(outdir, result)
+    write_card(outdir, dict(tested.hparams), result, best_path or None)
     return result
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix.rstrip("."): data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def record_in_trackers(cfg: DictConfig, loggers: list[Logger], outdir: Path) -> None:
+    """The composed config as params (every logger), and for MLflow the report, metrics.json and model card as
+    artifacts of the run (per-epoch metrics went there during training)."""
+    params = _flatten(to_dict(cfg))
+    for lg in loggers:
+        lg.log_hyperparams(params)
+        if isinstance(lg, MLFlowLogger):
+            for name in ("metrics.json", "model_card.md", "model_card.json", "history.csv"):
+                if (outdir / name).is_file():
+                    lg.experiment.log_artifact(lg.run_id, str(outdir / name))
+            lg.experiment.log_artifacts(lg.run_id, str(outdir / "test"), artifact_path="report")
+        lg.finalize("success")
+        if isinstance(lg, WandbLogger):
+            lg.experiment.finish()  # flushes the offline run to disk now, not at interpreter exit
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -232,8 +251,8 @@ def run(cfg: DictConfig) -> float | None:
     callbacks, checkpoint = build_callbacks(cfg, outdir)
     loggers = build_loggers(cfg, outdir)
     trainer = build_trainer(cfg, callbacks, loggers or False, outdir)
-    log.info("Backbone %s at %d px, precision %s, run directory %s", cfg.model.name, model.preprocess.img_size,
-             trainer.precision, outdir)
+    log.info("Backbone %s at %d px, initialisation %s, precision %s, run directory %s", cfg.model.name,
+             model.preprocess.img_size, initialisation_text(model.hparams.initialisation), trainer.precision, outdir)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger) and data_info["synthetic_data"]:
             logger.experiment.add_text("note", "SYNTHETIC DEMO DATA: not real microscopy images.")
@@ -243,12 +262,13 @@ def run(cfg: DictConfig) -> float | None:
     trainer.fit(fit_model, datamodule=datamodule, ckpt_path=resume_path(cfg, outdir))
 
     result = test_best(cfg, model, datamodule, checkpoint, trainer, loggers, outdir, leakage)
+    record_in_trackers(cfg, loggers, outdir)
     m = result["metrics"]
     print(f"\nRun directory: {outdir}")
     print(f"Best checkpoint: {result['checkpoint'] or '(none written: fast_dev_run)'}")
-    print(f"Test ({m['n']} images{', SYNTHETIC DEMO DATA' if data_info['synthetic_data'] else ''}): accuracy "
-          f"{m['accuracy']:.4f}, sensitivity {m['recall']:.4f}, specificity {m['specificity']:.4f}, AUROC "
-          f"{m['auroc'] or float('nan'):.4f}")
+    shown = (("accuracy", "accuracy"), ("recall", "sensitivity"), ("specificity", "specificity"), ("auroc", "AUROC"))
+    print(f"Test ({m['n']} images{', SYNTHETIC DEMO DATA' if data_info['synthetic_data'] else ''}): "
+          + ", ".join(f"{name} {_fmt(m.get(key))}" for key, name in shown))
     if leakage is not None and not leakage["clean"]:
         print(f"WARNING (leakage): {leakage['verdict']}")
     best = result["best_monitor_value"]

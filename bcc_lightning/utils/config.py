@@ -21,6 +21,25 @@ def config_dir() -> Path:
     return _PACKAGE / "conf"
 
 
+def store_dir(name: str = "") -> str:
+    """A store shared by the jobs of a sweep (<sweep dir>/name) or a single run's own (<run dir>/name); outside Hydra,
+    the current directory. The MLflow logger's default: one experiment per sweep, one run per job."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        base = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else run_dir()
+    except ValueError:
+        base = Path.cwd()
+    folder = (base / name).resolve()
+    folder.mkdir(parents=True, exist_ok=True)  # an SQLite store needs its folder to exist
+    return str(folder)
+
+
+OmegaConf.register_new_resolver("bcc_store_dir", store_dir, replace=True)
+
+
 def to_dict(cfg: Any) -> Any:
     """Plain Python containers (checkpoints must not hold OmegaConf objects: weights-only loading refuses them)."""
     if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
