@@ -326,3 +326,21 @@ def audit_gate(mode: Any, root: str | Path, fold: int | None, workers: int | Non
                             f"report then carries a warning).")
         warn(f"LEAKAGE: {summary['verdict']}")
     return summary
+
+
+def external_copies(external: Sequence[Path], train: Sequence[Path], workers: int | None = None,
+                    cache_dir: Path | None = None) -> dict[str, Any]:
+    """Copies of training images in an "external" validation set, a common mistake: the summary for metrics.json
+    (in the keys the report's banner reads for a test split) and a verdict."""
+    from bcc_lightning.data.cache import default_cache_dir
+
+    cache = cache_dir or default_cache_dir()
+    query, _ = describe_cached(list(external), cache, workers)
+    reference, _ = describe_cached(list(train), cache, workers)
+    copied = sorted({m.query_index for m in duplicates.find_copies(query, reference)})
+    n = len(external)
+    text = (f"{len(copied)} of {n} external images ({100 * len(copied) / max(n, 1):.1f} %) have a near-duplicate in "
+            f"the training split: the external metrics are inflated; remove them from the external set."
+            if copied else f"No copies of training images among the {n} external images.")
+    return {"test_with_copy_in_train": len(copied), "n_test": n, "clean": not copied, "verdict": text,
+            "examples": [str(list(external)[i]) for i in copied[:10]]}

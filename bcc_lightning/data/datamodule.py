@@ -92,7 +92,7 @@ class BCCDataModule(L.LightningDataModule):
                  augment: AugmentConfig | None = None, pin_memory: bool | None = None,
                  test_split: str = "test", balanced_sampler: bool = False, seed: int = 0,
                  cache: str | Path | None = None, fold: int | None = None, gpu: bool | None = None,
-                 cache_budget_gb: float = 20.0) -> None:
+                 cache_budget_gb: float = 20.0, samples: dict[str, list[tuple[Path, int]]] | None = None) -> None:
         super().__init__()
         if int(batch_size) < 1:
             raise UserError(f"data.batch_size must be at least 1 (got {batch_size}).")
@@ -105,7 +105,8 @@ class BCCDataModule(L.LightningDataModule):
         self.augment = augment if augment is not None else AugmentConfig()
         self.pin_memory = gpu if pin_memory is None else pin_memory
         self.datasets: dict[str, ImageFolderDataset] = {}
-        self._samples: dict[str, list[tuple[Path, int]]] = {}
+        # samples: splits given as lists instead of scanned from `root` (external validation sets).
+        self._samples: dict[str, list[tuple[Path, int]]] = dict(samples or {})
         # eval.py can point the test stage at another split (e.g. val) without a second code path.
         self.test_split = test_split
         self.balanced_sampler = balanced_sampler

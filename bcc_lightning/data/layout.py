@@ -156,6 +156,31 @@ def fold_samples(root: str | Path, split: str, fold: int) -> list[tuple[Path, in
     return sorted(samples, key=lambda item: str(item[0]))
 
 
+def label_of_path(rel_parts: Sequence[str]) -> int | None:
+    """The label of the nearest enclosing class folder (BreakHis: .../benign/SOB/adenosis/<slide>/40X/x.png)."""
+    for part in reversed(rel_parts[:-1]):
+        label = label_from_folder(part)
+        if label is not None:
+            return label
+    return None
+
+
+def scan_labelled(root: str | Path) -> list[tuple[Path, int]]:
+    """(path, label) of every image below `root` whose nearest enclosing folder named B/M (benign/malignant) gives
+    its label, at any depth and without the split layout: another lab's folder, as it comes."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{root} does not exist or is not a folder. Pass a folder with B/M (or benign/malignant) "
+                        f"class folders at any depth.")
+    samples = [(p, label) for p in walk_files(root) if is_image_file(p)
+               for label in [label_of_path(p.relative_to(root).parts)] if label is not None]
+    for label in (0, 1):
+        if not any(lab == label for _, lab in samples):
+            raise UserError(f"{root} has no {CLASS_NAMES[label]} images under a class folder "
+                            f"({ACCEPTED_FOLDER_NAMES}); a validation set needs both classes.")
+    return sorted(samples, key=lambda item: str(item[0]))
+
+
 def group_of_paths(root: str | Path) -> dict[str, str]:
     """{path relative to root: group} from the manifest (empty for plain folders)."""
     return {row["path"]: row["group"] for row in read_manifest(root) or [] if row.get("group")}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +59,17 @@ def resize_op(pre: Preprocess) -> v2.Resize:
                      antialias=True)
 
 
+def apply_stain_norm(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """The preprocessing's stain normalisation on uint8 (3, H, W) pixels (unchanged without one)."""
+    if not pre.stain_norm:
+        return pixels
+    return _normaliser(json.dumps(pre.stain_norm, sort_keys=True))(pixels)
+
+
 def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
     """Decoded RGB image -> uint8 CHW tensor at the input size (stain-normalised when the preprocessing says so):
     what loaders ship and the model normalises. Training, evaluation, predict and Grad-CAM all come through here."""
-    pixels = v2.functional.pil_to_tensor(resize_op(pre)(image))
-    if pre.stain_norm:
-        pixels = _normaliser(json.dumps(pre.stain_norm, sort_keys=True))(pixels)
-    return pixels
+    return apply_stain_norm(v2.functional.pil_to_tensor(resize_op(pre)(image)), pre)
 
 
 def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
@@ -81,3 +85,18 @@ def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
 def decode_hwc(path: Path, pre: Preprocess) -> np.ndarray:
     """decode_resized as an (S, S, 3) array: one row of the decoded-image cache."""
     return decode_resized(path, pre).permute(1, 2, 0).numpy()
+
+
+def with_stain_norm(pre: Preprocess, method: str | None, train_paths: list[Path],
+                    reference: str | Path | None = None, sample: int = 64) -> Preprocess:
+    """`pre` with stain normalisation fitted on (an even sample of) the training images, or on one reference image;
+    unchanged when `method` is None. The fitted state travels in the checkpoint with the rest of the input."""
+    if not method:
+        return pre
+    if reference:
+        images = [decode_resized(Path(reference).expanduser(), pre)]
+    else:
+        step = max(1, len(train_paths) // sample)
+        images = [decode_resized(path, pre) for path in train_paths[::step][:sample]]
+    state = StainNormaliser(str(method)).fit(images).state()
+    return replace(pre, stain_norm=state)

@@ -185,3 +185,19 @@ def compare_roc_figure(labels: np.ndarray, curves: list[tuple[str, np.ndarray, f
            xlim=(0, 1), ylim=(0, 1.01), title=title or "ROC curves on the same images (malignant = positive)")
     ax.legend(loc="lower right", fontsize=8)
     return fig
+
+
+def stain_stress_figure(rows: list[dict[str, Any]]) -> plt.Figure:
+    """AUROC and accuracy against the strength of the HED stain perturbation."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    strengths = [r["strength"] for r in rows]
+    for key, label in (("auroc", "AUROC"), ("accuracy", "accuracy")):
+        values = [np.nan if r[key] is None else r[key] for r in rows]
+        ax.plot(strengths, values, marker="o", label=label)
+    ax.set_xlabel("HED perturbation strength (scale and shift per stain)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Stain stress test")
+    fig.tight_layout()
+    return fig

@@ -5,16 +5,20 @@ The model, its preprocessing and its training data root come from the checkpoint
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from bcc_lightning.data.audit import audit_gate, audit_workers
+from bcc_lightning.data.audit import audit_gate, audit_workers, external_copies
 from bcc_lightning.data.datamodule import BCCDataModule
+from bcc_lightning.data.layout import scan_labelled
 from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
 from bcc_lightning.reports.card import write_card
-from bcc_lightning.reports.evaluation import EvalSettings, evaluate
+from bcc_lightning.reports.evaluation import EvalSettings, evaluate, stain_stress
+from bcc_lightning.reports.report import write_metrics_json
+from bcc_lightning.utils.atomic_io import write_text
 from bcc_lightning.utils.config import check_config, log, run_dir
 from bcc_lightning.utils.device import pick_device
 from bcc_lightning.utils.errors import UserError
@@ -25,6 +29,51 @@ def _eval_fold(cfg: DictConfig, data_info: dict[str, Any]) -> int | None:
     if cfg.data.get("fold") is not None:
         return int(cfg.data.fold)
     return data_info.get("fold") if not cfg.data.root else None
+
+
+SIDE_BY_SIDE = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("recall", "sensitivity"),
+                ("specificity", "specificity"), ("auroc", "AUROC"), ("ece", "ECE"))
+
+
+def evaluate_external(cfg: DictConfig, model: Any, datamodule: BCCDataModule, outdir: Path, settings: EvalSettings,
+                      ckpt: Path, checkpoint: dict[str, Any], internal: dict[str, Any]) -> dict[str, Any]:
+    """`external=PATH`: any labelled B/M folder (any depth, no split layout) scored with the same model and operating
+    point (a method is still chosen on the internal val split), audited for copies of training images, and reported
+    beside the internal numbers (external/ holds its full report; internal_vs_external.md the comparison)."""
+    root = Path(cfg.external).expanduser().resolve()
+    samples = scan_labelled(root)
+    external_dm = BCCDataModule(root, model.preprocess, batch_size=cfg.data.batch_size,
+                                num_workers=cfg.data.num_workers,
+                                samples={"test": samples, "val": datamodule.samples("val")}, gpu=pick_device(settings.accelerator).type == "cuda")
+    leakage = None
+    if cfg.data.get("audit", "warn") != "off":
+        leakage = external_copies([p for p, _ in samples], [p for p, _ in datamodule.samples("train")],
+                                  workers=audit_workers(cfg.data.get("num_workers")))
+        if not leakage["clean"]:
+            log.warning("LEAKAGE (external): %s", leakage["verdict"])
+    result = evaluate(model, external_dm, outdir / "external", replace(settings, split="test"), ckpt, checkpoint,
+                      leakage=leakage)
+    lines = [f"# Internal vs external: {model.hparams.model['name']}", "",
+             f"Internal: `{internal['data_root']}` ({internal['split']}, {internal['metrics']['n']} images). External: "
+             f"`{root}` ({result['metrics']['n']} images). Same operating point ({result['threshold_method']}).", "",
+             "| metric | internal [95 % CI] | external [95 % CI] |", "|---|---|---|"]
+    for key, name in SIDE_BY_SIDE:
+        lines.append(f"| {name} | {_with_ci(internal['metrics'], key)} | {_with_ci(result['metrics'], key)} |")
+    if leakage is not None:
+        lines += ["", f"Leakage check against the training split: {leakage['verdict']}"]
+    write_text(outdir / "internal_vs_external.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return {"root": str(root), "metrics": result["metrics"], "leakage": leakage, "report": str(outdir / "external")}
+
+
+def _with_ci(metrics: dict[str, Any], key: str) -> str:
+    value = metrics.get(key)
+    if value is None:
+        return "n/a"
+    interval = (metrics.get("intervals") or {}).get(key) or {}
+    if interval.get("low") is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -63,6 +112,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         if writer is not None:
             writer.close()
+    extra = {}
+    if cfg.get("stain_stress"):
+        extra["stain_stress"] = stain_stress(model, datamodule, outdir, settings, result["metrics"]["threshold"])
+        print("Stain stress (AUROC by HED strength): " + ", ".join(
+            f"{r['strength']:g}: {'n/a' if r['auroc'] is None else format(r['auroc'], '.3f')}"
+            for r in extra["stain_stress"]))
+    if cfg.get("external"):
+        extra["external"] = evaluate_external(cfg, model, datamodule, outdir, settings, ckpt, checkpoint, result)
+    if extra:
+        result.update(extra)
+        write_metrics_json(outdir, result)
     write_card(outdir, dict(model.hparams), result, str(ckpt))
     print((outdir / "classification_report.txt").read_text())
     if leakage is not None and not leakage["clean"]:

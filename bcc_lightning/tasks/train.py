@@ -22,8 +22,8 @@ from bcc_lightning.data.audit import audit_gate, audit_workers
 from bcc_lightning.data.augment import AugmentConfig
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.demo import generate, is_demo_root
-from bcc_lightning.data.layout import SPLITS
-from bcc_lightning.data.preprocess import Preprocess
+from bcc_lightning.data.layout import SPLITS, fold_samples, scan_split
+from bcc_lightning.data.preprocess import Preprocess, with_stain_norm
 from bcc_lightning.models.backbones import initialisation_text, resolve_preprocess
 from bcc_lightning.models.checkpoint import AtomicCheckpointIO, load_checkpoint, read_checkpoint
 from bcc_lightning.models.module import BCCClassifier
@@ -122,13 +122,14 @@ def prepare_data_root(cfg: DictConfig) -> Path:
 
 
 def build_datamodule(data_cfg: Any, root: Path, preprocess: Preprocess, seed: int = 0,
-                     accelerator: str = "auto") -> BCCDataModule:
+                     accelerator: str = "auto",
+                     samples: dict[str, list[tuple[Path, int]]] | None = None) -> BCCDataModule:
     augment = AugmentConfig(**to_dict(data_cfg.augment)) if data_cfg.get("augment") is not None else None
     return BCCDataModule(root, preprocess, batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers,
                          augment=augment, balanced_sampler=bool(data_cfg.get("balanced_sampler", False)),
                          seed=int(seed), cache=data_cfg.get("cache"), fold=data_cfg.get("fold"),
                          cache_budget_gb=float(data_cfg.get("cache_budget_gb", 20)),
-                         gpu=pick_device(accelerator).type == "cuda")
+                         gpu=pick_device(accelerator).type == "cuda", samples=samples)
 
 
 def _pos_weight(setting: Any, datamodule: BCCDataModule) -> float | None:
@@ -169,10 +170,16 @@ def build(cfg: DictConfig, outdir: Path) -> tuple[BCCClassifier, BCCDataModule, 
     data_info = {"root": str(root), "synthetic_data": synthetic, "classes": ["benign", "malignant"],
                  "fold": cfg.data.get("fold")}
     model_cfg = to_dict(cfg.model)
-    preprocess = resolve_preprocess(model_cfg)
-    datamodule = build_datamodule(cfg.data, root, preprocess, int(cfg.seed), str(cfg.trainer.accelerator))
-    for split in SPLITS:
-        datamodule.samples(split)
+    fold = cfg.data.get("fold")
+    samples = {s: scan_split(root, s) if fold is None else fold_samples(root, s, int(fold)) for s in SPLITS}
+    # Stain normalisation is fitted on the training split only (or a reference image), before any loader exists.
+    preprocess = with_stain_norm(resolve_preprocess(model_cfg), cfg.data.get("stain_norm"),
+                                 [p for p, _ in samples["train"]], cfg.data.get("stain_reference"))
+    if preprocess.stain_norm:
+        log.info("Stain normalisation: %s, fitted on %s", preprocess.stain_norm["method"],
+                 cfg.data.get("stain_reference") or "the training split")
+    datamodule = build_datamodule(cfg.data, root, preprocess, int(cfg.seed), str(cfg.trainer.accelerator),
+                                  samples=samples)
     model = BCCClassifier(model_cfg, to_dict(cfg.optimizer), to_dict(cfg.get("scheduler")),
                           pos_weight=_pos_weight(cfg.model.get("pos_weight"), datamodule), data_info=data_info,
                           preprocess=preprocess.to_dict())

@@ -138,6 +138,7 @@ RULES: dict[str, Any] = {
     "compile": _boolean,
     "resume": _boolean,
     "tta": _boolean,
+    "stain_stress": _boolean,
     "split": lambda v: _choice(v, ("train", "val", "test")),
     "report.grid_size": lambda v: _whole(v, 0),
     "report.cam_per_group": lambda v: _whole(v, 0),

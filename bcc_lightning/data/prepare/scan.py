@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bcc_lightning.data.labels import ACCEPTED_FOLDER_NAMES, CLASS_NAMES, label_from_folder
-from bcc_lightning.data.layout import IMAGE_EXTENSIONS, is_hidden, walk_files
+from bcc_lightning.data.labels import ACCEPTED_FOLDER_NAMES, CLASS_NAMES
+from bcc_lightning.data.layout import IMAGE_EXTENSIONS, is_hidden, label_of_path, walk_files
 from bcc_lightning.data.prepare.settings import BREAKHIS_PATTERN, PrepareSettings
 from bcc_lightning.utils.atomic_io import sha256_file
 from bcc_lightning.utils.errors import UserError
@@ -30,15 +30,6 @@ class Source:
     name: str = ""
 
 
-def _label_of(rel_parts: Sequence[str]) -> int | None:
-    """The label of the nearest enclosing class folder (BreakHis: .../benign/SOB/adenosis/<slide>/40X/x.png)."""
-    for part in reversed(rel_parts[:-1]):
-        label = label_from_folder(part)
-        if label is not None:
-            return label
-    return None
-
-
 def scan_raw(raw: Path, rejected: list[tuple[str, str]]) -> list[Source]:
     """Every labelled image file under RAW with its hash; everything else goes to `rejected`."""
     sources: list[Source] = []
@@ -51,7 +42,7 @@ def scan_raw(raw: Path, rejected: list[tuple[str, str]]) -> list[Source]:
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             rejected.append((rel, f"not an image file (extension {path.suffix or 'none'!r})"))
             continue
-        label = _label_of(path.relative_to(raw).parts)
+        label = label_of_path(path.relative_to(raw).parts)
         if label is None:
             unlabelled.append(rel)
             rejected.append((rel, f"no class folder ({ACCEPTED_FOLDER_NAMES}) above it"))
