@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import json
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +35,136 @@ _DENSENET_LEGACY = re.compile(
 log = logging.getLogger("bcc_lightning")
 
 
+HF_PREFIXES = ("hf-hub:", "hf_hub:")
+# Weight files a timm-format Hugging Face repo may hold, preferred first (safetensors: no pickled code).
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
+                   "open_clip_pytorch_model.bin")
+
+
+def is_hf_hub(name: str) -> bool:
+    """`hf-hub:ORG/NAME[@REVISION]`: a timm-format model on the Hugging Face hub (architecture in its config.json)."""
+    return str(name).lower().startswith(HF_PREFIXES)
+
+
+def _hf_repo(name: str) -> tuple[str, str | None]:
+    """(repo id, revision or None) of an hf-hub name."""
+    repo = str(name).split(":", 1)[1].strip()
+    repo, _, revision = repo.partition("@")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo):
+        raise UserError(f"model.name={name!r} is not a Hugging Face model id: write hf-hub:ORG/NAME (for example "
+                        f"hf-hub:timm/vit_small_patch16_224.augreg_in21k_ft_in1k), optionally with @REVISION.")
+    return repo, revision or None
+
+
+def _hf_offline() -> bool:
+    from huggingface_hub import constants
+
+    # The environment is read now as well: huggingface_hub reads it only once, when first imported.
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _hf_missing(name: str, filename: str, why: str) -> UserError:
+    repo, _ = _hf_repo(name)
+    cache = _hf_cache_dir()
+    return UserError(
+        f"'{filename}' of backbone '{name}' is not in the Hugging Face cache {cache} and {why}. On a machine with "
+        f"internet run `huggingface-cli download {repo} config.json model.safetensors` (or `python -c \"import timm; "
+        f"timm.create_model('hf-hub:{repo}', pretrained=True)\"`), copy {cache}/models--{repo.replace('/', '--')} "
+        f"into the same place here (HF_HUB_CACHE or HF_HOME/hub) and set HF_HUB_OFFLINE=1. Or name the architecture "
+        f"itself (config.json's \"architecture\", e.g. model.name=vit_small_patch16_224) with model.weights=<the "
+        f"downloaded model.safetensors> and the input settings model.img_size/mean/std from its pretrained_cfg."
+    )
+
+
+def _hf_gated(name: str, exc: BaseException) -> UserError:
+    repo, _ = _hf_repo(name)
+    return UserError(
+        f"Backbone '{name}' is gated or private on the Hugging Face hub ({type(exc).__name__}): it needs a token "
+        f"(huggingface-cli login, or HF_TOKEN) and an accepted licence on the model page "
+        f"https://huggingface.co/{repo}. Accept the terms there, log in, and run again (or download it on a machine "
+        f"that has access and copy the cache here with HF_HUB_OFFLINE=1)."
+    )
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def hf_hub_file(name: str, filename: str, required: bool = True) -> Path | None:
+    """A file of an hf-hub repo: from the cache, else downloaded when online. Offline and not cached: a UserError
+    naming what to download (or None when not `required`); gated repos: a UserError about tokens and licences."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
+
+    repo, revision = _hf_repo(name)
+    found = try_to_load_from_cache(repo, filename, revision=revision)
+    if isinstance(found, str):
+        return Path(found)
+    if found is not None:  # the cache records that the repo has no such file
+        if required:
+            raise UserError(f"The Hugging Face repo {repo} has no '{filename}': is it a timm model (its files should "
+                            f"include config.json and model.safetensors)?")
+        return None
+    offline = _hf_offline()
+    if offline or not _reachable("huggingface.co"):
+        if not required:
+            return None
+        raise _hf_missing(name, filename, "this machine is offline (HF_HUB_OFFLINE=1)" if offline
+                          else "huggingface.co cannot be reached")
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision))
+    except GatedRepoError as exc:
+        raise _hf_gated(name, exc) from exc
+    except EntryNotFoundError as exc:
+        if required:
+            raise UserError(f"The Hugging Face repo {repo} has no '{filename}': is it a timm model (its files "
+                            f"should include config.json and model.safetensors)?") from exc
+        return None
+    except RepositoryNotFoundError as exc:
+        if _http_status(exc) in (401, 403):
+            raise _hf_gated(name, exc) from exc
+        raise UserError(f"The Hugging Face repo {repo} does not exist or is private (private repos need a token: "
+                        f"huggingface-cli login). Check model.name={name!r}.") from exc
+    except Exception as exc:
+        if _http_status(exc) in (401, 403):
+            raise _hf_gated(name, exc) from exc
+        raise _hf_missing(name, filename, f"the download failed ({type(exc).__name__}: "
+                                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+
+
+def hf_hub_config(name: str) -> dict[str, Any]:
+    """The timm config.json of an hf-hub model: {'architecture', 'pretrained_cfg', 'model_args'}."""
+    path = hf_hub_file(name, "config.json")
+    assert path is not None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"Cannot read {path} ({exc}); delete it from the Hugging Face cache and download it "
+                        f"again.") from exc
+    arch = raw.get("architecture") or raw.get("arch")
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        raise UserError(f"{path} names no timm architecture (architecture={arch!r}); model.name=hf-hub:... takes "
+                        f"timm-format repos (config.json with \"architecture\" and \"pretrained_cfg\"), such as "
+                        f"those under huggingface.co/timm. Upgrade timm if the architecture is newer than it.")
+    pretrained_cfg = raw.get("pretrained_cfg")
+    if not isinstance(pretrained_cfg, Mapping):  # older timm configs keep the data settings at the top level
+        pretrained_cfg = {k: raw[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct") if k in raw}
+    return {"architecture": arch, "pretrained_cfg": dict(pretrained_cfg),
+            "model_args": dict(raw.get("model_args") or {}), "file": str(path)}
+
+
 def resolve_name(name: str) -> str:
+    if is_hf_hub(name):
+        _hf_repo(name)  # checks the form only: the cache or the hub is asked when the model is built
+        return str(name)
     name = ALIASES.get(name.lower(), name)
     arch = name.split(".")[0]
     if not timm.is_model(arch):
@@ -147,12 +278,53 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """timm.create_model, headless; transformers (ViT, Swin, ...) accept any input size that model.img_size sets
+    (position embeddings are interpolated), other families do not know the option and are built as they are."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, dynamic_img_size=True, **kwargs)
+    except TypeError as exc:
+        if "dynamic_img_size" not in str(exc):
+            raise
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+
+
+def _hf_weights_state(name: str) -> tuple[dict[str, torch.Tensor], Path]:
+    for filename in HF_WEIGHT_FILES:
+        path = hf_hub_file(name, filename, required=False)
+        if path is not None:
+            return _read_state_dict(path), path
+    raise _hf_missing(name, "model.safetensors", "no weight file of the repo could be found or downloaded")
+
+
+def _build_hf_hub(name: str, use_hub: bool) -> tuple[nn.Module, str]:
+    """An hf-hub model: the architecture (and its arguments) from config.json in the cache; the weights from the
+    cache (read without unpickling code) and passed through timm's own filters (position embedding resizing)."""
+    config = hf_hub_config(name)
+    arch = config["architecture"]
+    overlay: dict[str, Any] = {}
+    if use_hub:
+        state, path = _hf_weights_state(name)
+        overlay = {"state_dict": state, "source": "", "hf_hub_id": None, "url": "", "file": None}
+        log.info("Loading %s weights from %s", name, path)
+    try:
+        backbone = _create(arch, use_hub, pretrained_cfg_overlay=overlay or None, **config["model_args"])
+    except Exception as exc:
+        raise UserError(f"Cannot build backbone '{name}' (architecture {arch} from its config.json"
+                        f"{', weights from the Hugging Face cache' if use_hub else ''}): {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:300] if str(exc) else ''}. The files in the cache may belong to "
+                        f"another timm version, or be incomplete: download them again.") from exc
+    return backbone, arch
+
+
 def _build_timm(name: str, use_hub: bool) -> tuple[nn.Module, str]:
     name = resolve_name(name)
+    if is_hf_hub(name):
+        return _build_hf_hub(name, use_hub)
     if use_hub and _cached_weights_file(name, "timm") is None and not _reachable("huggingface.co"):
         raise _pretrained_hint(name, ConnectionError("huggingface.co is unreachable and the weights are not cached"))
     try:
-        backbone = timm.create_model(name, pretrained=use_hub, num_classes=0)
+        backbone = _create(name, use_hub)
     except Exception as exc:
         if use_hub:
             raise _pretrained_hint(name, exc) from exc
@@ -216,6 +388,9 @@ def data_config_for(name: str, source: str = "timm") -> dict[str, Any]:
     if source == "torchvision":
         return _torchvision_data_config(TORCHVISION_ALIASES.get(name.lower(), name))
     name = resolve_name(name)
+    if is_hf_hub(name):
+        return timm.data.resolve_data_config(pretrained_cfg=hf_hub_config(name)["pretrained_cfg"],
+                                             use_test_size=False)
     pretrained_cfg = timm.models.get_pretrained_cfg(name)
     return timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {},
                                          use_test_size=False)
@@ -259,6 +434,12 @@ def _cached_weights_file(name: str, source: str) -> Path | None:
             url = torchvision.models.get_model_weights(arch).DEFAULT.url
             path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
             return path if path.is_file() else None
+        if is_hf_hub(name):
+            for filename in HF_WEIGHT_FILES:
+                found = hf_hub_file(name, filename, required=False)
+                if found is not None:
+                    return found
+            return None
         cfg = timm.models.get_pretrained_cfg(resolve_name(name))
         if cfg is None or not cfg.hf_hub_id:
             return None
@@ -284,6 +465,10 @@ def describe_initialisation(name: str, source: str, pretrained: bool, weights: s
     if not pretrained:
         return {"kind": "random"}
     path = _cached_weights_file(name, source)
+    if source == "timm" and is_hf_hub(name):
+        # Hub models are not necessarily ImageNet-trained (pathology foundation models, CLIP, ...): name the repo.
+        return {"kind": "pretrained", "source": f"{name} (Hugging Face cache)", "file": str(path) if path else None,
+                "sha256": sha256_file(path) if path else None}
     return {"kind": "ImageNet", "source": f"{source} hub cache", "file": str(path) if path else None,
             "sha256": sha256_file(path) if path else None}
 
@@ -292,9 +477,11 @@ def initialisation_text(init: Mapping[str, Any] | None) -> str:
     """'ImageNet (file, sha256 …)', 'random', or 'unknown' for checkpoints that predate the record."""
     if not init:
         return "unknown (checkpoint written before initialisations were recorded)"
-    if init.get("kind") != "ImageNet":
+    if init.get("kind") not in ("ImageNet", "pretrained"):
         return str(init.get("kind", "unknown"))
     sha = init.get("sha256")
+    if init.get("kind") == "pretrained":
+        return f"pretrained {init.get('source')} ({init.get('file')}{', sha256 ' + sha[:12] if sha else ''})"
     return f"ImageNet ({init.get('file') or init.get('source')}{', sha256 ' + sha[:12] if sha else ''})"
 
 
@@ -302,6 +489,8 @@ def arch_name(name: str, source: str = "timm") -> str:
     """The architecture behind a model name: timm's (densenet121 for densenet121.tv_in1k) or torchvision's."""
     if source == "torchvision":
         return TORCHVISION_ALIASES.get(name.lower(), name)
+    if is_hf_hub(name):
+        return hf_hub_config(name)["architecture"]
     return resolve_name(name).split(".")[0]
 
 

@@ -169,8 +169,10 @@ def write_report_md(outdir: Path, result: dict[str, Any], extra_figures: list[st
         lines += [f"*{curves_note}*", ""]
     if cams:
         lines += ["## Grad-CAM (explains the predicted class)", "",
-                  "Left: image; right: where the evidence for the **predicted** class lies (red = strongest).", "",
-                  "| true | predicted | p(malignant) | overlay |", "|---|---|---|---|"]
+                  "Left: image; right: where the evidence for the **predicted** class lies (red = strongest).", ""]
+        if cams[0].get("cam_method"):
+            lines += [f"Method: {cams[0]['cam_method']}.", ""]
+        lines += ["| true | predicted | p(malignant) | overlay |", "|---|---|---|---|"]
         for c in cams:
             rel = Path(c["cam_file"]).relative_to(outdir).as_posix()
             lines.append(f"| {c['true_name']} | {c['pred_name']} | {c['prob']:.3f} | ![]({rel}) |")

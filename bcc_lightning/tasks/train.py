@@ -248,6 +248,10 @@ def record_in_trackers(cfg: DictConfig, loggers: list[Logger], outdir: Path) -> 
 
 def run(cfg: DictConfig) -> float | None:
     """Train, test the best checkpoint, write metrics.json; return the best monitored value for sweepers."""
+    if cfg.get("probe"):  # experiment=linear_probe: a frozen backbone's embeddings and a linear head, same outputs
+        from bcc_lightning.tasks import probe
+
+        return probe.run(cfg)
     outdir = run_dir()
     validate_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
