@@ -44,7 +44,8 @@ def evaluate_external(cfg: DictConfig, model: Any, datamodule: BCCDataModule, ou
     samples = scan_labelled(root)
     external_dm = BCCDataModule(root, model.preprocess, batch_size=cfg.data.batch_size,
                                 num_workers=cfg.data.num_workers,
-                                samples={"test": samples, "val": datamodule.samples("val")}, gpu=pick_device(settings.accelerator).type == "cuda")
+                                samples={"test": samples, "val": datamodule.samples("val")},
+                                gpu=pick_device(settings.accelerator).type == "cuda")
     leakage = None
     if cfg.data.get("audit", "warn") != "off":
         leakage = external_copies([p for p, _ in samples], [p for p, _ in datamodule.samples("train")],
