@@ -23,7 +23,8 @@ from bcc_lightning.utils.errors import UserError
 
 # console script / config name -> module under bcc_lightning.tasks
 TASKS = {"train": "train", "eval": "evaluate", "predict": "predict", "export": "export", "prepare": "prepare",
-         "bench": "bench", "aggregate": "aggregate", "demo": "demo", "audit": "audit", "compare": "compare"}
+         "bench": "bench", "aggregate": "aggregate", "demo": "demo", "audit": "audit", "compare": "compare",
+         "serve": "serve"}
 
 
 def _quiet_libraries() -> None:
@@ -101,3 +102,7 @@ def audit() -> Any:
 
 def compare() -> Any:
     return main("compare")
+
+
+def serve() -> Any:
+    return main("serve")

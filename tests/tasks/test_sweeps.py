@@ -52,3 +52,19 @@ def test_optuna_runs_three_tiny_trials(demo_root: Path, tmp_path: Path) -> None:
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["name"] == "optuna" and isinstance(best["best_value"], float)
     assert len([p for p in sweep.iterdir() if (p / "metrics.json").is_file()]) == 3
+
+
+def test_submitit_local_launcher_runs_a_two_job_sweep(demo_root: Path, tmp_path: Path) -> None:
+    """The launcher that SLURM uses, with submitit's local executor: jobs run as separate submitit processes."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=submitit_local",
+         "hydra.launcher.timeout_min=10", f"data.root={demo_root}", "model.pretrained=false", "model.img_size=48",
+         "trainer.fast_dev_run=true", "data.num_workers=0", "optimizer.lr=1e-3,1e-2", "logger=none",
+         "report.cam_per_group=0", "report.grid_size=0", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Submitit 'local' sweep" in proc.stdout + proc.stderr
+    for job in ("0", "1"):
+        assert (tmp_path / "sweep" / job / "metrics.json").is_file()
+    assert (tmp_path / "sweep" / ".submitit").is_dir()  # submitit's own job folders: it really launched them
+    assert "2 of 2 jobs finished" in (tmp_path / "sweep" / "sweep_summary.md").read_text()
