@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bcc_lightning.data.labels import CLASS_NAMES
+from bcc_lightning.models.backbones import initialisation_text
 from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.utils.atomic_io import atomic_write, sha256_file, write_json
@@ -80,9 +81,13 @@ def export_model(ckpt: Path, fmt: str, out: Path, threshold: float = 0.5, opset:
         "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32", "range": [0.0, 1.0],
                   "channels": "RGB", "layout": "NCHW",
                   "preprocessing": f"decode to 8-bit RGB, resize the whole image to {size}x{size} "
-                                   f"({model.preprocess.interpolation}, no crop), divide by 255; mean/std "
-                                   f"normalisation happens inside the model",
-                  "mean": list(model.preprocess.mean), "std": list(model.preprocess.std)},
+                                   f"({model.preprocess.interpolation}, no crop), "
+                                   + (f"{model.preprocess.stain_norm['method']} stain normalisation with "
+                                      f"input.stain_norm's fitted numbers (NOT inside the graph: apply it first), "
+                                      if model.preprocess.stain_norm else "")
+                                   + "divide by 255; mean/std normalisation happens inside the model",
+                  "mean": list(model.preprocess.mean), "std": list(model.preprocess.std),
+                  "stain_norm": model.preprocess.stain_norm},
         "outputs": {"prob_malignant": f"probability of the malignant class, sigmoid(logit / {temperature:.6g}), "
                                       f"shape (batch,)",
                     "logit": "the raw logit (before the temperature), shape (batch,)"},
@@ -92,6 +97,7 @@ def export_model(ckpt: Path, fmt: str, out: Path, threshold: float = 0.5, opset:
         "temperature": temperature,
         "operating_point": point,
         "backbone": model.hparams.model["name"],
+        "initialisation": initialisation_text(model.hparams.get("initialisation")),
         "timm_architecture": model.backbone_arch,
         "source_checkpoint": str(ckpt.resolve()),
         "source_checkpoint_sha256": sha256_file(ckpt),

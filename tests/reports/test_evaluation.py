@@ -157,6 +157,7 @@ def test_export_parity(trained_run: Path, tmp_path: Path, fmt: str) -> None:
     meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
     assert meta["input"]["shape"][2] == 64 and meta["class_names"] == ["benign", "malignant"]
     assert meta["synthetic_training_data"] is True and meta["source_checkpoint_sha256"]
+    assert meta["initialisation"] == "random" and meta["input"]["stain_norm"] is None
     # The exported file alone, on a real image prepared as the sidecar says, matches the checkpoint's model.
     model = load_checkpoint(ckpt)
     from bcc_lightning.data.imageio import load_rgb
