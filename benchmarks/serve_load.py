@@ -9,51 +9,15 @@ Each configuration starts its own server on a free localhost port (its own proce
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def server(ckpt: Path, overrides: list[str], start_timeout: float = 180) -> Iterator[str]:
-    port = _free_port()
-    command = [sys.executable, "-m", "bcc_lightning.tasks.serve", f"ckpt={ckpt}", f"port={port}",
-               f"hydra.run.dir=/tmp/serve_load_{port}", *overrides]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"bcc-serve did not start: {' '.join(command)}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/health", timeout=2).text.strip() == "ok":
-                    break
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+from bcc_lightning.serving.process import running_server
 
 
 def load(url: str, images: list[tuple[str, bytes]], n_requests: int, concurrency: int,
@@ -100,7 +64,7 @@ def main() -> None:
     rows = []
     for size in (int(s) for s in args.batch_sizes.split(",")):
         overrides = [f"max_batch_size={size}", f"batch_timeout={args.batch_timeout}", *args.overrides]
-        with server(args.ckpt, overrides) as url:
+        with running_server(args.ckpt, Path(tempfile.mkdtemp(prefix="serve_load_")), *overrides) as url:
             stats = load(url, images, args.requests, args.concurrency, args.timeout)
         rows.append((size, stats))
     print(f"\n{args.requests} requests of 1 image, concurrency {args.concurrency}, checkpoint {args.ckpt}\n")
