@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from bcc_lightning.utils.atomic_io import cache_folder
 from bcc_lightning.utils.errors import UserError
 
 VERSION = 1
@@ -91,12 +92,7 @@ def open_or_build(cache_dir: str | Path, split: str, paths: Sequence[Path], img_
                   workers: int = 0, variant: str = "") -> CachedArray:
     """The cache for these files at this size: opened if it exists, else built (atomically) first, decoding in
     `workers` processes."""
-    cache_dir = Path(cache_dir).expanduser()
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"Cannot create the image cache folder {cache_dir} ({exc.strerror}); set data.cache to a "
-                        f"writable folder or data.cache=null.") from exc
+    cache_dir = cache_folder(cache_dir, "image cache", "set data.cache to a writable folder or data.cache=null")
     key = cache_key(paths, img_size, interpolation, variant)
     target = cache_dir / f"{split}-{img_size}px-{key}.u8"
     shape = (len(paths), img_size, img_size, 3)

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bcc_lightning.utils.atomic_io import write_json
-from bcc_lightning.utils.errors import UserError
+from bcc_lightning.utils.atomic_io import cache_folder, write_json
 
 VERSION = 1
 
@@ -45,12 +44,8 @@ def open_or_compute(cache_dir: str | Path | None, split: str, key: str, count: i
     if cache_dir is None:
         features = np.concatenate([np.asarray(b, dtype=np.float32) for b in batches()]) if count else np.zeros((0, 0))
         return features.astype(np.float32), "computed"
-    cache_dir = Path(cache_dir).expanduser()
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"Cannot create the embedding cache folder {cache_dir} ({exc.strerror}); set probe.cache to a "
-                        f"writable folder, or probe.cache=null to keep the embeddings in memory.") from exc
+    cache_dir = cache_folder(cache_dir, "embedding cache", "set probe.cache to a writable folder, or probe.cache=null "
+                             "to keep the embeddings in memory")
     meta_path = cache_dir / f"{split}-{key}.json"
     target = cache_dir / f"{split}-{key}.f16"
     if target.is_file() and meta_path.is_file():

@@ -76,6 +76,18 @@ def atomic_directory(target: str | Path, replace: bool = False) -> Iterator[Path
         raise
 
 
+def cache_folder(folder: str | Path, what: str, fix: str) -> Path:
+    """A cache folder, created if needed; a folder that cannot be created is a user error that says `fix`."""
+    from bcc_lightning.utils.errors import UserError
+
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Cannot create the {what} folder {folder} ({exc.strerror}); {fix}.") from exc
+    return folder
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks (memory stays flat for any size)."""
     digest = hashlib.sha256()
