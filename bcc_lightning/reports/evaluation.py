@@ -23,6 +23,7 @@ from bcc_lightning.data.labels import CLASS_NAMES
 from bcc_lightning.data.layout import group_of_paths
 from bcc_lightning.data.preprocess import apply_stain_norm, decode_resized
 from bcc_lightning.data.stain import hed_jitter
+from bcc_lightning.models.backbones import initialisation_text
 from bcc_lightning.models.inference import predict_batches, predict_view_logits, view_probabilities
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.reports.gradcam import save_overlays
@@ -359,6 +360,7 @@ def evaluate(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, sett
     result = {
         "split": split, "data_root": str(resolved), "checkpoint": str(ckpt_path), "synthetic_data": synthetic,
         "model": model.hparams.model["name"], "img_size": model.preprocess.img_size, "tta": bool(settings.tta),
+        "initialisation": initialisation_text(model.hparams.get("initialisation")),
         "fold": datamodule.fold, "threshold_method": point.method, "operating_point": point.info,
         "metrics": metrics, "val_metrics": point.val_metrics, "calibration": calibration, "referral": referral,
         "group_metrics": group_metrics(root, paths, labels, probs, threshold, settings.group_rule,

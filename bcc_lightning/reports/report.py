@@ -129,7 +129,7 @@ def write_report_md(outdir: Path, result: dict[str, Any], extra_figures: list[st
     if result.get("synthetic_data"):
         lines += [f"> **{SYNTHETIC_NOTE}**", ""]
     lines += [
-        f"- checkpoint: `{result['checkpoint']}`",
+        f"- checkpoint: `{result['checkpoint']}`; initialisation: {result.get('initialisation', 'unknown')}",
         f"- data: `{result['data_root']}`, split **{result['split']}** ({m['n']} images: "
         f"{m['support']['benign']} benign, {m['support']['malignant']} malignant)",
         f"- threshold: {m['threshold']:.4f} ({result['threshold_method']}); "

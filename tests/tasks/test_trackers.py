@@ -48,6 +48,8 @@ def test_model_card_fields_are_present_and_true(demo_root: Path, tmp_path: Path,
     card = json.loads((tmp_path / "model_card.json").read_text())
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert card["model"]["backbone"] == "mobilenetv2" and card["model"]["initialisation"] == "random"
+    assert metrics["initialisation"] == "random"
+    assert "initialisation: random" in (tmp_path / "test" / "report.md").read_text()
     assert card["checkpoint"]["sha256"] == sha256_file(metrics["checkpoint"])
     assert card["training_data"]["synthetic"] is True and card["evaluation_data"]["images"] == metrics["metrics"]["n"]
     assert card["evaluation_data"]["fingerprint"]["sha256"]
