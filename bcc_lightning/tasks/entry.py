@@ -6,6 +6,7 @@ A UserError becomes a one-paragraph message and exit status 2, never a traceback
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -64,45 +65,15 @@ def main(config_name: str) -> Any:
     return hydra.main(version_base="1.3", config_path=str(configs), config_name=config_name)(guarded(task))()
 
 
-def train() -> Any:
-    return main("train")
-
-
-def evaluate() -> Any:
-    return main("eval")
-
-
-def predict() -> Any:
-    return main("predict")
-
-
-def export() -> Any:
-    return main("export")
-
-
-def prepare() -> Any:
-    return main("prepare")
-
-
-def bench() -> Any:
-    return main("bench")
-
-
-def aggregate() -> Any:
-    return main("aggregate")
-
-
-def demo() -> Any:
-    return main("demo")
-
-
-def audit() -> Any:
-    return main("audit")
-
-
-def compare() -> Any:
-    return main("compare")
-
-
-def serve() -> Any:
-    return main("serve")
+# Console scripts (pyproject's [project.scripts]), train.py and eval.py: one callable per config name.
+train = functools.partial(main, "train")
+evaluate = functools.partial(main, "eval")
+predict = functools.partial(main, "predict")
+export = functools.partial(main, "export")
+prepare = functools.partial(main, "prepare")
+bench = functools.partial(main, "bench")
+aggregate = functools.partial(main, "aggregate")
+demo = functools.partial(main, "demo")
+audit = functools.partial(main, "audit")
+compare = functools.partial(main, "compare")
+serve = functools.partial(main, "serve")
