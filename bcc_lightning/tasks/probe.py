@@ -22,14 +22,15 @@ from torch.utils.data import DataLoader
 from bcc_lightning.data.cache import default_cache_dir
 from bcc_lightning.data.datamodule import BCCDataModule, ImageFolderDataset
 from bcc_lightning.data.embeddings import embeddings_key, open_or_compute
-from bcc_lightning.data.layout import SPLITS
+from bcc_lightning.data.layout import SPLITS, read_manifest
 from bcc_lightning.models.checkpoint import load_checkpoint
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.models.probe import fit_knn, fit_logistic, knn_probs, probe_summary
+from bcc_lightning.reports import few_shot
 from bcc_lightning.reports.evaluation import EvalSettings, evaluate, predict_split_csv
 from bcc_lightning.reports.metrics import compute_metrics
 from bcc_lightning.reports.report import write_metrics_json
-from bcc_lightning.utils.atomic_io import atomic_write, sha256_file
+from bcc_lightning.utils.atomic_io import atomic_write, sha256_file, write_text
 from bcc_lightning.utils.config import log, run_dir, to_dict
 from bcc_lightning.utils.device import pick_device
 from bcc_lightning.utils.errors import UserError
@@ -96,6 +97,66 @@ def _knn_block(emb: dict[str, dict[str, Any]], ks: list[int], select: str) -> di
             "test": compute_metrics(test["labels"], probs, 0.5)}
 
 
+def training_groups(root: Path, paths: list[Path]) -> tuple[list[str], np.ndarray, str]:
+    """(each training image's group, which images are labelled originals, where the groups came from).
+
+    Groups (patients) come from manifest.csv's group column; an image without one (plain folders, no manifest) is
+    its own group, so the few-shot draw then samples images. Augmented copies (manifest augmentation != none) keep
+    their source's group and are not counted as labelled images."""
+    rows = {row["path"]: row for row in read_manifest(root) or []}
+    resolved = Path(root).resolve()
+    groups, counted, missing = [], [], 0
+    for path in paths:
+        try:
+            rel = Path(path).resolve().relative_to(resolved).as_posix()
+        except ValueError:  # outside the root (never for the layouts read here): on its own
+            rel = Path(path).resolve().as_posix()
+        row = rows.get(rel) or {}
+        if not row.get("group"):
+            missing += 1
+        groups.append(f"group:{row['group']}" if row.get("group") else f"image:{rel}")
+        counted.append(row.get("augmentation", "none") in ("", "none"))
+    if missing == len(paths):
+        source = "no groups known (no manifest.csv group column), so each image is its own group"
+    elif missing:
+        source = (f"groups from manifest.csv's group column ({missing} of {len(paths)} images without one are each "
+                  f"their own group)")
+    else:
+        source = f"{len(set(groups))} groups (patients) from manifest.csv's group column"
+    return groups, np.array(counted, dtype=bool), source
+
+
+def _few_shot_block(cfg: DictConfig, settings: dict[str, Any], emb: dict[str, dict[str, Any]],
+                    datamodule: BCCDataModule, Cs: list[float], select: str, outdir: Path,
+                    synthetic: bool) -> dict[str, Any] | None:
+    """The few-shot curve (reports/few_shot.py) on the cached embeddings: few_shot.csv, few_shot.png and a report.md
+    section under test/; its summary for metrics.json. None when probe.few_shot is empty or null."""
+    sizes, repeats = few_shot.check_sizes(settings.get("few_shot"), settings.get("few_shot_repeats", 5))
+    if not sizes:
+        return None
+    started = time.perf_counter()
+    groups, counted, source = training_groups(datamodule.root, [p for p, _ in datamodule.samples("train")])
+    rows = few_shot.few_shot_curve(
+        (emb["train"]["features"], emb["train"]["labels"]), groups, (emb["val"]["features"], emb["val"]["labels"]),
+        (emb["test"]["features"], emb["test"]["labels"]), sizes, repeats, int(cfg.seed), Cs, select,
+        int(settings.get("max_iter", 200)), counted)
+    summary = few_shot.summarise(rows)
+    folder = outdir / "test"
+    few_shot.write_csv(rows, folder / "few_shot.csv")
+    few_shot.write_figure(summary, folder / "few_shot.png",
+                          f"Few-shot linear probe, {repeats} draws per point{' (SYNTHETIC DATA)' if synthetic else ''}")
+    info = {"sizes": sizes, "repeats": repeats, "seed": int(cfg.seed), "groups": source, "threshold": 0.5,
+            "C": "chosen on the whole val split for each draw, from probe.Cs",
+            "rule": "per class, whole groups in a seeded order (one per repeat) until n labelled images; groups with "
+                    "both classes are drawn whole and count for both; capped = fewer than n in the training split"}
+    report = folder / "report.md"
+    if report.is_file():
+        write_text(report, report.read_text(encoding="utf-8").rstrip("\n") + "\n\n"
+                   + "\n".join(few_shot.markdown(summary, info)))
+    return {**info, "csv": "test/few_shot.csv", "figure": "test/few_shot.png", "curve": summary,
+            "seconds": time.perf_counter() - started}
+
+
 def save_probe_checkpoint(model: BCCClassifier, path: Path) -> Path:
     """A Lightning-style checkpoint (weights-only readable) with the model's hyperparameters: load_checkpoint,
     eval, predict and export take it like a fine-tuned run's."""
@@ -115,6 +176,7 @@ def run(cfg: DictConfig) -> float | None:
     if settings.get("head", "logistic") != "logistic":
         raise UserError(f"probe.head={settings.get('head')!r} is not supported: use probe.head=logistic (the kNN "
                         f"classifier always runs beside it, see probe.knn_k).")
+    few_shot.check_sizes(settings.get("few_shot"), settings.get("few_shot_repeats", 5))  # before any embedding
     validate_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     if cfg.get("torch_threads"):
@@ -130,9 +192,9 @@ def run(cfg: DictConfig) -> float | None:
     device = pick_device(str(cfg.trainer.accelerator))
     emb = embed_splits(model, datamodule, settings.get("cache", "auto"), device)
     select = str(settings.get("select", "auroc"))
+    Cs = list(settings.get("Cs") or [0.01, 0.1, 1.0, 10.0])
     fitted = fit_logistic(emb["train"]["features"], emb["train"]["labels"], emb["val"]["features"],
-                          emb["val"]["labels"], list(settings.get("Cs") or [0.01, 0.1, 1.0, 10.0]), select,
-                          int(settings.get("max_iter", 200)))
+                          emb["val"]["labels"], Cs, select, int(settings.get("max_iter", 200)))
     fitted.into(model.head[-1])
     fit_seconds = time.perf_counter() - started
     ckpt = save_probe_checkpoint(model.cpu(), outdir / "checkpoints" / "probe.ckpt")
@@ -152,6 +214,9 @@ def run(cfg: DictConfig) -> float | None:
     result.update({"monitor": monitor, "best_monitor_value": best, "epochs_trained": 0, "run_dir": str(outdir),
                    "checkpoint": str(ckpt), "probe": probe_block,
                    "knn": _knn_block(emb, list(settings.get("knn_k") or [1, 5, 10, 20]), select)})
+    curve = _few_shot_block(cfg, settings, emb, datamodule, Cs, select, outdir, bool(data_info["synthetic_data"]))
+    if curve is not None:
+        result["few_shot"] = curve
     if leakage is not None:
         result["leakage"] = leakage
     write_metrics_json(outdir, result)
@@ -160,6 +225,10 @@ def run(cfg: DictConfig) -> float | None:
     print(f"Test ({m['n']} images{', SYNTHETIC DEMO DATA' if data_info['synthetic_data'] else ''}): logistic probe "
           f"accuracy {m['accuracy']:.4f}, AUROC {m['auroc'] or float('nan'):.4f}; kNN (k = {result['knn']['k']}) "
           f"accuracy {knn['accuracy']:.4f}, AUROC {knn['auroc'] or float('nan'):.4f}")
+    if curve is not None:
+        print("Few-shot (test, mean over draws): " + "; ".join(
+            f"n={s['n_per_class']}{'*' if s['capped'] else ''}: acc {s['accuracy']['mean']:.3f}, AUROC "
+            f"{s['auroc']['mean']:.3f}" for s in curve["curve"]) + f" -> {outdir / 'test' / 'few_shot.csv'}")
     return best if best is not None and math.isfinite(best) else None
 
 

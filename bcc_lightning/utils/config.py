@@ -140,6 +140,7 @@ RULES: dict[str, Any] = {
     "tta": _boolean,
     "stain_stress": _boolean,
     "split": lambda v: _choice(v, ("train", "val", "test")),
+    "probe.few_shot_repeats": lambda v: _whole(v, 1),
     "report.grid_size": lambda v: _whole(v, 0),
     "report.cam_per_group": lambda v: _whole(v, 0),
     "num_workers": lambda v: _whole(v, 1, ("auto",)),

@@ -51,7 +51,8 @@ def runs(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     weights = _weights(base / "vit.pth", 0)
     emb = base / "emb"
     probe_cfg = tiny_train_config(demo_root, ["experiment=linear_probe", *_vit_overrides(weights),
-                                              f"probe.cache={emb}", "probe.Cs=[0.1,1.0]", "probe.knn_k=[1,3]"])
+                                              f"probe.cache={emb}", "probe.Cs=[0.1,1.0]", "probe.knn_k=[1,3]",
+                                              "probe.few_shot=[1,5,100]", "probe.few_shot_repeats=2"])
     _in(base / "probe1", probe.run, probe_cfg)
     _in(base / "probe2", probe.run, probe_cfg)
     _in(base / "train", train.run, tiny_train_config(demo_root, [*_vit_overrides(weights),
@@ -87,6 +88,28 @@ def test_probe_outputs_and_checkpoint(runs: dict[str, Path], demo_root: Path) ->
     weight, bias = model.head[-1].weight.detach()[0].numpy(), model.head[-1].bias.item()
     np.testing.assert_allclose(logits, features @ weight + bias, rtol=1e-4, atol=1e-4)
     assert (run / "metrics.json").is_file() and metrics["best_monitor_value"] == metrics["probe"]["val_loss"]
+
+
+def test_probe_writes_the_few_shot_curve(runs: dict[str, Path]) -> None:
+    import csv
+
+    run = runs["base"] / "probe1"
+    block = json.loads((run / "metrics.json").read_text())["few_shot"]
+    assert block["sizes"] == [1, 5, 100] and block["repeats"] == 2 and "each image is its own group" in block["groups"]
+    with (run / "test" / "few_shot.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6 and {r["n_per_class"] for r in rows} == {"1", "5", "100"}
+    ones = [r for r in rows if r["n_per_class"] == "1"]
+    assert all(r["images_used"] == "2" and r["groups_used"] == "2" for r in ones)  # no manifest: images are groups
+    train_n = json.loads((run / "metrics.json").read_text())["probe"]["embeddings"]["train"]["n"]
+    assert all(r["capped"] == "True" and int(r["images_used"]) == train_n for r in rows if r["n_per_class"] == "100")
+    curve = {c["n_per_class"]: c for c in block["curve"]}
+    assert curve[100]["capped"] and 0 <= curve[5]["auroc"]["mean"] <= 1
+    assert (run / "test" / "few_shot.png").stat().st_size > 1000
+    assert "## Few-shot curve" in (run / "test" / "report.md").read_text()
+    # Seeded: the second run (same seed, cached embeddings) draws and scores the same.
+    again = (runs["base"] / "probe2" / "test" / "few_shot.csv").read_text()
+    assert again == (run / "test" / "few_shot.csv").read_text()
 
 
 def test_second_probe_reuses_the_cache_and_new_weights_invalidate_it(runs: dict[str, Path]) -> None:
