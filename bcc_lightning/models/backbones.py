@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,51 @@ def hf_hub_file(name: str, filename: str, required: bool = True) -> Path | None:
                                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
 
 
+# hf-hub configs recorded in a checkpoint being loaded (name -> config): they answer before the Hugging Face cache,
+# so a checkpoint rebuilds on a machine that never downloaded the repo, and as it was trained if the hub changed since.
+_RECORDED_HF_CONFIGS: dict[str, dict[str, Any]] = {}
+
+
+def hf_hub_record(name: str) -> dict[str, Any] | None:
+    """What a checkpoint must keep to rebuild an hf-hub backbone without the hub: the timm architecture, its
+    arguments and the pretrained config (input settings), as resolved from config.json now. None for other names."""
+    if not is_hf_hub(name):
+        return None
+    config = hf_hub_config(name)
+    return {"name": str(name), "architecture": config["architecture"], "model_args": dict(config["model_args"]),
+            "pretrained_cfg": dict(config["pretrained_cfg"])}
+
+
+@contextlib.contextmanager
+def recorded_hf_hub_config(record: Mapping[str, Any] | None) -> Iterator[None]:
+    """Within the block, `hf_hub_config(record['name'])` answers from the record (see `hf_hub_record`)."""
+    if not record or not record.get("name") or not record.get("architecture"):
+        yield
+        return
+    name = str(record["name"])
+    previous = _RECORDED_HF_CONFIGS.get(name)
+    _RECORDED_HF_CONFIGS[name] = {"architecture": str(record["architecture"]),
+                                  "model_args": dict(record.get("model_args") or {}),
+                                  "pretrained_cfg": dict(record.get("pretrained_cfg") or {}),
+                                  "file": "recorded in the checkpoint"}
+    try:
+        yield
+    finally:
+        if previous is None:
+            _RECORDED_HF_CONFIGS.pop(name, None)
+        else:
+            _RECORDED_HF_CONFIGS[name] = previous
+
+
 def hf_hub_config(name: str) -> dict[str, Any]:
     """The timm config.json of an hf-hub model: {'architecture', 'pretrained_cfg', 'model_args'}."""
+    recorded = _RECORDED_HF_CONFIGS.get(str(name))
+    if recorded is not None:
+        if not timm.is_model(recorded["architecture"]):
+            raise UserError(f"The checkpoint of backbone '{name}' names the timm architecture "
+                            f"{recorded['architecture']!r}, which this timm {timm.__version__} does not know: install "
+                            f"the timm version the checkpoint was written with (or newer).")
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in recorded.items()}
     path = hf_hub_file(name, "config.json")
     assert path is not None
     try:
@@ -459,16 +503,18 @@ def describe_initialisation(name: str, source: str, pretrained: bool, weights: s
     random. Recorded in the checkpoint, metrics.json, the report and the export sidecar."""
     from bcc_lightning.utils.atomic_io import sha256_file
 
+    # hf-hub names also record their architecture (hf_hub_record): the checkpoint then rebuilds without the cache.
+    hub = {"hf_hub": hf_hub_record(name)} if source == "timm" and is_hf_hub(name) else {}
     if weights:
         path = Path(weights).expanduser().resolve()
-        return {"kind": "ImageNet", "file": str(path), "sha256": sha256_file(path)}
+        return {"kind": "ImageNet", "file": str(path), "sha256": sha256_file(path), **hub}
     if not pretrained:
-        return {"kind": "random"}
+        return {"kind": "random", **hub}
     path = _cached_weights_file(name, source)
-    if source == "timm" and is_hf_hub(name):
+    if hub:
         # Hub models are not necessarily ImageNet-trained (pathology foundation models, CLIP, ...): name the repo.
         return {"kind": "pretrained", "source": f"{name} (Hugging Face cache)", "file": str(path) if path else None,
-                "sha256": sha256_file(path) if path else None}
+                "sha256": sha256_file(path) if path else None, **hub}
     return {"kind": "ImageNet", "source": f"{source} hub cache", "file": str(path) if path else None,
             "sha256": sha256_file(path) if path else None}
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from bcc_lightning.models.backbones import recorded_hf_hub_config
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.utils.atomic_io import atomic_write
 from bcc_lightning.utils.errors import UserError
@@ -41,7 +42,9 @@ def load_checkpoint(path: str | Path, checkpoint: dict[str, Any] | None = None) 
     checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
     hparams = dict(checkpoint["hyper_parameters"])
     hparams.pop("load_weights", None)
-    model = BCCClassifier(**hparams, load_weights=False)
+    # An hf-hub backbone is rebuilt from the architecture recorded at training time, not the Hugging Face cache.
+    with recorded_hf_hub_config((hparams.get("initialisation") or {}).get("hf_hub")):
+        model = BCCClassifier(**hparams, load_weights=False)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
