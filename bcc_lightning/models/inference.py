@@ -6,12 +6,16 @@ deviation; without TTA there is one view, so the probability is sigmoid(logit / 
 
 from __future__ import annotations
 
+import io
+import time
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from bcc_lightning.utils.config import log
 from bcc_lightning.utils.device import autocast_for
 
 
@@ -29,17 +33,150 @@ def _fp32(logits: torch.Tensor) -> torch.Tensor:
         return logits.float()
 
 
+# ----------------------------------------------------------------------------------------------- fast path
+# `fast` runs the forward pass in ONNX Runtime (fp32) instead of eager PyTorch: on a 2-core AVX-512 CPU it measured
+# FAST_SPEEDUP over today's eager bf16 path (benchmarks/inference.py, README "Inference fast path"), while
+# torch.compile reached FAST_COMPILE. Its session is built once per model object (export + session: FAST_SETUP) and
+# kept while the weights are unchanged. Grad-CAM needs gradients and keeps using the eager model.
+
+FAST_CHOICES = ("auto", "true", "false")
+# `auto` turns the fast path on from this many forward images (images x TTA views) on a CPU: the one-off export and
+# session build (2-6 s) must be paid back by the faster forward passes. FAST_RULE
+FAST_AUTO_MIN_IMAGES = 256
+
+
+def parse_fast(value: Any) -> bool | str:
+    """The `inference.fast` value: True, False or "auto"."""
+    text = str(value).strip().lower()
+    if value is True or text == "true":
+        return True
+    if value is False or text == "false":
+        return False
+    if text == "auto":
+        return "auto"
+    from bcc_lightning.utils.errors import UserError
+
+    raise UserError(f"inference.fast must be one of {', '.join(FAST_CHOICES)} (got {value!r}): auto runs ONNX "
+                    f"Runtime when at least {FAST_AUTO_MIN_IMAGES} images are scored on a CPU, true always, false "
+                    f"never (the eager PyTorch model).")
+
+
+def want_fast(fast: Any, n_images: int | None, device: torch.device) -> bool:
+    """Whether to use the fast path for `n_images` forward images (images x views; None: unknown) on `device`."""
+    choice = parse_fast(fast)
+    if device.type != "cpu":
+        if choice is True:
+            log.info("Inference fast path: ONNX Runtime runs on the CPU only; using the eager model on %s.",
+                     device.type)
+        return False  # on a GPU the eager model is the fast path: nothing was measured to beat it there
+    if choice == "auto":
+        return n_images is not None and n_images >= FAST_AUTO_MIN_IMAGES
+    return bool(choice)
+
+
+def onnx_bytes(model: nn.Module, size: int) -> bytes:
+    """The model's uint8-in, logit-out graph (normalisation included), fp32, as ONNX bytes in memory."""
+    import copy
+    import warnings
+
+    # A copy: export wants fp32 channels-first weights, and the caller's model must stay as it is.
+    clone = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
+    clone.channels_last = False
+    buffer = io.BytesIO()
+    example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+    with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+        torch.onnx.export(clone, (example,), buffer, dynamo=False, opset_version=17, input_names=["pixels"],
+                          output_names=["logit"], dynamic_axes={"pixels": {0: "batch"}, "logit": {0: "batch"}})
+    return buffer.getvalue()
+
+
+class OnnxRunner:
+    """ONNX Runtime (CPU, fp32, every graph optimisation, one intra-op thread per torch thread) on the model's
+    exported graph: uint8 batches (N, 3, S, S) of any N -> fp32 logits (N,), as model(batch) gives them."""
+
+    def __init__(self, model: nn.Module, size: int, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.size = size
+        self.session = ort.InferenceSession(onnx_bytes(model, size), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.to("cpu", torch.uint8).contiguous().numpy()  # TTA's views are strided: one copy
+        return torch.from_numpy(self.session.run(["logit"], {"pixels": pixels})[0])
+
+
+# model -> (weights version, runner or None when it could not be built); weak, so a dropped model frees its session
+_RUNNERS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], OnnxRunner | None]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _weights_version(model: nn.Module) -> tuple[int, ...]:
+    """Changes whenever a weight or buffer is replaced or updated in place (optimizer steps, load_state_dict)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return tuple(t.data_ptr() for t in tensors) + tuple(t._version for t in tensors)
+
+
+def fast_runner(model: nn.Module) -> OnnxRunner | None:
+    """The model's ONNX Runtime session, built on first use and cached; None, with one log line, when it cannot be
+    built (onnxruntime missing, an operator the exporter does not know): the caller then runs the eager model."""
+    version = _weights_version(model)
+    cached = _RUNNERS.get(model)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    start = time.perf_counter()
+    runner: OnnxRunner | None
+    try:
+        size = int(model.preprocess.img_size)  # type: ignore[union-attr]
+        runner = OnnxRunner(model, size)
+        log.info("Inference fast path: ONNX Runtime (fp32), session built in %.1f s.", time.perf_counter() - start)
+    except Exception as exc:  # never fail a prediction because of the fast path
+        log.warning("Inference fast path unavailable (%s: %s); using the eager model.", type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "")
+        runner = None
+    _RUNNERS[model] = (version, runner)
+    return runner
+
+
+def _forward(model: nn.Module, runner: OnnxRunner | None, images: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                          OnnxRunner | None]:
+    """Logits of one view, by the runner when it applies (uint8 pixels at its size), else the eager model; a runner
+    that fails is dropped for the rest of the call and for this model."""
+    if runner is not None and images.dtype == torch.uint8 and images.shape[-1] == runner.size:
+        try:
+            return runner(images).to(images.device), runner
+        except Exception as exc:
+            log.warning("Inference fast path failed (%s: %s); using the eager model.", type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "")
+            _RUNNERS[model] = (_weights_version(model), None)
+            runner = None
+    return model(images), runner
+
+
 @torch.no_grad()
 def predict_view_logits(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device,
-                        precision: Any = "auto", tta: bool = False) -> torch.Tensor:
-    """Logits (float32, on CPU) of shape (N, V): V = 8 dihedral views with TTA, else 1."""
+                        precision: Any = "auto", tta: bool = False, fast: Any = False,
+                        n_images: int | None = None) -> torch.Tensor:
+    """Logits (float32, on CPU) of shape (N, V): V = 8 dihedral views with TTA, else 1.
+
+    fast: True, False or "auto" (see want_fast; `n_images`, the number of images in `batches`, decides auto). The
+    fast path is fp32 whatever `precision` says; batches it cannot take (normalised floats) run eagerly."""
     model.eval().to(device)
+    runner = None
+    if fast is not False and want_fast(fast, None if n_images is None else n_images * (8 if tta else 1), device):
+        runner = fast_runner(model)
     out = []
     with autocast_for(device, precision):
         for images in batches:
             images = images.to(device, non_blocking=True)
-            views = dihedral_views(images) if tta else iter((images,))
-            out.append(torch.stack([_fp32(model(v)) for v in views], dim=1))
+            logits = []
+            for view in (dihedral_views(images) if tta else iter((images,))):
+                view_logits, runner = _forward(model, runner, view)
+                logits.append(_fp32(view_logits))
+            out.append(torch.stack(logits, dim=1))
             # kept on the device: a copy per batch would make the host wait for every batch
     return torch.cat(out).cpu() if out else torch.empty(0, 8 if tta else 1)
 
@@ -54,6 +191,8 @@ def view_probabilities(view_logits: torch.Tensor, temperature: float = 1.0) -> t
 
 
 def predict_batches(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device,
-                    precision: Any = "auto", tta: bool = False, temperature: float = 1.0) -> torch.Tensor:
+                    precision: Any = "auto", tta: bool = False, temperature: float = 1.0, fast: Any = False,
+                    n_images: int | None = None) -> torch.Tensor:
     """Malignant probabilities (float32, on CPU) for image batches: uint8 pixels, or floats already normalised."""
-    return view_probabilities(predict_view_logits(model, batches, device, precision, tta), temperature)[0]
+    logits = predict_view_logits(model, batches, device, precision, tta, fast=fast, n_images=n_images)
+    return view_probabilities(logits, temperature)[0]

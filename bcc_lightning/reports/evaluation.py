@@ -66,10 +66,11 @@ class Scored:
 
 
 def _predict_split(model: BCCClassifier, datamodule: BCCDataModule, split: str, device: torch.device,
-                   precision: Any, tta: bool) -> Scored:
+                   precision: Any, tta: bool, fast: Any = "auto") -> Scored:
     dataset = datamodule.dataset(split)
     loader = datamodule.loader(split)
-    logits = predict_view_logits(model, (images for images, _ in loader), device, precision, tta)
+    logits = predict_view_logits(model, (images for images, _ in loader), device, precision, tta, fast=fast,
+                                 n_images=len(dataset))
     paths = [p for p, _ in dataset.samples]
     bad = [str(paths[i]) for i in np.flatnonzero(~torch.isfinite(logits).all(dim=1).numpy())]
     if bad:
@@ -179,6 +180,7 @@ class EvalSettings:
     accelerator: str = "auto"
     precision: Any = "auto"
     calibrate: str | None = None  # "temperature": fit T on the val logits before choosing the threshold
+    fast: Any = "auto"  # the inference fast path: True, False or "auto" (models.inference.want_fast)
 
 
 @dataclass
@@ -233,7 +235,7 @@ def _operating_point(model: BCCClassifier, datamodule: BCCDataModule, settings: 
                         f"{' and calibrate=null' if calibrate else ''}).")
     if isinstance(method, float) and not calibrate:
         return _OperatingPoint(method, "fixed", {"threshold": method, "method": "fixed", "chosen_on": None})
-    val = _predict_split(model, datamodule, "val", device, settings.precision, settings.tta)
+    val = _predict_split(model, datamodule, "val", device, settings.precision, settings.tta, settings.fast)
     paths, val_labels = val.paths, val.labels
     temperature = _fit_temperature(val_labels, val.logits) if calibrate else 1.0
     val_probs = val.probs(temperature)
@@ -310,7 +312,7 @@ def evaluate(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, sett
     point = _operating_point(model, datamodule, settings, device)
     threshold, temperature = point.threshold, point.temperature
 
-    scored = _predict_split(model, datamodule, split, device, settings.precision, settings.tta)
+    scored = _predict_split(model, datamodule, split, device, settings.precision, settings.tta, settings.fast)
     paths, labels, probs, spread = scored.paths, scored.labels, scored.probs(temperature), scored.spread(temperature)
     if len(labels) == 0:
         raise UserError(f"No images in {root}/{split}.")
@@ -422,7 +424,9 @@ def stain_stress(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, 
                 yield torch.stack([apply_stain_norm(hed_jitter(p, strength, torch.Generator().manual_seed(seed + i)),
                                                     model.preprocess)
                                    for i, p in enumerate(pixels[start:start + datamodule.batch_size], start)])
-        probs = predict_batches(model, batches(), device, settings.precision).numpy().astype(np.float64)
+        # one session for every strength: the fast path's export is paid once for all of them
+        probs = predict_batches(model, batches(), device, settings.precision, fast=settings.fast,
+                                n_images=len(pixels) * len(strengths)).numpy().astype(np.float64)
         metrics = compute_metrics(labels, probs, threshold)
         rows.append({"strength": float(strength), "auroc": metrics["auroc"], "accuracy": metrics["accuracy"],
                      "sensitivity": metrics["recall"], "specificity": metrics["specificity"]})

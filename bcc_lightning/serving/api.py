@@ -31,7 +31,7 @@ from bcc_lightning.data.imageio import to_rgb
 from bcc_lightning.data.labels import CLASS_NAMES
 from bcc_lightning.data.preprocess import to_pixels
 from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
-from bcc_lightning.models.inference import predict_view_logits, view_probabilities
+from bcc_lightning.models.inference import fast_runner, predict_view_logits, view_probabilities, want_fast
 from bcc_lightning.reports.card import build_card
 from bcc_lightning.reports.gradcam import explain, overlay, plan_cam
 from bcc_lightning.serving.page import PAGE_HTML
@@ -59,6 +59,9 @@ class ServeSettings:
     accelerator: str = "auto"
     precision: Any = "auto"
     timeout: float = 60.0
+    # The inference fast path (ONNX Runtime on a CPU): True builds it at start-up, so no request waits for the
+    # export. "auto" is off here: a server cannot know how many images it will score.
+    fast: Any = False
 
     @property
     def threshold(self) -> float:
@@ -214,6 +217,8 @@ class BCCLitAPI(ls.LitAPI):
         # not `self.device`: LitServe keeps its own device string there
         self.torch_device = torch.device(device)
         self.model = load_checkpoint(self.settings.ckpt).to(self.torch_device).eval()
+        if want_fast(self.settings.fast, None, self.torch_device):
+            fast_runner(self.model)  # cached on the model; built now rather than in the first request
         self.plan: Any = None  # Grad-CAM layer, found on the first request that asks for maps
 
     def decode_request(self, request: dict) -> dict[str, Any]:
@@ -242,7 +247,8 @@ class BCCLitAPI(ls.LitAPI):
         flat = [(r, k, name, image) for r, request in enumerate(requests)
                 for k, (name, image) in enumerate(request["images"])]
         pixels = torch.stack([to_pixels(image, pre) for _, _, _, image in flat])
-        logits = predict_view_logits(self.model, [pixels], self.torch_device, settings.precision, settings.tta)
+        logits = predict_view_logits(self.model, [pixels], self.torch_device, settings.precision, settings.tta,
+                                     fast=settings.fast)
         probs, spread = view_probabilities(logits, settings.temperature)
         results: list[list[dict[str, Any]]] = [[] for _ in requests]
         for i, (r, _, name, _) in enumerate(flat):

@@ -102,7 +102,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          warn=log.warning)
     settings = EvalSettings(split=cfg.split, threshold=cfg.threshold, tta=bool(cfg.tta), report=cfg.report,
                             accelerator=accelerator, precision=cfg.trainer.precision,
-                            group_rule=str(cfg.get("group_rule", "any")), calibrate=cfg.get("calibrate"))
+                            group_rule=str(cfg.get("group_rule", "any")), calibrate=cfg.get("calibrate"),
+                            fast=cfg.get("inference", {}).get("fast", "auto"))
     writer = None
     if "tensorboard" in (cfg.get("logger") or {}):
         from torch.utils.tensorboard import SummaryWriter

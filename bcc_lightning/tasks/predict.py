@@ -69,11 +69,12 @@ def threshold_label(point: dict[str, Any]) -> str:
 def predict(ckpt: Path, target: Path, out: Path, threshold: Any = "auto", batch_size: int = 64,
             num_workers: Any = "auto", accelerator: str = "auto", precision: Any = "auto", tta: bool = False,
             cam: bool = False, cam_dir: Path | None = None, cam_layer: str | None = None,
-            progress: bool = False, point: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+            progress: bool = False, point: dict[str, Any] | None = None, fast: Any = "auto") -> list[dict[str, Any]]:
     """Write `out` (CSV) with one row per image; returns the rows.
 
     threshold: a number, an evaluation's metrics.json or auto (see resolve_operating_point); `point` (already
-    resolved) wins over it. Probabilities are sigmoid(logit / T) with the operating point's temperature T."""
+    resolved) wins over it. Probabilities are sigmoid(logit / T) with the operating point's temperature T.
+    fast: the inference fast path (ONNX Runtime on a CPU), true, false or auto (models.inference.want_fast)."""
     if point is None:
         threshold, point = resolve_operating_point(threshold, ckpt)
     threshold = float(point["threshold"])
@@ -98,7 +99,8 @@ def predict(ckpt: Path, target: Path, out: Path, threshold: Any = "auto", batch_
             errors.extend(reasons)
             yield images
 
-    probs, spread = view_probabilities(predict_view_logits(model, batches(), device, precision, tta), temperature)
+    logits = predict_view_logits(model, batches(), device, precision, tta, fast=fast, n_images=len(files))
+    probs, spread = view_probabilities(logits, temperature)
     rows = prediction_rows([str(path) for path in files], probs.tolist(), threshold, errors=errors,
                            method=threshold_label(point), spreads=None if spread is None else spread.tolist())
     write_predictions(out, rows)
@@ -130,7 +132,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                    int(cfg.data.batch_size), cfg.data.num_workers, str(cfg.trainer.accelerator),
                    cfg.trainer.precision, bool(cfg.tta),
                    bool(cfg.cam), Path(cfg.cam_dir) if cfg.get("cam_dir") else None, cfg.get("cam_layer"), progress,
-                   point=point)
+                   point=point, fast=cfg.get("inference", {}).get("fast", "auto"))
     failed = sum(1 for r in rows if r["error"])
     malignant = sum(1 for r in rows if r["pred_label"] == "malignant")
     print(f"{len(rows)} images: {malignant} malignant, {len(rows) - malignant - failed} benign, {failed} unreadable "

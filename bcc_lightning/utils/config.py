@@ -138,6 +138,7 @@ RULES: dict[str, Any] = {
     "compile": _boolean,
     "resume": _boolean,
     "tta": _boolean,
+    "inference.fast": lambda v: None if isinstance(v, bool) or v == "auto" else "auto, true or false",
     "stain_stress": _boolean,
     "split": lambda v: _choice(v, ("train", "val", "test")),
     "probe.few_shot_repeats": lambda v: _whole(v, 1),
