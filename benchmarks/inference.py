@@ -3,10 +3,13 @@ without freezing) and ONNX Runtime, on random-weight models and random uint8 bat
 
     python benchmarks/inference.py                       # MobileNetV2 and DenseNet121, 224 px, batch 32
     python benchmarks/inference.py --models mobilenetv2 --batches 4 --repeats 3
+    python benchmarks/inference.py --models mobilenetv2 --e2e-images 200 --rows eager_bf16 onnxruntime
 
 Rows take turns (A B C A B C ...) within each repeat, so a slow spell of a shared machine hits them alike; the
 table shows the median and min - max img/s, the one-off setup (compile, or export + session) separately, and each
-path's largest probability difference from eager fp32 on the same images. Writes JSON (default
+path's largest probability difference from eager fp32 on the same images. --e2e-images N adds `bcc-predict` end to
+end on N generated 700x460 JPEGs (decode in the loader workers, a fresh model and session per run, as a user's
+predict pays them), with inference.fast false and true, and the loader alone. Writes JSON (default
 docs/inference_cpu.json).
 """
 
@@ -134,6 +137,45 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def bench_end_to_end(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """bcc-predict on a folder of JPEGs, eager against the fast path, alternating; and the loader alone."""
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    from bcc_lightning.data.demo import generate_raw
+    from bcc_lightning.tasks.predict import _Files, find_images, predict
+    from bcc_lightning.utils.device import resolve_num_workers
+
+    work = Path(tempfile.mkdtemp(prefix="bcc_e2e_"))
+    generate_raw(work / "images", n_per_class=max(1, args.e2e_images // 2), width=700, height=460, seed=3)
+    for png in (work / "images").rglob("*.png"):  # microscope exports are mostly JPEG
+        Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=90)
+        png.unlink()
+    model = build_model(name, args.size)
+    ckpt = work / "model.ckpt"
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, ckpt)
+    files = find_images(work / "images")
+    workers = resolve_num_workers("auto", False)
+    runs: dict[str, list[float]] = {"loader only": [], "predict, inference.fast=false": [],
+                                    "predict, inference.fast=true": []}
+    for repeat in range(args.repeats):
+        for label in runs:
+            start = time.perf_counter()
+            if label == "loader only":
+                for _ in DataLoader(_Files(files, model.preprocess), batch_size=args.batch, num_workers=workers):
+                    pass
+            else:
+                predict(ckpt, work / "images", work / "preds.csv", threshold=0.5, batch_size=args.batch,
+                        num_workers="auto", accelerator="cpu", fast=label.endswith("true"))
+            runs[label].append(len(files) / (time.perf_counter() - start))
+        print(f"{name} end to end, repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()),
+              flush=True)
+    base = runs["predict, inference.fast=false"]
+    return {label: {"img_s": v, "median_img_s": statistics.median(v),
+                    "vs_fast_false": statistics.median([a / b for a, b in zip(v, base)])}
+            for label, v in runs.items()} | {"images": len(files), "workers": workers}
+
+
 def table(results: dict[str, dict[str, Any]], rows: list[str]) -> str:
     lines = ["| path | " + " | ".join(f"{m} img/s (min – max)" for m in results) + " | "
              + " | ".join(f"{m} vs (a)" for m in results) + " | " + " | ".join(f"{m} setup s" for m in results)
@@ -161,17 +203,26 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4, help="batches per timed run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--e2e-images", type=int, default=0, help="also bcc-predict on this many JPEGs (0: no)")
     parser.add_argument("--out", type=Path, default=Path("docs/inference_cpu.json"))
     args = parser.parse_args()
     results = {name: bench_model(name, args) for name in args.models}
+    end_to_end = {name: bench_end_to_end(name, args) for name in args.models} if args.e2e_images else {}
     print()
     print(f"{args.size} px, batch {args.batch}, {args.batches} batches per run, median of {args.repeats} "
           f"(rows alternating), {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(table(results, args.rows))
+    for name, rows in end_to_end.items():
+        print(f"\n{name}, end to end on {rows['images']} JPEGs (700x460), {rows['workers']} loader workers:\n"
+              "| run | img/s (min – max) | vs fast=false |\n|---|---|---|")
+        for label, row in rows.items():
+            if isinstance(row, dict):
+                print(f"| {label} | {row['median_img_s']:.1f} ({min(row['img_s']):.1f} – {max(row['img_s']):.1f}) "
+                      f"| {row['vs_fast_false']:.2f}× |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": {**vars(args), "out": str(args.out), "threads": torch.get_num_threads(),
                                                  "torch": torch.__version__, "cpu": platform.processor()},
-                                    "results": results}, indent=1) + "\n")
+                                    "results": results, "end_to_end": end_to_end}, indent=1) + "\n")
     print(f"JSON: {args.out}")
 
 

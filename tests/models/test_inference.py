@@ -4,6 +4,7 @@ when it cannot run, and its config key checked."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from bcc_lightning.models.inference import (
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.utils.config import check_config
 from bcc_lightning.utils.errors import UserError
-from tests.conftest import compose_config
+from tests.conftest import compose_config, write_image
 
 CPU = torch.device("cpu")
 SIZE = 32
@@ -124,3 +125,21 @@ def test_config_key_is_checked() -> None:
     assert parse_fast("True") is True and parse_fast(False) is False and parse_fast("auto") == "auto"
     with pytest.raises(UserError, match="inference.fast must be one of auto, true, false"):
         parse_fast("yes please")
+
+
+def test_predict_with_the_fast_path_forced_on(model: BCCClassifier, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """bcc-predict's wiring: inference.fast=true scores a folder (with TTA) as the eager model does."""
+    from bcc_lightning.tasks.predict import predict
+
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, ckpt)
+    for i in range(3):
+        write_image(tmp_path / "images" / f"{i}.png", size=(50, 40), seed=i)
+    common = {"threshold": 0.5, "batch_size": 2, "num_workers": 0, "accelerator": "cpu", "tta": True}
+    eager = predict(ckpt, tmp_path / "images", tmp_path / "eager.csv", precision="32-true", fast=False, **common)
+    with caplog.at_level(logging.INFO, logger="bcc_lightning"):
+        fast = predict(ckpt, tmp_path / "images", tmp_path / "fast.csv", fast=True, **common)
+    assert "Inference fast path: ONNX Runtime (fp32)" in caplog.text
+    for a, b in zip(eager, fast):
+        assert a["path"] == b["path"] and b["prob_malignant"] == pytest.approx(a["prob_malignant"], abs=TOLERANCE)
