@@ -136,10 +136,15 @@ def _few_shot_block(cfg: DictConfig, settings: dict[str, Any], emb: dict[str, di
         return None
     started = time.perf_counter()
     groups, counted, source = training_groups(datamodule.root, [p for p, _ in datamodule.samples("train")])
-    rows = few_shot.few_shot_curve(
-        (emb["train"]["features"], emb["train"]["labels"]), groups, (emb["val"]["features"], emb["val"]["labels"]),
-        (emb["test"]["features"], emb["test"]["labels"]), sizes, repeats, int(cfg.seed), Cs, select,
-        int(settings.get("max_iter", 200)), counted)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # hundreds of tiny L-BFGS fits: handing them between threads costs more than it saves
+    try:
+        rows = few_shot.few_shot_curve(
+            (emb["train"]["features"], emb["train"]["labels"]), groups, (emb["val"]["features"], emb["val"]["labels"]),
+            (emb["test"]["features"], emb["test"]["labels"]), sizes, repeats, int(cfg.seed), Cs, select,
+            int(settings.get("max_iter", 200)), counted)
+    finally:
+        torch.set_num_threads(threads)
     summary = few_shot.summarise(rows)
     folder = outdir / "test"
     few_shot.write_csv(rows, folder / "few_shot.csv")
