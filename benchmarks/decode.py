@@ -1,5 +1,6 @@
-"""Decoders for the loader: PIL full decode + resize (what every path uses), PIL JPEG draft mode (decode at 1/2, 1/4
-or 1/8 scale) + resize, and torchvision.io.decode_jpeg + tensor resize. Images/s on microscope-sized JPEGs and how
+"""Decoders for the loader: PIL full decode + PIL resize (checkpoints made before the resize was recorded), PIL decode +
+torchvision's uint8 tensor resize (the default now), PIL JPEG draft mode (decode at 1/2, 1/4 or 1/8 scale) + resize,
+and torchvision.io.decode_jpeg + tensor resize. Images/s on microscope-sized JPEGs and how
 far each one's pixels are from the full decode.
 
     python benchmarks/decode.py [--images 200] [--size 224] [--repeats 3]
@@ -42,6 +43,10 @@ def main() -> None:
         with Image.open(io.BytesIO(data)) as im:
             return v2.functional.pil_to_tensor(resize(im.convert("RGB")))
 
+    def pil_tensor_resize(data: bytes) -> torch.Tensor:
+        with Image.open(io.BytesIO(data)) as im:
+            return resize(v2.functional.pil_to_tensor(im.convert("RGB")))
+
     def draft(data: bytes) -> torch.Tensor:
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (size, size))  # the smallest 1/2^k scale still at least `size` on both sides
@@ -52,7 +57,9 @@ def main() -> None:
         return v2.functional.resize(decoded, [size, size], antialias=True)
 
     decoders: dict[str, Callable[[bytes], torch.Tensor]] = {
-        "PIL full decode + resize (used everywhere)": full, "PIL draft mode + resize": draft,
+        "PIL full decode + PIL resize (resize=pil)": full,
+        "PIL full decode + tensor resize (resize=tensor, the default)": pil_tensor_resize,
+        "PIL draft mode + PIL resize": draft,
         "torchvision.io.decode_jpeg + tensor resize": tv_io}
     reference = [full(b).int() for b in blobs]
     rows = []

@@ -173,7 +173,7 @@ class BCCDataModule(L.LightningDataModule):
                 cache = open_or_build(cache_dir, split, [p for p, _ in samples], self.preprocess.img_size,
                                       self.preprocess.interpolation, partial(decode_hwc, pre=self.preprocess),
                                       log=log.info, workers=self.num_workers,
-                                      variant=self.preprocess.fingerprint() if self.preprocess.stain_norm else "")
+                                      variant=self.preprocess.fingerprint())
             self.datasets[split] = ImageFolderDataset(samples, self.preprocess, augment, cache)
         return self.datasets[split]
 
