@@ -1,6 +1,7 @@
 """Decoders for the loader: PIL full decode + PIL resize (checkpoints made before the resize was recorded), PIL decode +
-torchvision's uint8 tensor resize (the default now), PIL JPEG draft mode (decode at 1/2, 1/4 or 1/8 scale) + resize,
-and torchvision.io.decode_jpeg + tensor resize. Images/s on microscope-sized JPEGs and how
+torchvision's uint8 tensor resize (what other formats get now), PIL JPEG draft mode (decode at 1/2, 1/4 or 1/8 scale)
++ resize, and torchvision.io.decode_jpeg + tensor resize (what JPEGs get now: data/imageio.load_pixels). Images/s on
+microscope-sized JPEGs and how
 far each one's pixels are from the full decode.
 
     python benchmarks/decode.py [--images 200] [--size 224] [--repeats 3]
@@ -58,9 +59,9 @@ def main() -> None:
 
     decoders: dict[str, Callable[[bytes], torch.Tensor]] = {
         "PIL full decode + PIL resize (resize=pil)": full,
-        "PIL full decode + tensor resize (resize=tensor, the default)": pil_tensor_resize,
+        "PIL full decode + tensor resize (non-JPEG files)": pil_tensor_resize,
         "PIL draft mode + PIL resize": draft,
-        "torchvision.io.decode_jpeg + tensor resize": tv_io}
+        "torchvision.io.decode_jpeg + tensor resize (JPEGs, the default)": tv_io}
     reference = [full(b).int() for b in blobs]
     rows = []
     for name, decode in decoders.items():

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
+from bcc_lightning.data.imageio import ImageDecodeError, load_pixels, load_rgb
 from bcc_lightning.data.stain import StainNormaliser
 from bcc_lightning.utils.errors import UserError
 
@@ -67,10 +67,16 @@ def resize_op(pre: Preprocess) -> v2.Resize:
                      antialias=True)
 
 
-def resize_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
-    """Decoded RGB image -> uint8 (3, S, S) by the preprocessing's resize implementation."""
-    if pre.resize == "tensor" and pre.interpolation in TENSOR_RESIZE:
-        return resize_op(pre)(v2.functional.pil_to_tensor(image))
+def _tensor_resize(pre: Preprocess) -> bool:
+    return pre.resize == "tensor" and pre.interpolation in TENSOR_RESIZE
+
+
+def resize_pixels(image: Image.Image | torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """Decoded RGB image (PIL, or uint8 (3, H, W)) -> uint8 (3, S, S) by the preprocessing's resize implementation."""
+    if _tensor_resize(pre):
+        return resize_op(pre)(image if isinstance(image, torch.Tensor) else v2.functional.pil_to_tensor(image))
+    if isinstance(image, torch.Tensor):
+        image = v2.functional.to_pil_image(image)
     return v2.functional.pil_to_tensor(resize_op(pre)(image))
 
 
@@ -81,20 +87,25 @@ def apply_stain_norm(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     return _normaliser(json.dumps(pre.stain_norm, sort_keys=True))(pixels)
 
 
-def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
+def to_pixels(image: Image.Image | torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """Decoded RGB image -> uint8 CHW tensor at the input size (stain-normalised when the preprocessing says so):
     what loaders ship and the model normalises. Training, evaluation, predict and Grad-CAM all come through here."""
     return apply_stain_norm(resize_pixels(image, pre), pre)
 
 
+def read_pixels(path: str | Path, pre: Preprocess) -> torch.Tensor:
+    """One file -> uint8 CHW tensor at the input size, or ImageDecodeError: what training (streamed or cached),
+    evaluation and predict all read. Decoded as a tensor where the resize takes one (no copy out of PIL)."""
+    return to_pixels(load_pixels(path) if _tensor_resize(pre) else load_rgb(path), pre)
+
+
 def decode_resized(path: Path, pre: Preprocess) -> torch.Tensor:
-    """One file -> uint8 CHW tensor at the input size (the part of the pipeline the cache stores)."""
+    """read_pixels for training data (the part of the pipeline the cache stores): a bad file is a UserError."""
     try:
-        image = load_rgb(path)
+        return read_pixels(path, pre)
     except ImageDecodeError as exc:
         raise UserError(f"Cannot read a training image: {exc}. Remove or replace the file (bcc-prepare lists and "
                         f"skips unreadable files) and run again.") from exc
-    return to_pixels(image, pre)
 
 
 def decode_hwc(path: Path, pre: Preprocess) -> np.ndarray:

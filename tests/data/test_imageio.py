@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
+from bcc_lightning.data.imageio import ImageDecodeError, load_pixels, load_rgb
 from bcc_lightning.data.layout import is_image_file
 from tests.conftest import write_image
 
@@ -64,6 +64,57 @@ def test_decompression_bomb_is_rejected(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageDecodeError, match="too large"):
         load_rgb(path)
+
+
+def _scene(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = 120 + 70 * np.sin(x / 9.0)[..., None] * np.cos(y / 6.0)[..., None]
+    return Image.fromarray(np.clip(base + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("options", [
+    {"quality": 90}, {"quality": 75, "subsampling": 0}, {"quality": 95, "subsampling": 1}, {"progressive": True},
+    {"quality": 60, "optimize": True}, {"grey": True}, {"cmyk": True}, {"exif_rotated": True}])
+def test_load_pixels_matches_pillow_exactly(tmp_path: Path, options: dict) -> None:
+    """The fast JPEG decoder (torchvision's libjpeg-turbo) gives Pillow's pixels bit for bit, at odd sizes, every
+    chroma subsampling, progressive, grey (as RGB), CMYK (through Pillow) and an EXIF rotation (ignored by both)."""
+    options = dict(options)
+    image = _scene(333, 217)
+    if options.pop("grey", False):
+        image = image.convert("L")
+    if options.pop("cmyk", False):
+        image = image.convert("CMYK")
+    if options.pop("exif_rotated", False):
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        options["exif"] = exif.tobytes()
+    path = tmp_path / "x.jpg"
+    image.save(path, "JPEG", **options)
+    pixels = load_pixels(path)
+    assert pixels.dtype.is_floating_point is False and pixels.shape == (3, 217, 333)
+    assert np.array_equal(pixels.permute(1, 2, 0).numpy(), np.asarray(load_rgb(path)))
+
+
+def test_load_pixels_takes_every_mode_through_pillow(tmp_path: Path) -> None:
+    path = write_image(tmp_path / "x.png", mode="I;16", size=(40, 30))
+    assert np.array_equal(load_pixels(path).permute(1, 2, 0).numpy(), np.asarray(load_rgb(path)))
+
+
+def test_truncated_jpeg_is_rejected_by_both_decoders(tmp_path: Path) -> None:
+    _scene(300, 200).save(tmp_path / "good.jpg", quality=90)
+    data = (tmp_path / "good.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    for decode in (load_rgb, load_pixels):
+        with pytest.raises(ImageDecodeError, match="cut.jpg"):
+            decode(tmp_path / "cut.jpg")
+
+
+def test_load_pixels_keeps_the_bomb_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _scene(300, 300).save(tmp_path / "big.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageDecodeError, match="too large"):
+        load_pixels(tmp_path / "big.jpg")
 
 
 def test_is_image_file() -> None:
