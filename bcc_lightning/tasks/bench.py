@@ -153,6 +153,19 @@ def model_step_rate(model: BCCClassifier, cfg: DictConfig, device: torch.device,
     return cfg.data.batch_size * cfg.steps, time.perf_counter() - start
 
 
+def tensor_inference_rate(model: BCCClassifier, cfg: DictConfig, device: torch.device,
+                          precision: Any) -> tuple[int, float]:
+    """Inference images/s on uint8 tensors in memory (validation's compute floor)."""
+    size = model.preprocess.img_size
+    batch = torch.randint(0, 256, (cfg.data.batch_size, 3, size, size), dtype=torch.uint8, device=device)
+    predict_batches(model, [batch] * cfg.warmup, device, precision)
+    _sync(device)
+    start = time.perf_counter()
+    predict_batches(model, [batch] * cfg.steps, device, precision)
+    _sync(device)
+    return cfg.data.batch_size * cfg.steps, time.perf_counter() - start
+
+
 def plain_loop_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, device: torch.device,
                     precision: Any) -> tuple[int, float]:
     step = train_step_fn(model, device, precision)
@@ -343,7 +356,7 @@ class _EpochClock(L.Callback):
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-def _train_config(cfg: DictConfig, root: Path, cache: Any, epochs: int) -> DictConfig:
+def _train_config(cfg: DictConfig, root: Path, cache: Any, epochs: int, workers: Any = None) -> DictConfig:
     """train.yaml as `python train.py` composes it, with bench's model, optimizer and data settings."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -364,18 +377,18 @@ def _train_config(cfg: DictConfig, root: Path, cache: Any, epochs: int) -> DictC
         train_cfg.model.pretrained = False
         train_cfg.optimizer = cfg.optimizer
         train_cfg.data.batch_size = cfg.data.batch_size
-        train_cfg.data.num_workers = cfg.data.num_workers
+        train_cfg.data.num_workers = cfg.data.num_workers if workers is None else workers
         train_cfg.data.cache = cache
         if "audit" in train_cfg.data:
             train_cfg.data.audit = "off"  # the audit runs before training; it is not part of an epoch
     return train_cfg
 
 
-def train_py_epochs(cfg: DictConfig, root: Path, cache: Any, outdir: Path) -> list[float]:
+def train_py_epochs(cfg: DictConfig, root: Path, cache: Any, outdir: Path, workers: Any = None) -> list[float]:
     """Seconds per epoch of train.py's fit (everything but the final test report)."""
     from bcc_lightning.tasks import train as train_task
 
-    train_cfg = _train_config(cfg, root, cache, int(cfg.epochs))
+    train_cfg = _train_config(cfg, root, cache, int(cfg.epochs), workers)
     L.seed_everything(0)
     model, datamodule, _ = train_task.build(train_cfg, outdir)
     callbacks, _ = train_task.build_callbacks(train_cfg, outdir)
@@ -418,6 +431,10 @@ def run_epochs(cfg: DictConfig) -> dict[str, Any]:
         rows["train.py, default settings (data.cache=auto: a fresh cache)"] = train_py_epochs(
             cfg, root, str(Path(tmp) / "cache"), Path(tmp) / "run_cached")
         rows["train.py, data.cache=null (streaming)"] = train_py_epochs(cfg, root, None, Path(tmp) / "run_stream")
+        for w in cfg.get("epoch_workers") or []:  # the worker-count sweep behind data.num_workers=auto
+            for label, cache in (("auto", str(Path(tmp) / "cache")), ("null", None)):
+                rows[f"train.py, data.cache={label}, data.num_workers={w}"] = train_py_epochs(
+                    cfg, root, cache, Path(tmp) / f"run_{label}_{w}", workers=w)
         rows[f"tuned plain loop ({precision}, channels-last, {workers} workers)"] = plain_loop_epochs(
             cfg, root, True, precision, workers, device)
         if cfg.naive:
@@ -426,12 +443,15 @@ def run_epochs(cfg: DictConfig) -> dict[str, Any]:
         floor_model = _model(cfg, bool(cfg.model.channels_last))
         step_rate = statistics.median(n / s for n, s in (model_step_rate(floor_model, cfg, device, precision)
                                                          for _ in range(int(cfg.repeats))))
+        val_rate = statistics.median(n / s for n, s in (tensor_inference_rate(floor_model, cfg, device, precision)
+                                                        for _ in range(int(cfg.repeats))))
     n_train, n_val = int(cfg.n_images), int(cfg.epoch_val_images)
     result = {"mode": "epochs", "device": _device_name(device), "model": cfg.model.name, "precision": str(precision),
               "batch_size": cfg.data.batch_size, "workers": workers, "train_images": n_train, "val_images": n_val,
               "epochs": int(cfg.epochs), "seconds_per_epoch": rows,
               "steady_state": {name: statistics.median(t[1:]) if len(t) > 1 else t[0] for name, t in rows.items()},
-              "model_step_floor_s": n_train / step_rate, "torch": torch.__version__}
+              "model_step_floor_s": n_train / step_rate, "validation_floor_s": n_val / val_rate,
+              "torch": torch.__version__}
     print(format_epoch_table(result))
     write_json(run_dir() / "bench_epochs.json", result)
     return result
@@ -456,18 +476,23 @@ def _prepare_epoch_data(cfg: DictConfig, root: Path) -> Path:
 
 
 def format_epoch_table(result: dict[str, Any]) -> str:
+    floor = result["model_step_floor_s"] + result.get("validation_floor_s", 0.0)
     lines = [f"{result['model']}, batch {result['batch_size']}, {result['precision']}, {result['workers']} workers, "
              f"{result['train_images']} training + {result['val_images']} validation images per epoch, on "
              f"{result['device']}",
-             f"| {'system':<62} | {'s/epoch':>8} | {'first epoch':>11} | {'vs tuned loop':>13} |",
-             f"|{'-' * 64}|{'-' * 10}|{'-' * 13}|{'-' * 15}|"]
+             f"| {'system':<62} | {'s/epoch':>8} | {'first epoch':>11} | {'vs tuned loop':>13} | {'vs floor':>8} |",
+             f"|{'-' * 64}|{'-' * 10}|{'-' * 13}|{'-' * 15}|{'-' * 10}|"]
     tuned = next(v for k, v in result["steady_state"].items() if k.startswith("tuned plain loop"))
     for name, seconds in result["steady_state"].items():
         first = result["seconds_per_epoch"][name][0]
-        lines.append(f"| {name:<62} | {seconds:>8.1f} | {first:>11.1f} | {seconds / tuned:>12.2f}x |")
-    floor = result["model_step_floor_s"]
-    lines.append(f"| {'model-step floor (training images only, tensors in memory)':<62} | {floor:>8.1f} | "
-                 f"{'':>11} | {floor / tuned:>12.2f}x |")
+        lines.append(f"| {name:<62} | {seconds:>8.1f} | {first:>11.1f} | {seconds / tuned:>12.2f}x | "
+                     f"{seconds / floor:>7.2f}x |")
+    train_floor = result["model_step_floor_s"]
+    lines.append(f"| {'model-step floor, training images only (tensors in memory)':<62} | {train_floor:>8.1f} | "
+                 f"{'':>11} | {train_floor / tuned:>12.2f}x | {train_floor / floor:>7.2f}x |")
+    if "validation_floor_s" in result:
+        lines.append(f"| {'floor: the above + inference on the validation images':<62} | {floor:>8.1f} | "
+                     f"{'':>11} | {floor / tuned:>12.2f}x | {1:>7.2f}x |")
     lines.append("s/epoch: median of the epochs after the first (steady state); the first includes start-up and, for "
                  "the cached row, building the cache.")
     return "\n".join(lines)

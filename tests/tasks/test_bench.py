@@ -51,3 +51,24 @@ def test_bench_refuses_untimed_settings() -> None:
 
     with pytest.raises(UserError, match="warmup must be a whole number >= 1"):
         bench.run(compose_config("bench", ["warmup=0"]))
+
+
+@pytest.mark.slow  # six short train.py runs: minutes on two cores
+def test_bench_epochs_mode_with_a_worker_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """Seconds per epoch of train.py's own path (defaults, streaming, each worker count cached and streaming) beside
+    the hand loops and the floor with validation: every row present, positive, and in bench_epochs.json."""
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config("bench", ["mode=epochs", "model.img_size=32", "data.batch_size=4", "n_images=8",
+                                   "epoch_val_images=4", "epochs=2", "steps=1", "warmup=1", "repeats=1",
+                                   "epoch_workers=[0]", "naive=false", "data.num_workers=0",
+                                   "trainer.accelerator=cpu", "trainer.precision=32-true"])
+    result = bench.run(cfg)
+    rows = result["steady_state"]
+    assert {"train.py, data.cache=auto, data.num_workers=0", "train.py, data.cache=null, data.num_workers=0",
+            "train.py, data.cache=null (streaming)"} <= set(rows)
+    assert all(len(epochs) == 2 and min(epochs) > 0 for epochs in result["seconds_per_epoch"].values())
+    assert result["model_step_floor_s"] > 0 and result["validation_floor_s"] > 0
+    assert json.loads((tmp_path / "bench_epochs.json").read_text())["epochs"] == 2
+    out = capsys.readouterr().out
+    assert "floor: the above + inference on the validation images" in out and "vs floor" in out
