@@ -34,15 +34,17 @@ def _fp32(logits: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- fast path
-# `fast` runs the forward pass in ONNX Runtime (fp32) instead of eager PyTorch: on a 2-core AVX-512 CPU it measured
-# FAST_SPEEDUP over today's eager bf16 path (benchmarks/inference.py, README "Inference fast path"), while
-# torch.compile reached FAST_COMPILE. Its session is built once per model object (export + session: FAST_SETUP) and
-# kept while the weights are unchanged. Grad-CAM needs gradients and keeps using the eager model.
+# `fast` runs the forward pass in ONNX Runtime (fp32) instead of eager PyTorch: on this project's 2-core AVX-512 CPU
+# it gave 3.0-3.6x the images per second of the eager bf16 path, while torch.compile gave 1.1-1.6x after minutes of
+# compiling (benchmarks/inference.py; README "Inference fast path"). Its session is built once per model object
+# and kept while the weights are unchanged. Grad-CAM needs gradients and keeps using the eager model.
 
 FAST_CHOICES = ("auto", "true", "false")
-# `auto` turns the fast path on from this many forward images (images x TTA views) on a CPU: the one-off export and
-# session build (2-6 s) must be paid back by the faster forward passes. FAST_RULE
-FAST_AUTO_MIN_IMAGES = 256
+# `auto` turns the fast path on from this many forward images (images x TTA views) on a CPU. Break-even is
+# setup / (1/eager - 1/fast): with the measured setup (export + session, 1-3 s MobileNetV2, 3-6 s DenseNet121) and
+# rates it came to 22-76 images on the shared machine; on a quiet one (eager MobileNetV2 at 345 img/s, setup ~1 s,
+# 3x) it would be ~520. Starting at 512 keeps auto from ever costing noticeable time.
+FAST_AUTO_MIN_IMAGES = 512
 
 
 def parse_fast(value: Any) -> bool | str:
