@@ -102,6 +102,30 @@ def test_tta_runs_and_changes_probabilities(trained_run: Path, tmp_path: Path,
     assert not np.allclose(read[0], read[1])
 
 
+def test_fast_path_forced_on_gives_eagers_report(trained_run: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """inference.fast=true (ONNX Runtime, fp32) scores val and test as the eager fp32 model does, TTA included."""
+    from bcc_lightning.models import inference
+
+    common = ["tta=true", "threshold=youden", "report.cam_per_group=0", "report.grid_size=0"]
+    eager = run_eval(trained_run, tmp_path / "eager", monkeypatch, "inference.fast=false", *common)
+    built = []
+    real = inference.OnnxRunner
+
+    class Spy(real):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "OnnxRunner", Spy)
+    fast = run_eval(trained_run, tmp_path / "fast", monkeypatch, "inference.fast=true", *common)
+    assert built == [1]  # one session for the model, shared by the val and test splits
+    read = [[float(r["prob_malignant"]) for r in csv.DictReader((tmp_path / d / "predictions.csv").open())]
+            for d in ("eager", "fast")]
+    np.testing.assert_allclose(read[1], read[0], atol=1e-4)
+    assert fast["metrics"]["threshold"] == pytest.approx(eager["metrics"]["threshold"], abs=1e-4)
+
+
 def test_bad_threshold_and_split(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UserError, match="threshold"):
         run_eval(trained_run, tmp_path, monkeypatch, "threshold=1.5")
