@@ -75,19 +75,21 @@ def export_model(ckpt: Path, fmt: str, out: Path, threshold: float = 0.5, opset:
     atomic_write(out, write)
 
     data_info = checkpoint["hyper_parameters"].get("data_info") or {}
+    # Which resize implementation training used (the two differ by at most one grey level).
+    resizer = "torchvision's uint8 tensor resize" if model.preprocess.resize == "tensor" else "Pillow's resize"
     sidecar = {
         "format": fmt,
         "model_file": out.name,
         "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32", "range": [0.0, 1.0],
                   "channels": "RGB", "layout": "NCHW",
                   "preprocessing": f"decode to 8-bit RGB, resize the whole image to {size}x{size} "
-                                   f"({model.preprocess.interpolation}, no crop), "
+                                   f"({model.preprocess.interpolation}, antialiased, no crop; {resizer}), "
                                    + (f"{model.preprocess.stain_norm['method']} stain normalisation with "
                                       f"input.stain_norm's fitted numbers (NOT inside the graph: apply it first), "
                                       if model.preprocess.stain_norm else "")
                                    + "divide by 255; mean/std normalisation happens inside the model",
                   "mean": list(model.preprocess.mean), "std": list(model.preprocess.std),
-                  "stain_norm": model.preprocess.stain_norm},
+                  "resize": model.preprocess.resize, "stain_norm": model.preprocess.stain_norm},
         "outputs": {"prob_malignant": f"probability of the malignant class, sigmoid(logit / {temperature:.6g}), "
                                       f"shape (batch,)",
                     "logit": "the raw logit (before the temperature), shape (batch,)"},

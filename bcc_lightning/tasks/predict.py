@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
 from bcc_lightning.data.layout import is_image_file
-from bcc_lightning.data.preprocess import Preprocess, to_pixels
+from bcc_lightning.data.preprocess import Preprocess, read_pixels
 from bcc_lightning.models.checkpoint import load_checkpoint
 from bcc_lightning.models.inference import predict_view_logits, view_probabilities
 from bcc_lightning.reports.gradcam import save_overlays
@@ -51,7 +51,7 @@ class _Files(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         try:
-            return to_pixels(load_rgb(self.files[index]), self.pre), ""
+            return read_pixels(self.files[index], self.pre), ""
         except ImageDecodeError as exc:
             size = self.pre.img_size
             return torch.zeros(3, size, size, dtype=torch.uint8), str(exc).split(": ", 1)[-1]

@@ -37,6 +37,18 @@ def _number(cfg: DictConfig, key: str, low: float, integer: bool = False) -> Any
     return int(number) if integer else number
 
 
+def _serve_fast(cfg: DictConfig) -> bool:
+    """inference.fast for a server: `auto` is on when it serves from a CPU, since a server scores images for as long
+    as it runs and the one-off export (1-6 s) happens at start-up, before the first request."""
+    from bcc_lightning.models.inference import parse_fast
+    from bcc_lightning.utils.device import pick_device
+
+    choice = parse_fast(cfg.get("inference", {}).get("fast", "auto"))
+    if choice == "auto":
+        return pick_device(str(cfg.trainer.accelerator)).type == "cpu"
+    return bool(choice)
+
+
 def run(cfg: DictConfig) -> None:
     if not cfg.get("ckpt"):
         raise UserError(USAGE)
@@ -61,7 +73,7 @@ def run(cfg: DictConfig) -> None:
         max_batch_size=_number(cfg, "max_batch_size", 1, integer=True),
         batch_timeout=_number(cfg, "batch_timeout", 0), workers=_number(cfg, "workers", 1, integer=True),
         max_upload_mb=_number(cfg, "max_upload_mb", 0.001), accelerator=str(cfg.trainer.accelerator),
-        precision=cfg.trainer.precision, timeout=_number(cfg, "timeout", 1))
+        precision=cfg.trainer.precision, timeout=_number(cfg, "timeout", 1), fast=_serve_fast(cfg))
     host = {"localhost": "127.0.0.1"}.get(str(cfg.host), str(cfg.host))
     if host not in ("127.0.0.1", "0.0.0.0", "::"):
         # LitServe binds only these; a specific interface address would need a reverse proxy in front.

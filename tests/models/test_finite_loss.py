@@ -10,13 +10,9 @@ from bcc_lightning.utils.errors import UserError
 from tests.conftest import tiny_train_config
 
 
-@pytest.mark.parametrize("deferred", [False, True])  # True: the GPU's way (checked one step late), run on the CPU
-def test_nonfinite_loss_stops_with_advice(demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          deferred: bool) -> None:
-    from bcc_lightning.models.finite_loss import FiniteLossGuard
+def nan_logits_from_epoch_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's logits become NaN in epoch 1 (epoch 0 trains normally and leaves a good checkpoint)."""
     from bcc_lightning.models.module import BCCClassifier
-
-    monkeypatch.setattr(FiniteLossGuard, "defer", deferred)
 
     original = BCCClassifier.forward
 
@@ -24,6 +20,15 @@ def test_nonfinite_loss_stops_with_advice(demo_root: Path, tmp_path: Path, monke
         return original(self, x) * float("nan") if self.current_epoch == 1 else original(self, x)
 
     monkeypatch.setattr(BCCClassifier, "forward", explode)
+
+
+@pytest.mark.parametrize("deferred", [False, True])  # True: the GPU's way (checked one step late), run on the CPU
+def test_nonfinite_loss_stops_with_advice(demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          deferred: bool) -> None:
+    from bcc_lightning.models.finite_loss import FiniteLossGuard
+
+    monkeypatch.setattr(FiniteLossGuard, "defer", deferred)
+    nan_logits_from_epoch_one(monkeypatch)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"loss became nan at epoch 1.*Lower optimizer.lr.*32-true"):
         training.run(tiny_train_config(demo_root, ["trainer.max_epochs=3", "callbacks=none"]))

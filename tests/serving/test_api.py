@@ -166,3 +166,10 @@ def test_user_errors(trained_run: Path, override: list[str], message: str) -> No
 def test_defaults_are_local_and_batched() -> None:
     cfg = compose_config("serve")
     assert cfg.host == "127.0.0.1" and cfg.port == 8000 and cfg.max_batch_size > 1 and cfg.threshold == "auto"
+
+
+def test_fast_path_is_on_when_serving_from_a_cpu() -> None:
+    from bcc_lightning.tasks.serve import _serve_fast
+
+    assert _serve_fast(compose_config("serve", ["trainer.accelerator=cpu"])) is True
+    assert _serve_fast(compose_config("serve", ["trainer.accelerator=cpu", "inference.fast=false"])) is False

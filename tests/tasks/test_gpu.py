@@ -16,6 +16,7 @@ import torch
 from bcc_lightning.tasks import train as training
 from bcc_lightning.utils.errors import UserError
 from tests.conftest import tiny_train_config
+from tests.models.test_finite_loss import nan_logits_from_epoch_one
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -33,14 +34,7 @@ def test_cuda_guard_defers_and_names_the_step() -> None:
 
 
 def test_nonfinite_loss_stops_on_the_gpu(demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bcc_lightning.models.module import BCCClassifier
-
-    original = BCCClassifier.forward
-
-    def explode(self, x):  # type: ignore[no-untyped-def]
-        return original(self, x) * float("nan") if self.current_epoch == 1 else original(self, x)
-
-    monkeypatch.setattr(BCCClassifier, "forward", explode)
+    nan_logits_from_epoch_one(monkeypatch)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"loss became nan at epoch 1"):
         training.run(tiny_train_config(demo_root, [*GPU, "trainer.max_epochs=3", "callbacks=none"]))
