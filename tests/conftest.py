@@ -97,6 +97,17 @@ DETERMINISTIC = ["trainer.deterministic=true", "data.num_workers=0", "trainer.pr
                  "callbacks=none", "report.cam_per_group=0", "report.grid_size=0", "logger=csv"]
 
 
+def run_in(folder: Path, fn, *args):  # noqa: ANN001, ANN201
+    """fn(*args) with `folder` (created) as the working directory: tasks write their run under the cwd."""
+    previous = Path.cwd()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chdir(folder)
+    try:
+        return fn(*args)
+    finally:
+        os.chdir(previous)
+
+
 def subprocess_env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 

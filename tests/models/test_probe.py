@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import yaml
 from bcc_lightning.models.checkpoint import load_checkpoint
 from bcc_lightning.models.probe import fit_logistic
 from bcc_lightning.reports.aggregate import write_summary
-from tests.conftest import tiny_train_config
+from tests.conftest import run_in, tiny_train_config
 
 SIZE = 32
 
@@ -33,16 +32,6 @@ def _vit_overrides(weights: Path) -> list[str]:
             "logger=none", "report.grid_size=0", "report.cam_per_group=1", "data.audit=off"]
 
 
-def _in(folder: Path, fn, *args):
-    previous = Path.cwd()
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chdir(folder)
-    try:
-        return fn(*args)
-    finally:
-        os.chdir(previous)
-
-
 @pytest.fixture(scope="module")
 def runs(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from bcc_lightning.tasks import probe, train
@@ -53,9 +42,9 @@ def runs(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     probe_cfg = tiny_train_config(demo_root, ["experiment=linear_probe", *_vit_overrides(weights),
                                               f"probe.cache={emb}", "probe.Cs=[0.1,1.0]", "probe.knn_k=[1,3]",
                                               "probe.few_shot=[1,5,100]", "probe.few_shot_repeats=2"])
-    _in(base / "probe1", probe.run, probe_cfg)
-    _in(base / "probe2", probe.run, probe_cfg)
-    _in(base / "train", train.run, tiny_train_config(demo_root, [*_vit_overrides(weights),
+    run_in(base / "probe1", probe.run, probe_cfg)
+    run_in(base / "probe2", probe.run, probe_cfg)
+    run_in(base / "train", train.run, tiny_train_config(demo_root, [*_vit_overrides(weights),
                                                                  "trainer.fast_dev_run=true"]))
     return {"base": base, "weights": weights, "emb": emb, "probe_cfg": probe_cfg}
 
@@ -120,7 +109,7 @@ def test_second_probe_reuses_the_cache_and_new_weights_invalidate_it(runs: dict[
     first = json.loads((runs["base"] / "probe1" / "metrics.json").read_text())
     assert second["metrics"]["auroc"] == first["metrics"]["auroc"]
     _weights(runs["weights"], 1)  # the same file, new contents
-    _in(runs["base"] / "probe3", probe.run, runs["probe_cfg"])
+    run_in(runs["base"] / "probe3", probe.run, runs["probe_cfg"])
     third = json.loads((runs["base"] / "probe3" / "metrics.json").read_text())
     assert {s["cache"] for s in third["probe"]["embeddings"].values()} == {"built"}
     assert len(list(runs["emb"].glob("train-*.f16"))) == 2

@@ -4,7 +4,6 @@ load and evaluate with an empty Hugging Face cache."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import huggingface_hub
@@ -13,21 +12,11 @@ import torch
 
 from bcc_lightning.models.checkpoint import load_checkpoint
 from bcc_lightning.utils.errors import UserError
-from tests.conftest import compose_config, tiny_train_config
+from tests.conftest import compose_config, run_in, tiny_train_config
 from tests.models.test_hub_names import NAME, fake_hf_cache
 
 OVERRIDES = [f"model.name={NAME}", "model.pretrained=true", "model.img_size=32", "logger=none", "report.grid_size=0",
              "report.cam_per_group=1", "data.audit=off"]
-
-
-def _in(folder: Path, fn, *args):
-    previous = Path.cwd()
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chdir(folder)
-    try:
-        return fn(*args)
-    finally:
-        os.chdir(previous)
 
 
 def test_hub_checkpoints_load_and_evaluate_without_the_cache(demo_root: Path, tmp_path: Path,
@@ -37,10 +26,10 @@ def test_hub_checkpoints_load_and_evaluate_without_the_cache(demo_root: Path, tm
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     state = fake_hf_cache(tmp_path / "hub")
-    _in(tmp_path / "probe", probe.run, tiny_train_config(demo_root, [
+    run_in(tmp_path / "probe", probe.run, tiny_train_config(demo_root, [
         "experiment=linear_probe", *OVERRIDES, "probe.cache=null", "probe.Cs=[1.0]", "probe.knn_k=[1]",
         "probe.few_shot=null"]))
-    _in(tmp_path / "train", train.run, tiny_train_config(demo_root, [
+    run_in(tmp_path / "train", train.run, tiny_train_config(demo_root, [
         *OVERRIDES, "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]))
     probe_ckpt = json.loads((tmp_path / "probe" / "metrics.json").read_text())["checkpoint"]
     train_ckpt = json.loads((tmp_path / "train" / "metrics.json").read_text())["checkpoint"]
@@ -54,7 +43,7 @@ def test_hub_checkpoints_load_and_evaluate_without_the_cache(demo_root: Path, tm
         assert model.backbone_arch == "test_vit" and model.hparams.model["name"] == NAME
     probed = load_checkpoint(probe_ckpt)
     assert torch.equal(probed.backbone.state_dict()["pos_embed"], state["pos_embed"])  # the hub's weights, kept
-    result = _in(tmp_path / "eval", evaluate.run, compose_config("eval", [
+    result = run_in(tmp_path / "eval", evaluate.run, compose_config("eval", [
         f"ckpt={probe_ckpt}", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.precision=32-true",
         "report.grid_size=0", "report.cam_per_group=1"]))
     first = json.loads((tmp_path / "probe" / "metrics.json").read_text())["metrics"]
