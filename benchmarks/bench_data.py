@@ -34,11 +34,15 @@ def main() -> None:
     for index, folder in enumerate(folders):
         split, copies = ("val", 1) if index == 0 else ("train", options.copies)
         for png in sorted(folder.rglob("*.png")):
-            image = Image.open(png).convert("RGB")
+            first = None
             for copy in range(copies):
                 target = options.root / split / png.parent.name / f"{index}_{copy}_{png.stem}.jpg"
                 target.parent.mkdir(parents=True, exist_ok=True)
-                image.save(target, quality=90)
+                if first is None:
+                    Image.open(png).convert("RGB").save(target, quality=90)
+                    first = target
+                else:  # the same bytes under another name: encoded once
+                    shutil.copyfile(first, target)
     shutil.rmtree(scratch)
     print({split: len(list((options.root / split).rglob("*.jpg"))) for split in ("train", "val")})
 

@@ -29,8 +29,8 @@ if [ "$QUICK" = 1 ]; then
   EXTRA="model.img_size=64 warmup=1 steps=2 repeats=1"; MODELS=mobilenetv2; MODELS2=mobilenetv2; LIMIT=300
   DATA="--renders 3 --copies 1"
 else
-  EXTRA="warmup=3 steps=10 repeats=3"; MODELS=mobilenetv2,densenet121,inceptionv3; MODELS2=mobilenetv2,densenet121
-  LIMIT=120; DATA="--renders 16 --copies 8"
+  EXTRA="warmup=3 steps=20 repeats=3"; MODELS=mobilenetv2,densenet121,inceptionv3; MODELS2=mobilenetv2,densenet121
+  LIMIT=120; DATA="--renders 16 --copies 48"  # 45 batches of 128: no timed window crosses an epoch
 fi
 
 step() {  # step NAME SECONDS COMMAND...

@@ -97,6 +97,7 @@ class BCCClassifier(L.LightningModule):
         self.train_metrics, self.val_metrics = _metrics("train/"), _metrics("val/")
         self.test_metrics = _metrics("test/")
         self.finite_guard = FiniteLossGuard()
+        self._train_metrics_logged = False
 
     def _set_frozen(self, frozen: bool) -> None:
         """Frozen: no gradients for the backbone and its BatchNorm statistics stay as loaded (eval mode)."""
@@ -113,6 +114,8 @@ class BCCClassifier(L.LightningModule):
         return self
 
     def on_train_epoch_start(self) -> None:
+        self.train_metrics.reset()  # Lightning computed last epoch's values when that epoch ended
+        self._train_metrics_logged = False
         # Derived from the epoch, so that a resumed run is frozen or not exactly as the original was.
         before_unfreeze = self.unfreeze_at_epoch is None or self.current_epoch < self.unfreeze_at_epoch
         frozen = self.freeze_backbone and before_unfreeze
@@ -148,8 +151,13 @@ class BCCClassifier(L.LightningModule):
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=bs)
         # Logged as metric objects: Lightning computes and resets them when the epoch ends, before any callback
-        # (History, checkpoints) reads them.
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=bs)
+        # (History, checkpoints) reads them. Once per epoch is enough (the objects accumulate every update above),
+        # and cheaper: each log call moves the metric to the device, and AUROC's state is a list that grows by a
+        # tensor a step, so logging every step costs O(steps) Python per step (tests/models/test_module.py checks
+        # the epoch values against sklearn).
+        if not self._train_metrics_logged:
+            self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=bs)
+            self._train_metrics_logged = True
         return loss
 
     def on_train_epoch_end(self) -> None:
