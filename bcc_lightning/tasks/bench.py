@@ -7,6 +7,8 @@ Lightning, a plain PyTorch loop with the same model/data/settings, a naive fp32 
 from __future__ import annotations
 
 import contextlib
+import json
+import random
 import resource
 import statistics
 import tempfile
@@ -421,11 +423,90 @@ def plain_loop_epochs(cfg: DictConfig, root: Path, channels_last: bool, precisio
     return times
 
 
+class _RandomRot90:
+    """The rot90 of our augmentation, for a PIL image (picklable, for loader workers)."""
+
+    def __call__(self, image: Any) -> Any:
+        from PIL import Image
+
+        k = random.randrange(4)
+        turns = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+        return image if k == 0 else image.transpose(turns[k])
+
+
+def handwritten_loop_epochs(cfg: DictConfig, root: Path, precision: Any, workers: int,
+                            device: torch.device) -> list[float]:
+    """The peer a PyTorch user writes by hand, tuned: torchvision's ImageFolder and transforms (Pillow decode and
+    resize every epoch, the tutorial pipeline), our augmentation (rot90 + flips), channels-last, `precision`,
+    `workers` persistent workers; train, then validate, per epoch."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    model = _model(cfg, channels_last=True)
+    pre = model.preprocess
+    tail = [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
+    size = (pre.img_size, pre.img_size)
+    train_tf = T.Compose([T.Resize(size), T.RandomHorizontalFlip(), T.RandomVerticalFlip(), _RandomRot90(), *tail])
+
+    def loader(split: str, transform: Any, shuffle: bool) -> DataLoader:
+        return DataLoader(datasets.ImageFolder(str(root / split), transform=transform),
+                          batch_size=cfg.data.batch_size, shuffle=shuffle, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+
+    train, val = loader("train", train_tf, True), loader("val", T.Compose([T.Resize(size), *tail]), False)
+    step = train_step_fn(model, device, precision)
+    times = []
+    for _ in range(int(cfg.epochs)):
+        _sync(device)
+        start = time.perf_counter()
+        model.train()
+        for images, labels in train:
+            step((images, labels.float()))
+        predict_batches(model, (images for images, _ in val), device, precision)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+KERAS_MODELS = ("mobilenetv2", "densenet121", "inceptionv3")
+
+
+def keras_epochs(cfg: DictConfig, root: Path, loader: str, out: Path) -> list[float]:
+    """The original recipe in Keras, run by `cfg.keras_python` (a Python with TensorFlow) on the same folder."""
+    import subprocess
+    import sys
+
+    if cfg.model.name not in KERAS_MODELS:
+        raise UserError(f"The Keras peer knows the original's backbones {', '.join(KERAS_MODELS)}; got "
+                        f"model={cfg.model.name}. Run the comparison with one of them, or leave keras_python=null.")
+    script = Path(__file__).with_name("bench_keras.py")
+    command = [str(cfg.keras_python), str(script), "--root", str(root), "--epochs", str(int(cfg.epochs)),
+               "--batch-size", str(int(cfg.data.batch_size)), "--model", str(cfg.model.name), "--loader", loader,
+               "--json", str(out)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as error:
+        raise UserError(f"keras_python={cfg.keras_python} could not be started ({error}). Point it at a Python "
+                        "that has TensorFlow (e.g. a venv with `pip install tensorflow-cpu`), or leave it null.") \
+            from error
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+        raise UserError(f"The Keras peer failed (exit code {done.returncode}; its last output is above). Check that "
+                        f"{cfg.keras_python} has TensorFlow: `{cfg.keras_python} -c 'import tensorflow'`.")
+    return [float(t) for t in json.loads(out.read_text())["seconds_per_epoch"]]
+
+
+HAND_LOOP = "hand-written torchvision loop"
+DATAMODULE_LOOP = "plain loop over bcc's data module"
+
+
 def run_epochs(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(str(cfg.trainer.accelerator))
     precision = resolve_precision(cfg.trainer.precision, "gpu" if device.type == "cuda" else "cpu")
     workers = resolve_num_workers(cfg.data.num_workers, device.type == "cuda")
     rows: dict[str, list[float]] = {}
+    peer_versions: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bcc_bench_epochs_") as tmp:
         root = _prepare_epoch_data(cfg, Path(tmp) / "data")
         rows["train.py, default settings (data.cache=auto: a fresh cache)"] = train_py_epochs(
@@ -435,11 +516,22 @@ def run_epochs(cfg: DictConfig) -> dict[str, Any]:
             for label, cache in (("auto", str(Path(tmp) / "cache")), ("null", None)):
                 rows[f"train.py, data.cache={label}, data.num_workers={w}"] = train_py_epochs(
                     cfg, root, cache, Path(tmp) / f"run_{label}_{w}", workers=w)
-        rows[f"tuned plain loop ({precision}, channels-last, {workers} workers)"] = plain_loop_epochs(
+        # The peers: the issue's tuned hand loop (bf16, channels-last) and the same at this run's precision.
+        for peer_precision in dict.fromkeys(["bf16-mixed", str(precision)]):
+            rows[f"{HAND_LOOP} (ImageFolder, Pillow; {peer_precision}, channels-last, {workers} workers)"] = \
+                handwritten_loop_epochs(cfg, root, peer_precision, workers, device)
+        # Lightning's own cost: the same loop over train.py's data module (cache off: decoded every epoch).
+        rows[f"{DATAMODULE_LOOP} (streaming; {precision}, channels-last, {workers} workers)"] = plain_loop_epochs(
             cfg, root, True, precision, workers, device)
         if cfg.naive:
             rows["plain loop, fp32, channels-first, 0 workers"] = plain_loop_epochs(cfg, root, False, "32-true", 0,
                                                                                   device)
+        if cfg.get("keras_python"):
+            for loader in cfg.keras_loaders:
+                out = Path(tmp) / f"keras_{loader}.json"
+                rows[f"the original recipe in Keras ({loader} loader, fp32)"] = keras_epochs(cfg, root, loader, out)
+                peer_versions = {k: str(v) for k, v in json.loads(out.read_text()).items()
+                                 if k in ("tensorflow", "keras")}
         floor_model = _model(cfg, bool(cfg.model.channels_last))
         step_rate = statistics.median(n / s for n, s in (model_step_rate(floor_model, cfg, device, precision)
                                                          for _ in range(int(cfg.repeats))))
@@ -451,7 +543,7 @@ def run_epochs(cfg: DictConfig) -> dict[str, Any]:
               "epochs": int(cfg.epochs), "seconds_per_epoch": rows,
               "steady_state": {name: statistics.median(t[1:]) if len(t) > 1 else t[0] for name, t in rows.items()},
               "model_step_floor_s": n_train / step_rate, "validation_floor_s": n_val / val_rate,
-              "torch": torch.__version__}
+              "torch": torch.__version__, **peer_versions}
     print(format_epoch_table(result))
     write_json(run_dir() / "bench_epochs.json", result)
     return result
@@ -475,24 +567,36 @@ def _prepare_epoch_data(cfg: DictConfig, root: Path) -> Path:
     return root
 
 
+def _reference(steady: dict[str, float], *prefixes: str) -> float | None:
+    """The fastest row whose name starts with one of `prefixes` (None when there is none)."""
+    times = [v for k, v in steady.items() if k.startswith(prefixes)]
+    return min(times) if times else None
+
+
 def format_epoch_table(result: dict[str, Any]) -> str:
+    """The per-epoch table. "vs hand loop" divides by the fastest hand-written torchvision loop (in older results,
+    the "tuned plain loop" over our data module); "vs Keras" by the fastest Keras row, when Keras ran."""
+    steady = result["steady_state"]
     floor = result["model_step_floor_s"] + result.get("validation_floor_s", 0.0)
+    tuned = _reference(steady, HAND_LOOP, "tuned plain loop")
+    keras = _reference(steady, "the original recipe in Keras")
     lines = [f"{result['model']}, batch {result['batch_size']}, {result['precision']}, {result['workers']} workers, "
              f"{result['train_images']} training + {result['val_images']} validation images per epoch, on "
              f"{result['device']}",
-             f"| {'system':<62} | {'s/epoch':>8} | {'first epoch':>11} | {'vs tuned loop':>13} | {'vs floor':>8} |",
-             f"|{'-' * 64}|{'-' * 10}|{'-' * 13}|{'-' * 15}|{'-' * 10}|"]
-    tuned = next(v for k, v in result["steady_state"].items() if k.startswith("tuned plain loop"))
-    for name, seconds in result["steady_state"].items():
-        first = result["seconds_per_epoch"][name][0]
-        lines.append(f"| {name:<62} | {seconds:>8.1f} | {first:>11.1f} | {seconds / tuned:>12.2f}x | "
-                     f"{seconds / floor:>7.2f}x |")
-    train_floor = result["model_step_floor_s"]
-    lines.append(f"| {'model-step floor, training images only (tensors in memory)':<62} | {train_floor:>8.1f} | "
-                 f"{'':>11} | {train_floor / tuned:>12.2f}x | {train_floor / floor:>7.2f}x |")
+             f"| {'system':<80} | {'s/epoch':>8} | {'first epoch':>11} | {'vs hand loop':>12} | {'vs Keras':>8} | "
+             f"{'vs floor':>8} |",
+             f"|{'-' * 82}|{'-' * 10}|{'-' * 13}|{'-' * 14}|{'-' * 10}|{'-' * 10}|"]
+
+    def row(name: str, seconds: float, first: str) -> str:
+        versus = [f"{seconds / ref:>.2f}x" if ref else "-" for ref in (tuned, keras, floor)]
+        return (f"| {name:<80} | {seconds:>8.1f} | {first:>11} | {versus[0]:>12} | {versus[1]:>8} | "
+                f"{versus[2]:>8} |")
+
+    for name, seconds in steady.items():
+        lines.append(row(name, seconds, f"{result['seconds_per_epoch'][name][0]:.1f}"))
+    lines.append(row("model-step floor, training images only (tensors in memory)", result["model_step_floor_s"], ""))
     if "validation_floor_s" in result:
-        lines.append(f"| {'floor: the above + inference on the validation images':<62} | {floor:>8.1f} | "
-                     f"{'':>11} | {floor / tuned:>12.2f}x | {1:>7.2f}x |")
+        lines.append(row("floor: the above + inference on the validation images", floor, ""))
     lines.append("s/epoch: median of the epochs after the first (steady state); the first includes start-up and, for "
-                 "the cached row, building the cache.")
+                 "the cached row, building the cache. vs hand loop / vs Keras: against the fastest such row.")
     return "\n".join(lines)

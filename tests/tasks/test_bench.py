@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from bcc_lightning.tasks import bench
+from bcc_lightning.utils.errors import UserError
 from tests.conftest import compose_config
 
 
@@ -67,8 +68,55 @@ def test_bench_epochs_mode_with_a_worker_sweep(tmp_path: Path, monkeypatch: pyte
     rows = result["steady_state"]
     assert {"train.py, data.cache=auto, data.num_workers=0", "train.py, data.cache=null, data.num_workers=0",
             "train.py, data.cache=null (streaming)"} <= set(rows)
+    hand = [name for name in rows if name.startswith(bench.HAND_LOOP)]
+    assert len(hand) == 2 and any("bf16-mixed" in n for n in hand) and any("32-true" in n for n in hand)
+    assert any(name.startswith(bench.DATAMODULE_LOOP) for name in rows)
     assert all(len(epochs) == 2 and min(epochs) > 0 for epochs in result["seconds_per_epoch"].values())
     assert result["model_step_floor_s"] > 0 and result["validation_floor_s"] > 0
     assert json.loads((tmp_path / "bench_epochs.json").read_text())["epochs"] == 2
     out = capsys.readouterr().out
     assert "floor: the above + inference on the validation images" in out and "vs floor" in out
+
+
+def _epoch_result(steady: dict[str, float]) -> dict:
+    return {"model": "mobilenetv2", "batch_size": 32, "precision": "32-true", "workers": 2, "train_images": 384,
+            "val_images": 64, "device": "cpu", "steady_state": steady,
+            "seconds_per_epoch": {k: [v + 1, v] for k, v in steady.items()},
+            "model_step_floor_s": 9.0, "validation_floor_s": 1.0}
+
+
+def test_epoch_table_compares_with_the_fastest_peer() -> None:
+    """vs hand loop and vs Keras divide by the fastest row of each kind; vs floor by training + validation floor."""
+    table = bench.format_epoch_table(_epoch_result({
+        "train.py, default settings": 10.0, f"{bench.HAND_LOOP} (bf16-mixed)": 12.5,
+        f"{bench.HAND_LOOP} (32-true)": 12.0, "the original recipe in Keras (generator loader, fp32)": 16.0,
+        "the original recipe in Keras (tfdata loader, fp32)": 20.0}))
+    default = next(line for line in table.splitlines() if line.startswith("| train.py, default settings"))
+    cells = [c.strip() for c in default.split("|")[1:-1]]
+    assert cells[1:] == ["10.0", "11.0", "0.83x", "0.62x", "1.00x"]
+
+
+def test_epoch_table_reads_results_without_hand_loop_or_keras() -> None:
+    """Older bench_epochs.json files named the reference "tuned plain loop" and had no Keras row."""
+    table = bench.format_epoch_table(_epoch_result({"train.py, default settings": 10.0,
+                                                    "tuned plain loop (32-true, channels-last, 2 workers)": 8.0}))
+    default = next(line for line in table.splitlines() if line.startswith("| train.py, default settings"))
+    assert [c.strip() for c in default.split("|")[1:-1]][3:] == ["1.25x", "-", "1.00x"]
+
+
+def test_keras_peer_runs_in_the_given_python(tmp_path: Path) -> None:
+    """keras_python gets the folder and settings and its JSON becomes the row; a failing one is a UserError."""
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/bin/sh\n"
+                    "while [ $# -gt 0 ]; do case $1 in --json) out=$2;; --model) m=$2;; esac; shift; done\n"
+                    'echo "{\\"seconds_per_epoch\\": [3.0, 2.0], \\"model\\": \\"$m\\"}" > $out\n')
+    fake.chmod(0o755)
+    cfg = compose_config("bench", ["epochs=2", f"keras_python={fake}"])
+    assert bench.keras_epochs(cfg, tmp_path, "generator", tmp_path / "k.json") == [3.0, 2.0]
+    assert json.loads((tmp_path / "k.json").read_text())["model"] == "mobilenetv2"
+    with pytest.raises(UserError, match="keras_python"):
+        bench.keras_epochs(compose_config("bench", ["keras_python=/nonexistent/python"]), tmp_path, "generator",
+                           tmp_path / "k2.json")
+    with pytest.raises(UserError, match="original's backbones"):
+        bench.keras_epochs(compose_config("bench", ["model.name=resnet50", f"keras_python={fake}"]), tmp_path,
+                           "generator", tmp_path / "k3.json")
