@@ -1,0 +1,46 @@
+"""The Keras peer script: bad input and a Python without TensorFlow end in one clear line and exit code 2."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bcc_lightning.tasks import bench_keras
+from tests.conftest import make_folder
+
+SCRIPT = Path(bench_keras.__file__)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_importing_loads_neither_tensorflow_nor_torch() -> None:
+    """Linting and test collection import it in the project's Python; bcc-bench runs it in TensorFlow's."""
+    check = ("import sys, bcc_lightning.tasks.bench_keras; "
+             "print(sorted(m for m in ('tensorflow', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("missing", ["root", "val/M"])
+def test_bad_folders_are_named(tmp_path: Path, missing: str) -> None:
+    root = make_folder(tmp_path / "root", per_class=1, splits=("train", "val"), ext="jpg")
+    target = tmp_path / "nope" if missing == "root" else root
+    if missing != "root":
+        for image in (root / missing).iterdir():
+            image.unlink()
+        (root / missing).rmdir()
+    done = _run("--root", str(target))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (str(target) if missing == "root" else "val/M") in done.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow is installed here")
+def test_a_python_without_tensorflow_is_told_what_to_install(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "root", per_class=1, splits=("train", "val"), ext="jpg")
+    done = _run("--root", str(root), "--epochs", "1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "tensorflow-cpu" in done.stderr
