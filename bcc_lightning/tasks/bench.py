@@ -502,48 +502,71 @@ DATAMODULE_LOOP = "plain loop over bcc's data module"
 
 
 def run_epochs(cfg: DictConfig) -> dict[str, Any]:
+    """Each system trains `epochs` epochs per round; later rounds run the systems in reverse order, so that a drift
+    of a shared machine's speed over the run weighs on all of them alike."""
     device = pick_device(str(cfg.trainer.accelerator))
     precision = resolve_precision(cfg.trainer.precision, "gpu" if device.type == "cuda" else "cpu")
     workers = resolve_num_workers(cfg.data.num_workers, device.type == "cuda")
-    rows: dict[str, list[float]] = {}
+    rounds = int(cfg.get("epoch_rounds") or 1)
+    if rounds < 1:
+        raise UserError(f"epoch_rounds must be 1 or more; got {rounds}.")
+    runs: dict[str, list[list[float]]] = {}
+    floors: list[tuple[float, float]] = []
     peer_versions: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bcc_bench_epochs_") as tmp:
         root = _prepare_epoch_data(cfg, Path(tmp) / "data")
-        rows["train.py, default settings (data.cache=auto: a fresh cache)"] = train_py_epochs(
-            cfg, root, str(Path(tmp) / "cache"), Path(tmp) / "run_cached")
-        rows["train.py, data.cache=null (streaming)"] = train_py_epochs(cfg, root, None, Path(tmp) / "run_stream")
+        systems: dict[str, Callable[[], list[float]]] = {
+            "train.py, default settings (data.cache=auto: a fresh cache)":
+                lambda: train_py_epochs(cfg, root, str(Path(tmp) / "cache"), Path(tmp) / "run_cached"),
+            "train.py, data.cache=null (streaming)":
+                lambda: train_py_epochs(cfg, root, None, Path(tmp) / "run_stream")}
         for w in cfg.get("epoch_workers") or []:  # the worker-count sweep behind data.num_workers=auto
             for label, cache in (("auto", str(Path(tmp) / "cache")), ("null", None)):
-                rows[f"train.py, data.cache={label}, data.num_workers={w}"] = train_py_epochs(
-                    cfg, root, cache, Path(tmp) / f"run_{label}_{w}", workers=w)
+                systems[f"train.py, data.cache={label}, data.num_workers={w}"] = (
+                    lambda c=cache, w=w, label=label: train_py_epochs(cfg, root, c, Path(tmp) / f"run_{label}_{w}",
+                                                                      workers=w))
         # The peers: the issue's tuned hand loop (bf16, channels-last) and the same at this run's precision.
         for peer_precision in dict.fromkeys(["bf16-mixed", str(precision)]):
-            rows[f"{HAND_LOOP} (ImageFolder, Pillow; {peer_precision}, channels-last, {workers} workers)"] = \
-                handwritten_loop_epochs(cfg, root, peer_precision, workers, device)
+            systems[f"{HAND_LOOP} (ImageFolder, Pillow; {peer_precision}, channels-last, {workers} workers)"] = (
+                lambda p=peer_precision: handwritten_loop_epochs(cfg, root, p, workers, device))
         # Lightning's own cost: the same loop over train.py's data module (cache off: decoded every epoch).
-        rows[f"{DATAMODULE_LOOP} (streaming; {precision}, channels-last, {workers} workers)"] = plain_loop_epochs(
-            cfg, root, True, precision, workers, device)
+        systems[f"{DATAMODULE_LOOP} (streaming; {precision}, channels-last, {workers} workers)"] = (
+            lambda: plain_loop_epochs(cfg, root, True, precision, workers, device))
         if cfg.naive:
-            rows["plain loop, fp32, channels-first, 0 workers"] = plain_loop_epochs(cfg, root, False, "32-true", 0,
-                                                                                  device)
-        if cfg.get("keras_python"):
-            for loader in cfg.keras_loaders:
-                out = Path(tmp) / f"keras_{loader}.json"
-                rows[f"the original recipe in Keras ({loader} loader, fp32)"] = keras_epochs(cfg, root, loader, out)
-                peer_versions = {k: str(v) for k, v in json.loads(out.read_text()).items()
-                                 if k in ("tensorflow", "keras")}
-        floor_model = _model(cfg, bool(cfg.model.channels_last))
-        step_rate = statistics.median(n / s for n, s in (model_step_rate(floor_model, cfg, device, precision)
-                                                         for _ in range(int(cfg.repeats))))
-        val_rate = statistics.median(n / s for n, s in (tensor_inference_rate(floor_model, cfg, device, precision)
+            systems["plain loop, fp32, channels-first, 0 workers"] = (
+                lambda: plain_loop_epochs(cfg, root, False, "32-true", 0, device))
+        for loader in (cfg.keras_loaders if cfg.get("keras_python") else []):
+            systems[f"the original recipe in Keras ({loader} loader, fp32)"] = (
+                lambda loader=loader: keras_epochs(cfg, root, loader, Path(tmp) / f"keras_{loader}.json"))
+
+        def floor() -> None:
+            model = _model(cfg, bool(cfg.model.channels_last))
+            step = statistics.median(n / s for n, s in (model_step_rate(model, cfg, device, precision)
                                                         for _ in range(int(cfg.repeats))))
+            val = statistics.median(n / s for n, s in (tensor_inference_rate(model, cfg, device, precision)
+                                                       for _ in range(int(cfg.repeats))))
+            floors.append((int(cfg.n_images) / step, int(cfg.epoch_val_images) / val))
+
+        order: list[Any] = [*systems, floor]
+        for index in range(rounds):
+            for item in order if index % 2 == 0 else reversed(order):
+                if callable(item):
+                    item()
+                else:
+                    runs.setdefault(item, []).append(systems[item]())
+        for path in Path(tmp).glob("keras_*.json"):
+            peer_versions = {k: str(v) for k, v in json.loads(path.read_text()).items() if k in ("tensorflow", "keras")}
     n_train, n_val = int(cfg.n_images), int(cfg.epoch_val_images)
     result = {"mode": "epochs", "device": _device_name(device), "model": cfg.model.name, "precision": str(precision),
               "batch_size": cfg.data.batch_size, "workers": workers, "train_images": n_train, "val_images": n_val,
-              "epochs": int(cfg.epochs), "seconds_per_epoch": rows,
-              "steady_state": {name: statistics.median(t[1:]) if len(t) > 1 else t[0] for name, t in rows.items()},
-              "model_step_floor_s": n_train / step_rate, "validation_floor_s": n_val / val_rate,
-              "torch": torch.__version__, **peer_versions}
+              "epochs": int(cfg.epochs), "rounds": rounds, "runs": runs,
+              "seconds_per_epoch": {name: r[0] for name, r in runs.items()},
+              # steady state: every epoch but each run's first, over all rounds
+              "steady_state": {name: statistics.median([t for run in r for t in (run[1:] or run)])
+                               for name, r in runs.items()},
+              "model_step_floor_s": statistics.median(f[0] for f in floors),
+              "validation_floor_s": statistics.median(f[1] for f in floors),
+              "floors_per_round": floors, "torch": torch.__version__, **peer_versions}
     print(format_epoch_table(result))
     write_json(run_dir() / "bench_epochs.json", result)
     return result

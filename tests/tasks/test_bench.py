@@ -54,7 +54,7 @@ def test_bench_refuses_untimed_settings() -> None:
         bench.run(compose_config("bench", ["warmup=0"]))
 
 
-@pytest.mark.slow  # six short train.py runs: minutes on two cores
+@pytest.mark.slow  # twelve short train.py runs: minutes on two cores
 def test_bench_epochs_mode_with_a_worker_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture) -> None:
     """Seconds per epoch of train.py's own path (defaults, streaming, each worker count cached and streaming) beside
@@ -62,7 +62,7 @@ def test_bench_epochs_mode_with_a_worker_sweep(tmp_path: Path, monkeypatch: pyte
     monkeypatch.chdir(tmp_path)
     cfg = compose_config("bench", ["mode=epochs", "model.img_size=32", "data.batch_size=4", "n_images=8",
                                    "epoch_val_images=4", "epochs=2", "steps=1", "warmup=1", "repeats=1",
-                                   "epoch_workers=[0]", "naive=false", "data.num_workers=0",
+                                   "epoch_workers=[0]", "epoch_rounds=2", "naive=false", "data.num_workers=0",
                                    "trainer.accelerator=cpu", "trainer.precision=32-true"])
     result = bench.run(cfg)
     rows = result["steady_state"]
@@ -72,6 +72,9 @@ def test_bench_epochs_mode_with_a_worker_sweep(tmp_path: Path, monkeypatch: pyte
     assert len(hand) == 2 and any("bf16-mixed" in n for n in hand) and any("32-true" in n for n in hand)
     assert any(name.startswith(bench.DATAMODULE_LOOP) for name in rows)
     assert all(len(epochs) == 2 and min(epochs) > 0 for epochs in result["seconds_per_epoch"].values())
+    # two rounds (the second in reverse order): every system ran twice, and the floor was measured twice
+    assert all(len(r) == 2 and all(len(epochs) == 2 for epochs in r) for r in result["runs"].values())
+    assert len(result["floors_per_round"]) == 2
     assert result["model_step_floor_s"] > 0 and result["validation_floor_s"] > 0
     assert json.loads((tmp_path / "bench_epochs.json").read_text())["epochs"] == 2
     out = capsys.readouterr().out
