@@ -113,6 +113,10 @@ class BCCClassifier(L.LightningModule):
             self.backbone.eval()  # Lightning switches modules to train mode each epoch; keep frozen BN frozen
         return self
 
+    def on_train_start(self) -> None:
+        # A fit resumed mid-epoch skips on_train_epoch_start: log the metric objects in that epoch too.
+        self._train_metrics_logged = False
+
     def on_train_epoch_start(self) -> None:
         self.train_metrics.reset()  # Lightning computed last epoch's values when that epoch ended
         self._train_metrics_logged = False

@@ -472,14 +472,29 @@ def handwritten_loop_epochs(cfg: DictConfig, root: Path, precision: Any, workers
 KERAS_MODELS = ("mobilenetv2", "densenet121", "inceptionv3")
 
 
+def check_keras_settings(cfg: DictConfig) -> None:
+    """Refuses, before anything runs, a Keras comparison that could not be run or would not compare like with
+    like (the Keras script trains each backbone at the original's input size)."""
+    from bcc_lightning.tasks.bench_keras import LOADERS, RECIPES
+
+    if cfg.model.name not in KERAS_MODELS:
+        raise UserError(f"The Keras peer knows the original's backbones {', '.join(KERAS_MODELS)}; got "
+                        f"model={cfg.model.name}. Run the comparison with one of them, or leave keras_python=null.")
+    size = RECIPES[cfg.model.name][1]
+    if cfg.model.get("img_size") not in (None, size):
+        raise UserError(f"The Keras peer trains {cfg.model.name} at the original's {size} px, but model.img_size="
+                        f"{cfg.model.img_size}: the rows would not compare. Leave model.img_size at {size}.")
+    unknown = [loader for loader in cfg.keras_loaders if loader not in LOADERS]
+    if unknown:
+        raise UserError(f"keras_loaders may hold {' and '.join(LOADERS)}; got {unknown}.")
+
+
 def keras_epochs(cfg: DictConfig, root: Path, loader: str, out: Path) -> list[float]:
     """The original recipe in Keras, run by `cfg.keras_python` (a Python with TensorFlow) on the same folder."""
     import subprocess
     import sys
 
-    if cfg.model.name not in KERAS_MODELS:
-        raise UserError(f"The Keras peer knows the original's backbones {', '.join(KERAS_MODELS)}; got "
-                        f"model={cfg.model.name}. Run the comparison with one of them, or leave keras_python=null.")
+    check_keras_settings(cfg)
     script = Path(__file__).with_name("bench_keras.py")
     command = [str(cfg.keras_python), str(script), "--root", str(root), "--epochs", str(int(cfg.epochs)),
                "--batch-size", str(int(cfg.data.batch_size)), "--model", str(cfg.model.name), "--loader", loader,
@@ -492,8 +507,9 @@ def keras_epochs(cfg: DictConfig, root: Path, loader: str, out: Path) -> list[fl
             from error
     if done.returncode != 0:
         print(done.stderr[-2000:], file=sys.stderr)
-        raise UserError(f"The Keras peer failed (exit code {done.returncode}; its last output is above). Check that "
-                        f"{cfg.keras_python} has TensorFlow: `{cfg.keras_python} -c 'import tensorflow'`.")
+        hint = ("it refused its input (see above)" if done.returncode == 2 else
+                f"check that {cfg.keras_python} has TensorFlow: `{cfg.keras_python} -c 'import tensorflow'`")
+        raise UserError(f"The Keras peer failed (exit code {done.returncode}; its last output is above): {hint}.")
     return [float(t) for t in json.loads(out.read_text())["seconds_per_epoch"]]
 
 
@@ -507,37 +523,42 @@ def run_epochs(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(str(cfg.trainer.accelerator))
     precision = resolve_precision(cfg.trainer.precision, "gpu" if device.type == "cuda" else "cpu")
     workers = resolve_num_workers(cfg.data.num_workers, device.type == "cuda")
-    rounds = int(cfg.get("epoch_rounds") or 1)
+    rounds = int(cfg.get("epoch_rounds", 1))
     if rounds < 1:
         raise UserError(f"epoch_rounds must be 1 or more; got {rounds}.")
+    if cfg.get("keras_python"):
+        check_keras_settings(cfg)
     runs: dict[str, list[list[float]]] = {}
     floors: list[tuple[float, float]] = []
     peer_versions: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bcc_bench_epochs_") as tmp:
         root = _prepare_epoch_data(cfg, Path(tmp) / "data")
-        systems: dict[str, Callable[[], list[float]]] = {
+        # Each system takes the round's index (train.py writes each round's run to a folder of its own).
+        systems: dict[str, Callable[[int], list[float]]] = {
             "train.py, default settings (data.cache=auto: a fresh cache)":
-                lambda: train_py_epochs(cfg, root, str(Path(tmp) / "cache"), Path(tmp) / "run_cached"),
+                lambda r: train_py_epochs(cfg, root, str(Path(tmp) / "cache"), Path(tmp) / f"run_cached_{r}"),
             "train.py, data.cache=null (streaming)":
-                lambda: train_py_epochs(cfg, root, None, Path(tmp) / "run_stream")}
+                lambda r: train_py_epochs(cfg, root, None, Path(tmp) / f"run_stream_{r}")}
         for w in cfg.get("epoch_workers") or []:  # the worker-count sweep behind data.num_workers=auto
             for label, cache in (("auto", str(Path(tmp) / "cache")), ("null", None)):
                 systems[f"train.py, data.cache={label}, data.num_workers={w}"] = (
-                    lambda c=cache, w=w, label=label: train_py_epochs(cfg, root, c, Path(tmp) / f"run_{label}_{w}",
-                                                                      workers=w))
-        # The peers: the issue's tuned hand loop (bf16, channels-last) and the same at this run's precision.
-        for peer_precision in dict.fromkeys(["bf16-mixed", str(precision)]):
+                    lambda r, c=cache, w=w, label=label: train_py_epochs(
+                        cfg, root, c, Path(tmp) / f"run_{label}_{w}_{r}", workers=w))
+        # The peers: the issue's tuned hand loop (bf16, channels-last, where bf16 runs) and the same at this run's
+        # precision; "vs hand loop" divides by the faster of the two.
+        bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported()
+        for peer_precision in dict.fromkeys([*(["bf16-mixed"] if bf16 else []), str(precision)]):
             systems[f"{HAND_LOOP} (ImageFolder, Pillow; {peer_precision}, channels-last, {workers} workers)"] = (
-                lambda p=peer_precision: handwritten_loop_epochs(cfg, root, p, workers, device))
+                lambda r, p=peer_precision: handwritten_loop_epochs(cfg, root, p, workers, device))
         # Lightning's own cost: the same loop over train.py's data module (cache off: decoded every epoch).
         systems[f"{DATAMODULE_LOOP} (streaming; {precision}, channels-last, {workers} workers)"] = (
-            lambda: plain_loop_epochs(cfg, root, True, precision, workers, device))
+            lambda r: plain_loop_epochs(cfg, root, True, precision, workers, device))
         if cfg.naive:
             systems["plain loop, fp32, channels-first, 0 workers"] = (
-                lambda: plain_loop_epochs(cfg, root, False, "32-true", 0, device))
+                lambda r: plain_loop_epochs(cfg, root, False, "32-true", 0, device))
         for loader in (cfg.keras_loaders if cfg.get("keras_python") else []):
             systems[f"the original recipe in Keras ({loader} loader, fp32)"] = (
-                lambda loader=loader: keras_epochs(cfg, root, loader, Path(tmp) / f"keras_{loader}.json"))
+                lambda r, loader=loader: keras_epochs(cfg, root, loader, Path(tmp) / f"keras_{loader}_{r}.json"))
 
         def floor() -> None:
             model = _model(cfg, bool(cfg.model.channels_last))
@@ -553,7 +574,7 @@ def run_epochs(cfg: DictConfig) -> dict[str, Any]:
                 if callable(item):
                     item()
                 else:
-                    runs.setdefault(item, []).append(systems[item]())
+                    runs.setdefault(item, []).append(systems[item](index))
         for path in Path(tmp).glob("keras_*.json"):
             peer_versions = {k: str(v) for k, v in json.loads(path.read_text()).items() if k in ("tensorflow", "keras")}
     n_train, n_val = int(cfg.n_images), int(cfg.epoch_val_images)

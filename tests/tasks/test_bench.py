@@ -123,3 +123,60 @@ def test_keras_peer_runs_in_the_given_python(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="original's backbones"):
         bench.keras_epochs(compose_config("bench", ["model.name=resnet50", f"keras_python={fake}"]), tmp_path,
                            "generator", tmp_path / "k3.json")
+
+
+def test_epoch_rounds_alternate_order_and_pool_the_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every system runs once a round with its own settings, round 2 in reverse order; the steady state pools each
+    run's epochs after the first, and the floor is the median over the rounds."""
+    monkeypatch.chdir(tmp_path)
+    calls: list[tuple[str, tuple, dict]] = []
+    times = iter(range(1, 1000))
+
+    def recorder(kind: str):  # noqa: ANN202
+        def record(*args: object, **kwargs: object) -> list[float]:
+            calls.append((kind, args, kwargs))
+            return [100.0, float(next(times))]
+        return record
+
+    monkeypatch.setattr(bench, "_prepare_epoch_data", lambda cfg, root: root)
+    for name, kind in (("train_py_epochs", "train.py"), ("handwritten_loop_epochs", "hand"),
+                       ("plain_loop_epochs", "plain"), ("keras_epochs", "keras")):
+        monkeypatch.setattr(bench, name, recorder(kind))
+    floor_rates = iter([10, 20])  # round 1: 10 img/s, round 2: 20 img/s
+    monkeypatch.setattr(bench, "_model", lambda cfg, channels_last: None)
+    monkeypatch.setattr(bench, "model_step_rate", lambda *a: (next(floor_rates), 1.0))
+    monkeypatch.setattr(bench, "tensor_inference_rate", lambda *a: (40, 1.0))
+    cfg = compose_config("bench", ["mode=epochs", "epochs=2", "epoch_rounds=2", "repeats=1", "n_images=40",
+                                   "epoch_val_images=8", "epoch_workers=[0,1]", "naive=true",
+                                   "keras_python=/bin/true", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                                   "data.num_workers=2"])
+    result = bench.run(cfg)
+    n = len(result["runs"])
+    assert n == 2 + 4 + 2 + 1 + 1 + 1 and len(calls) == 2 * n
+    first, second = calls[:n], calls[n:]
+
+    def settings(call: tuple[str, tuple, dict]) -> tuple:  # what a call runs, without its output folder
+        kind, args, kwargs = call
+        return kind, *[a for a in args[2:] if not isinstance(a, Path)], kwargs.get("workers")
+
+    assert [settings(c) for c in second] == [settings(c) for c in first][::-1]
+    train = [(c[1][2], c[2].get("workers"), c[1][3].name) for c in calls if c[0] == "train.py"]
+    assert sorted(t[2] for t in train) == sorted(f"run_{x}_{r}" for r in (0, 1) for x in (
+        "cached", "stream", "auto_0", "null_0", "auto_1", "null_1"))
+    assert {(cache is None, workers) for cache, workers, folder in train if folder.startswith(("run_auto",
+                                                                                               "run_null"))} == {
+        (False, 0), (True, 0), (False, 1), (True, 1)}
+    assert sorted(c[1][2] for c in first if c[0] == "hand") == ["32-true", "bf16-mixed"]
+    # pooled steady state: the second epoch of each of the two runs (the first epoch, 100 s, never counts)
+    for name, runs in result["runs"].items():
+        assert result["steady_state"][name] == pytest.approx((runs[0][1] + runs[1][1]) / 2)
+    assert result["model_step_floor_s"] == pytest.approx((40 / 10 + 40 / 20) / 2)
+
+
+def test_epoch_mode_refuses_a_keras_run_that_would_not_compare() -> None:
+    """Checked before anything runs: a backbone the Keras script lacks, another input size, an unknown loader."""
+    base = ["mode=epochs", "keras_python=/bin/true", "trainer.accelerator=cpu"]
+    for extra, message in ((["model.name=resnet50"], "original's backbones"), (["model.img_size=128"], "224 px"),
+                           (["keras_loaders=[tf.data]"], "keras_loaders"), (["epoch_rounds=0"], "epoch_rounds")):
+        with pytest.raises(UserError, match=message):
+            bench.run(compose_config("bench", [*base, *extra]))
