@@ -499,8 +499,12 @@ def keras_epochs(cfg: DictConfig, root: Path, loader: str, out: Path) -> list[fl
     command = [str(cfg.keras_python), str(script), "--root", str(root), "--epochs", str(int(cfg.epochs)),
                "--batch-size", str(int(cfg.data.batch_size)), "--model", str(cfg.model.name), "--loader", loader,
                "--json", str(out)]
+    timeout = float(cfg.get("keras_timeout_s") or 0) or None
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        raise UserError(f"The Keras peer ran past keras_timeout_s={cfg.keras_timeout_s} s and was stopped. Raise "
+                        "keras_timeout_s (null: no limit), or train fewer images (n_images=).") from error
     except OSError as error:
         raise UserError(f"keras_python={cfg.keras_python} could not be started ({error}). Point it at a Python "
                         "that has TensorFlow (e.g. a venv with `pip install tensorflow-cpu`), or leave it null.") \

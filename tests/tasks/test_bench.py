@@ -120,6 +120,18 @@ def test_keras_peer_runs_in_the_given_python(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="keras_python"):
         bench.keras_epochs(compose_config("bench", ["keras_python=/nonexistent/python"]), tmp_path, "generator",
                            tmp_path / "k2.json")
+    slow = tmp_path / "slow_python"
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+    slow.chmod(0o755)
+    with pytest.raises(UserError, match="keras_timeout_s=1"):
+        bench.keras_epochs(compose_config("bench", [f"keras_python={slow}", "keras_timeout_s=1"]), tmp_path,
+                           "generator", tmp_path / "k4.json")
+    failing = tmp_path / "failing_python"
+    failing.write_text("#!/bin/sh\necho 'boom' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    with pytest.raises(UserError, match="has TensorFlow"):
+        bench.keras_epochs(compose_config("bench", [f"keras_python={failing}"]), tmp_path, "generator",
+                           tmp_path / "k5.json")
     with pytest.raises(UserError, match="original's backbones"):
         bench.keras_epochs(compose_config("bench", ["model.name=resnet50", f"keras_python={fake}"]), tmp_path,
                            "generator", tmp_path / "k3.json")
