@@ -83,12 +83,7 @@ def trained_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     from bcc_lightning.tasks import train as training
 
     run = tmp_path_factory.mktemp("trained_run")
-    previous = Path.cwd()
-    os.chdir(run)
-    try:
-        training.run(tiny_train_config(demo_root, ["trainer.max_epochs=2", "logger=tensorboard"]))
-    finally:
-        os.chdir(previous)
+    run_in(run, training.run, tiny_train_config(demo_root, ["trainer.max_epochs=2", "logger=tensorboard"]))
     return run
 
 

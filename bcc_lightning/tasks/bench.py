@@ -469,16 +469,13 @@ def handwritten_loop_epochs(cfg: DictConfig, root: Path, precision: Any, workers
     return times
 
 
-KERAS_MODELS = ("mobilenetv2", "densenet121", "inceptionv3")
-
-
 def check_keras_settings(cfg: DictConfig) -> None:
     """Refuses, before anything runs, a Keras comparison that could not be run or would not compare like with
     like (the Keras script trains each backbone at the original's input size)."""
     from bcc_lightning.tasks.bench_keras import LOADERS, RECIPES
 
-    if cfg.model.name not in KERAS_MODELS:
-        raise UserError(f"The Keras peer knows the original's backbones {', '.join(KERAS_MODELS)}; got "
+    if cfg.model.name not in RECIPES:
+        raise UserError(f"The Keras peer knows the original's backbones {', '.join(RECIPES)}; got "
                         f"model={cfg.model.name}. Run the comparison with one of them, or leave keras_python=null.")
     size = RECIPES[cfg.model.name][1]
     if cfg.model.get("img_size") not in (None, size):
