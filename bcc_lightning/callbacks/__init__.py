@@ -1,0 +1,1 @@
+"""Lightning callbacks: the history writer and per-epoch seeding."""
