@@ -3,10 +3,16 @@
 Over folds or seeds: `t_interval`, `corrected_t_interval` / `corrected_resampled_t` (Nadeau & Bengio 2003) and
 `wilcoxon`. Over the images of one test set: `wilson_interval`, `bootstrap_ci` (BCa over images, or a cluster
 percentile bootstrap over groups such as patients), `metric_intervals` (all of compute_metrics' scores at once),
-`delong_test`, `mcnemar_test` and `paired_bootstrap_diff`.
+`delong_test`, `mcnemar_test` and `paired_bootstrap_diff`. When images cluster in groups (patients):
+`clustered_delong_test` (Obuchowski 1997), `clustered_mcnemar_test` (Durkalski et al. 2003),
+`clustered_proportion_interval` (Wilson with the design effect and Korn & Graubard's degrees-of-freedom correction)
+and `clustered_auroc_interval` (Obuchowski's variance, logit scale, t quantile).
 
 Every result names the method that produced it. Undefined numbers are None, with a `reason`; a fallback that was
-taken (e.g. BCa -> percentile) is recorded in `note`.
+taken (e.g. BCa -> percentile) is recorded in `note`. Every interval records how many groups stand behind it
+(`n_groups`; per class in details["groups"] where the metric is class-conditional); with fewer than MIN_GROUPS
+groups it is marked `unreliable`. An interval never has zero width: where the data cannot move a number (one group,
+a perfect separation) the interval is None with the reason.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +42,10 @@ _UNDEFINED = {"sensitivity": "no malignant images", "specificity": "no benign im
               "auroc": "needs both classes", "auprc": "no malignant images", "accuracy": "no images",
               "brier": "no images", "ece": "no images"}
 _CELL_BUDGET = 4_000_000  # resamples x images per chunk: bounds memory at ~100 MB whatever n is
+# Below this many groups the percentile cluster bootstrap undercovers (benchmarks/statistics_coverage.py: about
+# 70 % at 3 groups, 85 % at 5, 90 % at 10, 93 % at 20 for a nominal 95 %), so such intervals are marked unreliable
+# and, where one exists, a method built for few clusters is used instead.
+MIN_GROUPS = 10
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,8 @@ class Interval:
     reason: str | None = None
     note: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    n_groups: int | None = None  # groups (patients) behind the interval; None when images are the units
+    unreliable: bool = False  # fewer than MIN_GROUPS groups: read the interval as a rough guide only
 
     @property
     def defined(self) -> bool:
@@ -103,8 +115,33 @@ def _binary(labels: Any, probs: Any, *more: Any) -> tuple[np.ndarray, ...]:
 # Over folds or seeds
 # ---------------------------------------------------------------------------------------------------------------
 
-def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Interval:
-    """Mean with a Student-t interval (n-1 df): right for i.i.d. scores, e.g. seeds on fixed data."""
+def _bounded(interval: Interval, bounds: tuple[float, float] | None) -> Interval:
+    """Clip an interval of a bounded quantity to its range, saying so; a zero-width one becomes None with a reason.
+
+    Clipping cannot lose coverage: the true value lies inside the bounds, so it is inside the clipped interval
+    whenever it was inside the original one (benchmarks/statistics_coverage.py measures both)."""
+    if not interval.defined:
+        return interval
+    if interval.high - interval.low <= 1e-12 * max(1.0, abs(interval.estimate or 0.0)):
+        return replace(interval, low=None, high=None,
+                       reason="all values are equal: no spread to estimate an interval from")
+    if bounds is None:
+        return interval
+    low, high = max(interval.low, bounds[0]), min(interval.high, bounds[1])
+    if (low, high) == (interval.low, interval.high):
+        return interval
+    note = (f"clipped to [{bounds[0]:g}, {bounds[1]:g}] (the t interval reached [{interval.low:.4f}, "
+            f"{interval.high:.4f}]; the metric cannot leave its range, and clipping keeps the coverage)")
+    return replace(interval, low=low, high=high, note="; ".join(filter(None, [interval.note, note])),
+                   details={**interval.details, "unclipped": [interval.low, interval.high]})
+
+
+def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95,
+               bounds: tuple[float, float] | None = None) -> Interval:
+    """Mean with a Student-t interval (n-1 df): right for i.i.d. scores, e.g. seeds on fixed data.
+
+    bounds: the metric's range (e.g. (0, 1) for a proportion or AUROC): the interval is clipped to it, with a note.
+    Equal values give no interval (None, with the reason) rather than one of zero width."""
     level = _check_level(level)
     x = _finite(values)
     method = "Student t (n-1 df)"
@@ -117,8 +154,28 @@ def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Int
     sd = float(x.std(ddof=1))
     se = sd / math.sqrt(len(x))
     q = float(stats.t.ppf((1 + level) / 2, len(x) - 1))
-    return Interval(mean, mean - q * se, mean + q * se, level, method, len(x),
-                    details={"sd": sd, "se": se, "df": len(x) - 1})
+    return _bounded(Interval(mean, mean - q * se, mean + q * se, level, method, len(x),
+                             details={"sd": sd, "se": se, "df": len(x) - 1}), bounds)
+
+
+def logit_t_interval(values: Sequence[float] | np.ndarray, n_test: float, level: float = 0.95) -> Interval:
+    """Student-t interval of the mean on the logit scale, mapped back: inside (0, 1) by construction.
+
+    Values of exactly 0 or 1 are moved half an image inwards (the empirical logit, 0.5 / n_test), since the logit
+    of 0 or 1 is infinite. Compared with the clipped t interval in benchmarks/statistics_coverage.py."""
+    level = _check_level(level)
+    x = _finite(values)
+    method = "Student t on the logit scale (n-1 df), back-transformed"
+    if len(x) < 2:
+        return Interval(float(x.mean()) if len(x) else None, None, None, level, method, len(x),
+                        reason="fewer than two values: no spread to estimate")
+    eps = 0.5 / max(float(n_test), 1.0)
+    z = np.log(np.clip(x, eps, 1 - eps)) - np.log1p(-np.clip(x, eps, 1 - eps))
+    inner = t_interval(z, level)
+    if not inner.defined:
+        return Interval(float(x.mean()), None, None, level, method, len(x), reason=inner.reason)
+    return Interval(float(x.mean()), float(1 / (1 + math.exp(-inner.low))), float(1 / (1 + math.exp(-inner.high))),
+                    level, method, len(x), details={"logit_mean": inner.estimate, "eps": eps})
 
 
 def _corrected(values: Any, n_train: float, n_test: float) -> tuple[np.ndarray, float, float | None, float | None]:
@@ -135,10 +192,10 @@ def _corrected(values: Any, n_train: float, n_test: float) -> tuple[np.ndarray, 
 
 
 def corrected_t_interval(values: Sequence[float] | np.ndarray, n_train: float, n_test: float,
-                         level: float = 0.95) -> Interval:
+                         level: float = 0.95, bounds: tuple[float, float] | None = None) -> Interval:
     """Mean over (repeated) k-fold runs with the Nadeau-Bengio corrected variance, J-1 df.
 
-    n_train, n_test: images used to train and to score one fold (averages if folds differ).
+    n_train, n_test: images used to train and to score one fold (averages if folds differ). bounds: as t_interval.
     """
     level = _check_level(level)
     x, ratio, sd, se = _corrected(values, n_train, n_test)
@@ -149,8 +206,8 @@ def corrected_t_interval(values: Sequence[float] | np.ndarray, n_train: float, n
     if se is None:
         return Interval(mean, None, None, level, method, len(x), reason="one value: no spread to estimate")
     q = float(stats.t.ppf((1 + level) / 2, len(x) - 1))
-    return Interval(mean, mean - q * se, mean + q * se, level, method, len(x),
-                    details={"sd": sd, "se": se, "df": len(x) - 1, "n_test_over_n_train": ratio})
+    return _bounded(Interval(mean, mean - q * se, mean + q * se, level, method, len(x),
+                             details={"sd": sd, "se": se, "df": len(x) - 1, "n_test_over_n_train": ratio}), bounds)
 
 
 def corrected_resampled_t(differences: Sequence[float] | np.ndarray, n_train: float, n_test: float,
@@ -159,9 +216,10 @@ def corrected_resampled_t(differences: Sequence[float] | np.ndarray, n_train: fl
     interval = corrected_t_interval(differences, n_train, n_test, level)
     method = "Nadeau-Bengio corrected resampled t-test (J-1 df)"
     n = interval.n
-    if not interval.defined:
+    se = interval.details.get("se")
+    if se is None:
         return HypothesisResult(None, None, method, n, interval, reason=interval.reason)
-    mean, se, df = interval.estimate, interval.details["se"], interval.details["df"]
+    mean, df = interval.estimate, interval.details["df"]
     if se == 0:
         if mean == 0:
             return HypothesisResult(0.0, 1.0, method, n, interval, reason="all differences are zero")
@@ -349,7 +407,7 @@ class _Sample:
 
 
 def _from_counts(name: str, tp: Any, fp: Any, tn: Any, fn: Any) -> np.ndarray:
-    """A count metric from (weighted) confusion counts; NaN where undefined (compute_metrics reports 0 there)."""
+    """A count metric from (weighted) confusion counts; NaN where undefined (compute_metrics reports None there)."""
     tp, fp, tn, fn = (np.asarray(v, dtype=float) for v in (tp, fp, tn, fn))
     with np.errstate(divide="ignore", invalid="ignore"):
         if name == "accuracy":
@@ -420,6 +478,12 @@ def _from_distribution(estimate: float, boot: np.ndarray, jack: np.ndarray | Non
         else:
             notes.append(f"BCa not usable ({why}): percentile interval instead")
     low, high = np.quantile(finite, quantiles)
+    if high - low <= 1e-12 * max(1.0, abs(estimate)):
+        # e.g. a perfect separation, one group of a class, or two models that agree on every image: the resamples
+        # cannot move the number, which is no evidence that it is exact.
+        return Interval(estimate, None, None, level, method, n, note="; ".join(notes) or None, details=details,
+                        reason="every resample gave the same value, so the bootstrap cannot measure the "
+                               "uncertainty (e.g. a perfect separation, or models that agree on every image)")
     return Interval(estimate, float(low), float(high), level, method, n, note="; ".join(notes) or None,
                     details=details)
 
@@ -507,6 +571,8 @@ def _bootstrap(metrics: Sequence[str | MetricFn], y: np.ndarray, prob_sets: Sequ
         if not isinstance(metric, str):
             results[i] = _callable_interval(metric, y, prob_sets, codes, n_groups, level, n_resamples, seed, label,
                                             details)
+    if codes is not None:
+        results = {i: replace(r, n_groups=n_groups, unreliable=n_groups < MIN_GROUPS) for i, r in results.items()}
     return [results[i] for i in range(len(metrics))]
 
 
@@ -560,33 +626,255 @@ def paired_bootstrap_diff(metric: str | MetricFn, labels: Any, probs_a: Any, pro
     return _bootstrap([metric], y, [pa, pb], threshold, groups, level, n_resamples, seed)[0]
 
 
+_CLASS_OF = {"accuracy": "all", "sensitivity": "malignant", "specificity": "benign", "precision": "predicted malignant",
+             "npv": "predicted benign", "f1": "all", "auroc": "both", "auprc": "both", "brier": "all", "ece": "all",
+             "balanced_accuracy": "both"}
+
+
+def _proportion_masks(y: np.ndarray, pred: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(success, denominator) image masks of each simple proportion."""
+    pos = y == 1
+    return {"accuracy": (pred == pos, np.ones(len(y), bool)), "sensitivity": (pred & pos, pos),
+            "specificity": (~pred & ~pos, ~pos), "precision": (pred & pos, pred), "npv": (~pred & ~pos, ~pred)}
+
+
 def metric_intervals(labels: Any, probs: Any, threshold: float = 0.5, groups: Any = None, level: float = 0.95,
                      n_resamples: int = 2000, seed: int = 0) -> dict[str, Interval]:
     """Intervals for the proportions and scores compute_metrics reports, keyed like it ("recall" = "sensitivity").
 
     Independent images (no groups): Wilson for accuracy, sensitivity, specificity, precision and NPV; BCa
-    bootstrap for balanced accuracy, F1, AUROC, AUPRC, Brier and ECE. With groups, every metric gets the cluster
-    bootstrap, because Wilson and the image bootstrap assume independent images and come out too narrow when
-    images of one patient are alike.
+    bootstrap for F1, AUROC, AUPRC, Brier and ECE. With groups (images of one patient are alike, so Wilson and the
+    image bootstrap come out too narrow): the proportions get `clustered_proportion_interval` (Wilson with the
+    design effect, which holds with few groups and stays non-degenerate at 0 and 1); AUROC with fewer than
+    MIN_GROUPS groups gets `clustered_auroc_interval`; the rest the percentile cluster bootstrap. Balanced accuracy
+    is always the MOVER combination of the sensitivity and specificity intervals (`mover_mean`), so a model that
+    calls every image malignant does not get a zero-width [0.5, 0.5].
+
+    Each interval records `n_groups`: the groups in the metric's own denominator (the benign groups for
+    specificity, ...), and details["groups"] the groups per class. One group: no interval (None, with the reason).
     """
     y, p = _binary(labels, probs)
-    if groups is not None:
-        names = list(NAMED_METRICS)
-        result = dict(zip(names, _bootstrap(names, y, [p], threshold, groups, level, n_resamples, seed)))
+    pred = p >= threshold
+    masks = _proportion_masks(y, pred)
+    boot_names = ["f1", "auroc", "auprc", "brier", "ece"]
+    result: dict[str, Interval] = {}
+    if groups is None:
+        result.update(zip(boot_names, _bootstrap(boot_names, y, [p], threshold, None, level, n_resamples, seed)))
+        for name, (hit, den) in masks.items():
+            interval = wilson_interval(int(np.sum(hit & den)), int(den.sum()), level)
+            result[name] = replace(interval, reason=_UNDEFINED[name]) if not den.any() else interval
     else:
-        names = [m for m in NAMED_METRICS if m not in _PROPORTIONS]
-        result = dict(zip(names, _bootstrap(names, y, [p], threshold, None, level, n_resamples, seed)))
-        pred = p >= threshold
-        c = {"tp": int(np.sum(pred & (y == 1))), "fp": int(np.sum(pred & (y == 0))),
-             "tn": int(np.sum(~pred & (y == 0))), "fn": int(np.sum(~pred & (y == 1)))}
-        c["n"] = len(y)
-        for name, (num, den) in _PROPORTIONS.items():
-            k, m = (sum(c[t] for t in expr.split("+")) for expr in (num, den))
-            interval = wilson_interval(k, m, level)
-            result[name] = Interval(**{**asdict(interval), "reason": _UNDEFINED[name]}) if m == 0 else interval
+        codes, n_groups = _group_codes(groups, len(y))
+        per_class = {"benign": len(np.unique(codes[y == 0])), "malignant": len(np.unique(codes[y == 1]))}
+        result.update(zip(boot_names, _bootstrap(boot_names, y, [p], threshold, codes, level, n_resamples, seed)))
+        for name, (hit, den) in masks.items():
+            interval = clustered_proportion_interval(hit[den], codes[den], level)
+            result[name] = replace(interval, reason=_UNDEFINED[name]) if not den.any() else interval
+        if 0 < min(per_class.values()) and n_groups < MIN_GROUPS and result["auroc"].estimate is not None:
+            few = clustered_auroc_interval(y, p, codes, level)
+            result["auroc"] = replace(few, note="; ".join(filter(None, [
+                few.note, f"fewer than {MIN_GROUPS} groups: Obuchowski's variance with a t quantile instead of "
+                          "the percentile cluster bootstrap, which undercovers with few groups"])))
+        for name in ("f1", "auroc", "auprc", "brier", "ece"):
+            interval = result[name]
+            smallest = min(per_class.values()) if _CLASS_OF[name] == "both" else n_groups
+            if interval.estimate is not None and smallest < 2:
+                which = min(per_class, key=per_class.get) if _CLASS_OF[name] == "both" else "all"
+                interval = replace(interval, low=None, high=None,
+                                   reason=f"only {smallest} {'' if which == 'all' else which + ' '}group(s): "
+                                          "resampling cannot move the number, so there is no interval")
+            result[name] = replace(interval, n_groups=smallest, unreliable=smallest < MIN_GROUPS,
+                                   details={**interval.details, "groups": per_class})
+        for name in masks:
+            result[name] = replace(result[name], details={**result[name].details, "groups": per_class})
+    result["balanced_accuracy"] = mover_mean(result["sensitivity"], result["specificity"], level)
+    if groups is not None:
+        result["balanced_accuracy"] = replace(result["balanced_accuracy"],
+                                              details={**result["balanced_accuracy"].details, "groups": per_class})
     result = {name: result[name] for name in NAMED_METRICS}
     result["recall"] = result["sensitivity"]
     return result
+
+
+def clustered_proportion_interval(successes: Any, groups: Any, level: float = 0.95) -> Interval:
+    """Wilson interval of a proportion whose trials cluster in groups (images of patients).
+
+    p = sum k_i / sum m_i over the I groups (k_i successes of m_i trials in group i). Its cluster-robust variance is
+    v = I / (I - 1) * sum (k_i - p m_i)^2 / n^2 (n = sum m_i), the design effect deff = max(1, v / (p(1 - p) / n))
+    and the effective sample size n_eff = n / deff, shrunk further by (z / t_{I-1})^2 for the few-groups degrees
+    of freedom (Korn & Graubard 1998, Survey Methodology 24:193-201). The Wilson score interval is then taken on
+    (p, n_eff), i.e. statsmodels' proportion_confint(p * n_eff, n_eff, method="wilson"). When p is 0 or 1 the data
+    cannot estimate deff, and the worst case is used: n_eff = n^2 / sum m_i^2 (every group counts once when the
+    groups are equal in size). So an all-correct result is never the zero-width [1, 1]. One group: no interval.
+    """
+    level = _check_level(level)
+    hit = np.asarray(successes, dtype=np.float64).ravel()
+    codes, n_groups = _group_codes(groups, len(hit))
+    method = f"Wilson score with the design effect over {n_groups} groups (Korn-Graubard df correction)"
+    n = len(hit)
+    if n == 0:
+        return Interval(None, None, None, level, method, 0, reason="no cases (denominator 0)", n_groups=0,
+                        unreliable=True)
+    k_i, m_i = np.bincount(codes, weights=hit, minlength=n_groups), np.bincount(codes, minlength=n_groups)
+    p = float(hit.sum() / n)
+    details: dict[str, Any] = {"successes": int(hit.sum())}
+    if n_groups < 2:
+        return Interval(p, None, None, level, method, n, n_groups=n_groups, unreliable=True, details=details,
+                        reason="one group: resampling it cannot move the number, so there is no interval")
+    if 0 < p < 1:
+        variance = n_groups / (n_groups - 1) * float(np.sum((k_i - p * m_i) ** 2)) / n**2
+        deff = max(1.0, variance / (p * (1 - p) / n))
+        n_eff = n / deff
+    else:
+        n_eff = n**2 / float(np.sum(m_i.astype(np.float64) ** 2))
+        deff = n / n_eff
+        details["deff_note"] = "p is 0 or 1: design effect of perfectly alike images in a group (worst case)"
+    z = float(stats.norm.ppf((1 + level) / 2))
+    n_eff *= (z / float(stats.t.ppf((1 + level) / 2, n_groups - 1))) ** 2
+    denom = 1 + z * z / n_eff
+    centre = (p + z * z / (2 * n_eff)) / denom
+    half = z * math.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff * n_eff)) / denom
+    details.update(design_effect=deff, n_effective=n_eff)
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), level, method, n, details=details,
+                    n_groups=n_groups, unreliable=n_groups < MIN_GROUPS)
+
+
+def mover_mean(first: Interval, second: Interval, level: float = 0.95) -> Interval:
+    """Interval of (a + b) / 2 from the intervals of two independent estimates (balanced accuracy from sensitivity
+    and specificity): Newcombe's MOVER, L = m - sqrt((a - l_a)^2 + (b - l_b)^2) / 2, U = m + sqrt((u_a - a)^2 +
+    (u_b - b)^2) / 2 (Zou & Donner 2008). It inherits the components' boundedness and is never of zero width when
+    either component is not."""
+    method = f"MOVER (Newcombe) of the intervals of sensitivity ({first.method}) and specificity ({second.method})"
+    groups = [g for g in (first.n_groups, second.n_groups) if g is not None]
+    common = {"n_groups": min(groups) if groups else None, "unreliable": first.unreliable or second.unreliable}
+    n = first.n + second.n
+    if first.estimate is None or second.estimate is None:
+        return Interval(None, None, None, level, method, n, reason=_UNDEFINED["balanced_accuracy"], **common)
+    mean = (first.estimate + second.estimate) / 2
+    if not (first.defined and second.defined):
+        why = first.reason if not first.defined else second.reason
+        return Interval(mean, None, None, level, method, n, reason=f"a component has no interval ({why})", **common)
+    low = mean - math.hypot(first.estimate - first.low, second.estimate - second.low) / 2
+    high = mean + math.hypot(first.high - first.estimate, second.high - second.estimate) / 2
+    return Interval(mean, max(0.0, low), min(1.0, high), level, method, n, **common)
+
+
+def _obuchowski(y: np.ndarray, prob_sets: Sequence[np.ndarray], codes: np.ndarray,
+                n_groups: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """AUROCs and their covariance matrix from cluster-level structural components (Obuchowski 1997, Biometrics
+    53:567-578). For each model, V10(x) is the share of all negatives a positive image beats and V01(y) the share
+    of all positives above a negative one (ties half); X_i and Y_i sum them over group i, which holds m_i positive
+    and n_i negative images (M, N in all; I10, I01 groups with any positive / negative image; I groups):
+        S10 = I10 / ((I10 - 1) M) sum_i (X_i - m_i A)(X_i - m_i A')
+        S01 = I01 / ((I01 - 1) N) sum_i (Y_i - n_i A)(Y_i - n_i A')
+        S11 = I / (I - 1) sum_i (X_i - m_i A)(Y_i - n_i A')
+        cov(A, A') = S10 / M + S01 / N + (S11 + S11') / (M N).
+    With one image per group this is exactly DeLong et al. (1988) (S11 = 0, I10 = M, I01 = N)."""
+    pos, neg = y == 1, y == 0
+    big_m, big_n = int(pos.sum()), int(neg.sum())
+    m_i, n_i = np.bincount(codes[pos], minlength=n_groups), np.bincount(codes[neg], minlength=n_groups)
+    i10, i01 = int(np.sum(m_i > 0)), int(np.sum(n_i > 0))
+    d10, d01, aucs = [], [], []
+    for p in prob_sets:
+        ranks = stats.rankdata(p)
+        v10 = (ranks[pos] - stats.rankdata(p[pos])) / big_n
+        v01 = 1 - (ranks[neg] - stats.rankdata(p[neg])) / big_m
+        auc = float(v10.mean())
+        aucs.append(auc)
+        d10.append(np.bincount(codes[pos], weights=v10, minlength=n_groups) - m_i * auc)
+        d01.append(np.bincount(codes[neg], weights=v01, minlength=n_groups) - n_i * auc)
+    a10, a01 = np.array(d10), np.array(d01)
+    s10 = i10 / ((i10 - 1) * big_m) * (a10 @ a10.T)
+    s01 = i01 / ((i01 - 1) * big_n) * (a01 @ a01.T)
+    s11 = n_groups / (n_groups - 1) * (a10 @ a01.T)
+    cov = s10 / big_m + s01 / big_n + (s11 + s11.T) / (big_m * big_n)
+    return np.array(aucs), cov, {"n_groups": n_groups, "groups_malignant": i10, "groups_benign": i01}
+
+
+def clustered_auroc_interval(labels: Any, probs: Any, groups: Any, level: float = 0.95) -> Interval:
+    """AUROC with Obuchowski's (1997) clustered variance, on the logit scale (so inside (0, 1)) with a Student-t
+    quantile of min(I10, I01) - 1 degrees of freedom for few groups; see `_obuchowski` for the formulas."""
+    level = _check_level(level)
+    y, p = _binary(labels, probs)
+    codes, n_groups = _group_codes(groups, len(y))
+    method = f"Obuchowski clustered AUROC variance over {n_groups} groups, logit scale, t quantile"
+    i10, i01 = len(np.unique(codes[y == 1])), len(np.unique(codes[y == 0]))
+    common = {"n_groups": min(i10, i01), "unreliable": min(i10, i01) < MIN_GROUPS,
+              "details": {"groups": {"benign": i01, "malignant": i10}}}
+    if i10 == 0 or i01 == 0:
+        return Interval(None, None, None, level, method, len(y), reason=_UNDEFINED["auroc"], **common)
+    if min(i10, i01) < 2:
+        auc = float(_Sample(y, p, 0.5)._ranking("auroc", np.ones((1, len(y))))[0])
+        return Interval(auc, None, None, level, method, len(y), **common,
+                        reason="only one benign or one malignant group: no spread to estimate an interval from")
+    aucs, cov, _ = _obuchowski(y, [p], codes, n_groups)
+    auc = float(aucs[0])
+    if not 0 < auc < 1:
+        return Interval(auc, None, None, level, method, len(y), **common,
+                        reason="a perfect (or perfectly wrong) separation: the variance estimate is 0, so no interval")
+    se = math.sqrt(max(float(cov[0, 0]), 0.0))
+    q = float(stats.t.ppf((1 + level) / 2, min(i10, i01) - 1))
+    centre, scale = math.log(auc / (1 - auc)), se / (auc * (1 - auc))
+    low, high = (1 / (1 + math.exp(-(centre + s * q * scale))) for s in (-1, 1))
+    return replace(Interval(auc, low, high, level, method, len(y), **common),
+                   details={**common["details"], "se": se, "df": min(i10, i01) - 1})
+
+
+def clustered_delong_test(labels: Any, probs_a: Any, probs_b: Any, groups: Any,
+                          level: float = 0.95) -> HypothesisResult:
+    """DeLong's test of two correlated AUROCs when images cluster in groups (patients): Obuchowski's (1997)
+    cluster-level structural components (formulas in `_obuchowski`). z = (A_a - A_b) / sqrt(var_a + var_b -
+    2 cov_ab), two-sided normal p, Wald interval. With one image per group it equals `delong_test` exactly."""
+    level = _check_level(level)
+    y, pa, pb = _binary(labels, probs_a, probs_b)
+    codes, n_groups = _group_codes(groups, len(y))
+    method = "clustered DeLong test (Obuchowski 1997, cluster-level structural components)"
+    i10, i01 = len(np.unique(codes[y == 1])), len(np.unique(codes[y == 0]))
+    details: dict[str, Any] = {"n_groups": n_groups, "groups_malignant": i10, "groups_benign": i01}
+    if i10 < 2 or i01 < 2:
+        return HypothesisResult(None, None, method, len(y), details=details,
+                                reason="needs at least two groups with malignant and two with benign images")
+    aucs, cov, _ = _obuchowski(y, [pa, pb], codes, n_groups)
+    diff = float(aucs[0] - aucs[1])
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    se = math.sqrt(max(var, 0.0))
+    details.update(auc_a=float(aucs[0]), auc_b=float(aucs[1]), se=se)
+    if se <= 1e-12 * max(1.0, math.sqrt(abs(cov[0, 0]) + abs(cov[1, 1]))):
+        reason = ("the two models rank the images identically (or both perfectly): difference 0" if abs(diff) < 1e-12
+                  else "zero variance of the difference: the test is undefined")
+        p = 1.0 if abs(diff) < 1e-12 else None
+        interval = Interval(diff, None, None, level, "clustered DeLong (Wald)", len(y), reason=reason,
+                            n_groups=n_groups, unreliable=min(i10, i01) < MIN_GROUPS)
+        return HypothesisResult(0.0 if p else None, p, method, len(y), interval, reason=reason, details=details)
+    z = diff / se
+    q = float(stats.norm.ppf((1 + level) / 2))
+    interval = Interval(diff, diff - q * se, diff + q * se, level, "clustered DeLong (Wald)", len(y),
+                        details={"se": se}, n_groups=n_groups, unreliable=min(i10, i01) < MIN_GROUPS)
+    return HypothesisResult(float(z), float(2 * stats.norm.sf(abs(z))), method, len(y), interval, details=details)
+
+
+def clustered_mcnemar_test(correct_a: Any, correct_b: Any, groups: Any) -> HypothesisResult:
+    """McNemar's test for paired accuracies when images cluster in groups: Durkalski, Palesch, Lipsitz & Rust
+    (2003, Statistics in Medicine 22:2417-2428). With d_k = b_k - c_k the discordant counts of group k (only A
+    right minus only B right), X^2 = (sum_k d_k)^2 / sum_k d_k^2, chi-square with 1 df. With one image per group
+    it is McNemar's chi-square without continuity correction, (b - c)^2 / (b + c), exactly."""
+    a = np.asarray(correct_a).ravel().astype(bool)
+    b = np.asarray(correct_b).ravel().astype(bool)
+    if len(a) != len(b):
+        raise ValueError(f"correct_a and correct_b differ in length: {len(a)} vs {len(b)}")
+    codes, n_groups = _group_codes(groups, len(a))
+    d = np.bincount(codes, weights=(a & ~b).astype(float) - (~a & b).astype(float), minlength=n_groups)
+    method = "clustered McNemar (Durkalski et al. 2003), chi-square 1 df"
+    details = {"n_groups": n_groups, "groups_with_discordance": int(np.sum(d != 0)),
+               "only_a_correct": int(np.sum(a & ~b)), "only_b_correct": int(np.sum(~a & b)),
+               "accuracy_difference": float(a.mean() - b.mean()) if len(a) else None}
+    denominator = float(np.sum(d**2))
+    if denominator == 0:
+        return HypothesisResult(0.0, 1.0, method, len(a), details=details,
+                                reason="in every group as many images only A gets right as only B: no "
+                                       "evidence of a difference")
+    chi2 = float(d.sum() ** 2 / denominator)
+    return HypothesisResult(chi2, float(stats.chi2.sf(chi2, 1)), method, len(a), details=details)
 
 
 def delong_test(labels: Any, probs_a: Any, probs_b: Any, level: float = 0.95) -> HypothesisResult:

@@ -172,7 +172,8 @@ def test_bootstrap_is_reproducible_and_fallbacks_are_recorded():
     y, p = scores(200, 6)
     assert S.bootstrap_ci("auroc", y, p, seed=3) == S.bootstrap_ci("auroc", y, p, seed=3)
     perfect = S.bootstrap_ci("accuracy", y, y.astype(float))
-    assert (perfect.estimate, perfect.low, perfect.high) == (1.0, 1.0, 1.0)
+    # Every resample gives 1.0: that is no evidence of certainty, so no zero-width interval.
+    assert (perfect.estimate, perfect.low, perfect.high) == (1.0, None, None) and "same value" in perfect.reason
     assert perfect.method.startswith("percentile") and "BCa not usable" in perfect.note
     one_class = S.bootstrap_ci("auroc", np.ones(20), np.linspace(0, 1, 20))
     assert one_class.estimate is None and one_class.low is None and "both classes" in one_class.reason
@@ -216,8 +217,14 @@ def test_metric_intervals_methods_and_undefined():
     none_positive = S.metric_intervals(y, p, threshold=1.01, n_resamples=200)
     assert none_positive["precision"].estimate is None and "predicted malignant" in none_positive["precision"].reason
     assert none_positive["sensitivity"].estimate == 0.0
+    assert res["balanced_accuracy"].method.startswith("MOVER")
     grouped = S.metric_intervals(y, p, groups=np.arange(400) // 4, n_resamples=300)
-    assert all(v.method.startswith("percentile cluster") for v in grouped.values())
+    for name in ("accuracy", "sensitivity", "specificity", "precision", "npv"):
+        assert grouped[name].method.startswith("Wilson score with the design effect over"), name
+    for name in ("f1", "auroc", "auprc", "brier", "ece"):
+        assert grouped[name].method.startswith("percentile cluster"), name
+    assert all(v.n_groups is not None and not v.unreliable for v in grouped.values())
+    assert all(v.n_groups is None for v in res.values())
 
 
 # --- comparing two models on the same images --------------------------------------------------------------------
@@ -309,7 +316,140 @@ def test_paired_bootstrap_difference():
     own = S.bootstrap_ci("auroc", y, a, n_resamples=1000)
     assert diff.high - diff.low < 0.8 * (own.high - own.low)
     same = S.paired_bootstrap_diff("accuracy", y, a, a, n_resamples=200)
-    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert (same.estimate, same.low, same.high) == (0.0, None, None) and "same value" in same.reason
     grouped = S.paired_bootstrap_diff(lambda yy, pp: compute_metrics(yy, pp)["accuracy"], y[:200], a[:200], b[:200],
                                       groups=np.arange(200) // 5, n_resamples=200)
     assert grouped.method.startswith("percentile cluster") and grouped.low <= grouped.estimate <= grouped.high
+
+
+# --- images clustered in patients -------------------------------------------------------------------------------
+
+def clustered(n_groups: int, per_group: int, seed: int, patient_sd: float = 0.6) -> tuple[np.ndarray, ...]:
+    """Labels per patient, two correlated models with patient effects of their own, and the group ids."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), per_group)
+    y = (rng.random(n_groups) < 0.45).astype(int)[groups]
+    y[:per_group], y[per_group:2 * per_group] = 0, 1  # both classes present
+    shared = rng.normal(0, 1, len(y))
+    a = 1.2 * y + shared + rng.normal(0, patient_sd, n_groups)[groups]
+    b = 1.2 * y + shared + rng.normal(0, patient_sd, n_groups)[groups] + rng.normal(0, 0.5, len(y))
+    return y, 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-b)), groups
+
+
+def test_clustered_delong_reduces_to_delong_with_one_image_per_group():
+    y, a = scores(300, 21, decimals=2)
+    b = np.round(np.clip(a + np.random.default_rng(22).normal(0, 0.15, len(a)), 0, 1), 2)
+    plain, clus = S.delong_test(y, a, b), S.clustered_delong_test(y, a, b, groups=np.arange(len(y)))
+    assert clus.statistic == pytest.approx(plain.statistic, rel=1e-12)
+    assert clus.p_value == pytest.approx(plain.p_value, rel=1e-12)
+    assert (clus.interval.low, clus.interval.high) == pytest.approx((plain.interval.low, plain.interval.high))
+    assert "Obuchowski 1997" in clus.method and clus.details["n_groups"] == len(y)
+    # Copies of each image in its own group add no information: the same test as on the originals.
+    copies = S.clustered_delong_test(np.repeat(y, 5), np.repeat(a, 5), np.repeat(b, 5), np.repeat(np.arange(300), 5))
+    assert copies.statistic == pytest.approx(plain.statistic, rel=1e-10)
+    naive = S.delong_test(np.repeat(y, 5), np.repeat(a, 5), np.repeat(b, 5))
+    assert abs(naive.statistic) > 2 * abs(plain.statistic)  # ignoring the groups inflates z about sqrt(5)-fold
+
+
+def test_clustered_auroc_interval_uses_obuchowskis_variance():
+    y, a = scores(200, 23, decimals=None)
+    one = S.clustered_auroc_interval(y, a, np.arange(200))
+    assert one.details["se"] == pytest.approx(S.delong_test(y, a, 1 - a).details["se_auc_a"], rel=1e-12)
+    assert 0 < one.low < one.estimate < one.high < 1 and one.n_groups == min(np.sum(y == 0), np.sum(y == 1))
+    perfect = S.clustered_auroc_interval(y, y.astype(float), np.arange(200))
+    assert perfect.estimate == 1.0 and perfect.low is None and "perfect" in perfect.reason
+
+
+@pytest.mark.parametrize(("only_a", "only_b", "both_right", "both_wrong"), [(3, 9, 50, 10), (40, 22, 300, 30)])
+def test_clustered_mcnemar_reduces_to_statsmodels_chi_square(only_a, only_b, both_right, both_wrong):
+    correct_a = np.r_[np.ones(only_a), np.zeros(only_b), np.ones(both_right), np.zeros(both_wrong)]
+    correct_b = np.r_[np.zeros(only_a), np.ones(only_b), np.ones(both_right), np.zeros(both_wrong)]
+    ref = sm_mcnemar([[both_right, only_a], [only_b, both_wrong]], exact=False, correction=False)
+    res = S.clustered_mcnemar_test(correct_a, correct_b, groups=np.arange(len(correct_a)))
+    assert res.statistic == pytest.approx(ref.statistic, rel=1e-12) and res.p_value == pytest.approx(ref.pvalue)
+    assert "Durkalski" in res.method
+    copies = S.clustered_mcnemar_test(np.repeat(correct_a, 4), np.repeat(correct_b, 4),
+                                      np.repeat(np.arange(len(correct_a)), 4))
+    assert copies.p_value == pytest.approx(ref.pvalue, rel=1e-12)
+    balanced = S.clustered_mcnemar_test([1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 1, 1])
+    assert balanced.p_value == 1.0 and "no evidence" in balanced.reason
+
+
+def test_clustered_tests_name_themselves_and_need_two_groups_per_class():
+    y, a, b, groups = clustered(30, 6, 24)
+    res = S.clustered_delong_test(y, a, b, groups)
+    assert res.details["groups_benign"] + res.details["groups_malignant"] == 30 and 0 < res.p_value <= 1
+    few = S.clustered_delong_test(y[:12], a[:12], b[:12], groups[:12])
+    assert few.p_value is None and "two groups" in few.reason
+
+
+def test_clustered_proportion_interval_is_wilson_on_the_effective_size():
+    rng = np.random.default_rng(25)
+    groups = np.repeat(np.arange(12), 10)
+    hits = (rng.random(120) < rng.uniform(0.5, 0.95, 12)[groups]).astype(int)
+    res = S.clustered_proportion_interval(hits, groups)
+    n_eff = res.details["n_effective"]
+    ref = proportion_confint(hits.mean() * n_eff, n_eff, alpha=0.05, method="wilson")
+    assert (res.low, res.high) == pytest.approx(ref, abs=1e-12)
+    assert res.n_groups == 12 and not res.unreliable and res.details["design_effect"] >= 1
+    z, t = stats.norm.ppf(0.975), stats.t.ppf(0.975, 11)
+    assert n_eff == pytest.approx(120 / res.details["design_effect"] * (z / t) ** 2)
+    # All correct: the design effect cannot be estimated; every group then counts once, never [1, 1].
+    ones = S.clustered_proportion_interval(np.ones(120), groups)
+    ref = proportion_confint(12 * (z / t) ** 2, 12 * (z / t) ** 2, alpha=0.05, method="wilson")
+    assert ones.high == 1.0 and ones.low == pytest.approx(ref[0], abs=1e-12) and ones.low < 0.9
+    single = S.clustered_proportion_interval(np.ones(10), np.zeros(10))
+    assert single.estimate == 1.0 and single.low is None and "one group" in single.reason and single.unreliable
+    few = S.clustered_proportion_interval(hits[:40], groups[:40])
+    assert few.n_groups == 4 and few.unreliable
+
+
+def test_every_image_called_malignant_gets_real_intervals():
+    y, p, _, groups = clustered(20, 8, 26)
+    everything = np.ones_like(p)  # a model that calls every image malignant
+    for g in (None, groups):
+        res = S.metric_intervals(y, everything, threshold=0.5, groups=g, n_resamples=300)
+        sens, ba = res["sensitivity"], res["balanced_accuracy"]
+        assert sens.estimate == 1.0 and sens.high == 1.0 and sens.low < 0.99, g
+        assert ba.estimate == 0.5 and ba.low < 0.5 < ba.high, g
+        assert res["specificity"].estimate == 0.0 and res["specificity"].high > 0
+    plain = S.metric_intervals(y, everything, groups=None, n_resamples=300)["sensitivity"]
+    clus = S.metric_intervals(y, everything, groups=groups, n_resamples=300)["sensitivity"]
+    assert clus.low < plain.low  # widened by the design effect: 8 alike images per patient
+    assert plain.low == pytest.approx(proportion_confint(int(y.sum()), int(y.sum()), method="wilson")[0])
+
+
+def test_one_benign_group_gives_no_specificity_interval_and_no_interval_has_zero_width():
+    y, p, _, groups = clustered(10, 6, 27)
+    y = np.where(groups == 0, 0, 1)  # the test split's benign images all come from one patient
+    res = S.metric_intervals(y, p, groups=groups, n_resamples=300)
+    spec = res["specificity"]
+    assert spec.estimate is not None and spec.low is None and "one group" in spec.reason and spec.n_groups == 1
+    assert res["auroc"].low is None and "1 benign group" in res["auroc"].reason
+    assert res["sensitivity"].n_groups == 9 and res["sensitivity"].unreliable
+    assert res["accuracy"].details["groups"] == {"benign": 1, "malignant": 9}
+    for inputs in ((y, p, groups), (y, y.astype(float), groups), (y, y.astype(float), None)):
+        for name, ci in S.metric_intervals(*inputs[:2], groups=inputs[2], n_resamples=200).items():
+            assert ci.low is None or ci.high - ci.low > 0, name
+            assert ci.low is None or 0 <= ci.low <= ci.high <= 1, name
+
+
+def test_few_groups_use_obuchowski_for_auroc_and_are_marked_unreliable():
+    y, p, _, groups = clustered(6, 10, 28)
+    res = S.metric_intervals(y, p, groups=groups, n_resamples=300)
+    assert res["auroc"].method.startswith("Obuchowski") and res["auroc"].unreliable
+    assert "fewer than 10 groups" in res["auroc"].note
+    assert res["f1"].unreliable and res["f1"].n_groups == 6
+
+
+def test_bounded_t_intervals_and_equal_values():
+    values = [0.99, 1.0, 0.9]
+    res = S.t_interval(values, bounds=(0.0, 1.0))
+    raw = S.t_interval(values)
+    assert raw.high > 1 and res.high == 1.0 and res.low == raw.low and "clipped" in res.note
+    corrected = S.corrected_t_interval(values, 400, 100, bounds=(0.0, 1.0))
+    assert corrected.high == 1.0
+    same = S.t_interval([1.0, 1.0, 1.0], bounds=(0.0, 1.0))
+    assert same.estimate == 1.0 and same.low is None and "equal" in same.reason
+    logit = S.logit_t_interval(values, n_test=100)
+    assert 0 < logit.low < logit.estimate < logit.high < 1
