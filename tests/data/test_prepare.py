@@ -79,7 +79,9 @@ def test_augmented_copies_stay_in_train(tmp_path: Path) -> None:
     split_of_source = {r["source"]: r["split"] for r in rows if r["augmentation"] == "none"}
     assert all(split_of_source[r["source"]] == "train" for r in augmented)
     assert len(augmented) == 3 * sum(1 for s in split_of_source.values() if s == "train")
-    assert summary["protocol"].startswith("leakage-free")
+    # A flat folder says nothing about patients: the protocol says so instead of claiming "leakage-free".
+    assert summary["grouping"]["rule"] == "image" and "leakage-free" not in summary["protocol"]
+    assert "if several images come from one patient, this split leaks" in summary["protocol"]
     sample = next(r for r in augmented if r["augmentation"].startswith("rot90"))
     assert Image.open(tmp_path / "out" / sample["path"]).size == (20, 30)  # rotated by 90: sides swapped
 

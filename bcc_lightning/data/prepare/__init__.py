@@ -1,4 +1,4 @@
-"""Raw B/M image folder -> leakage-free OUT/{train,val,test}/{B,M} + manifest.csv + rejected.csv + summary.json.
+"""Raw B/M image folder -> grouped OUT/{train,val,test}/{B,M} + manifest.csv + rejected.csv + summary.json.
 
 Two passes keep memory flat and decode each file once: pass 1 (scan) reads bytes only (sha256, duplicates, label
 conflicts, groups); the split (split) is decided on groups; pass 2 (write) decodes, resizes, augments and writes in
@@ -63,15 +63,19 @@ def prepare(settings: PrepareSettings, progress: bool = False,
     rejected: list[tuple[str, str]] = []
     sources = scan_raw(raw, rejected)
     sources, dup_counts = deduplicate(sources, rejected)
-    sources = assign_groups(sources, settings, rejected)
+    sources, grouping = assign_groups(sources, settings, rejected, raw)
+    if grouping.by_image and settings.group == "auto":
+        log(f"NOTE: {grouping.text()}: {'; '.join(grouping.evidence)}. Pass group=breakhis or group=pattern "
+            f"group_pattern=REGEX if the names carry the patient in a form not recognised here.")
     near = merge_near_duplicates(sources, settings) if settings.dedup_near else None
+    grouping.groups = {s.rel: s.group for s in sources}  # copies may have joined groups: count what is split
     split_info = split_groups(sources, settings)
     jobs = plan_jobs(sources, settings)
 
     with atomic_directory(out, replace=True) as staging:  # an existing OUT is replaced only with overwrite=true
         manifest = write_outputs(jobs, staging, settings, rejected, progress)
         summary = summarise(manifest, rejected, dup_counts, split_info, settings, len(sources),
-                            time.perf_counter() - started, near)
+                            time.perf_counter() - started, near, grouping.to_dict())
         if summary["ratio_max_deviation"] > 0.02:
             log(f"NOTE: grouped splitting could not meet the ratios exactly: achieved {summary['ratios_achieved']} "
                 f"for requested {summary['ratios_requested']} (largest deviation "

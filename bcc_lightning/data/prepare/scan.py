@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bcc_lightning.data.groups import Grouping, infer_groups
 from bcc_lightning.data.labels import ACCEPTED_FOLDER_NAMES, CLASS_NAMES
 from bcc_lightning.data.layout import IMAGE_EXTENSIONS, is_hidden, label_of_path, walk_files
 from bcc_lightning.data.prepare.settings import BREAKHIS_PATTERN, PrepareSettings
@@ -95,14 +96,22 @@ def deduplicate(sources: list[Source], rejected: list[tuple[str, str]]) -> tuple
     return kept, {"duplicates": duplicates, "conflicts": conflicts}
 
 
-def assign_groups(sources: list[Source], settings: PrepareSettings, rejected: list[tuple[str, str]]) -> list[Source]:
-    """Group ids from file names (breakhis, pattern) or one group per file (image, content: copies join later)."""
+def assign_groups(sources: list[Source], settings: PrepareSettings, rejected: list[tuple[str, str]],
+                  raw: Path | None = None) -> tuple[list[Source], Grouping]:
+    """Group ids inferred (auto: data/groups.py), from file names (breakhis, pattern) or one group per file (image,
+    content: copies join later); returns the sources kept and what the grouping is, for the summary."""
+    if settings.group == "auto":
+        grouping = infer_groups([s.rel for s in sources], raw, min_groups=settings.min_groups())
+        for s in sources:
+            s.group = grouping.groups[s.rel]
+        return sources, grouping
     if settings.group in ("image", "content"):
         # rel includes any train/val/test folder of an already split raw tree, but only as a unique id: it never
         # joins two files, so the old split has no say in the new one.
         for s in sources:
             s.group = s.rel
-        return sources
+        unit = "image" if settings.group == "image" else "copies"
+        return sources, Grouping({s.rel: s.group for s in sources}, settings.group, unit, f"group={settings.group}")
     pattern = re.compile(BREAKHIS_PATTERN if settings.group == "breakhis" else settings.group_pattern or "")
     kept = []
     for s in sources:
@@ -115,9 +124,10 @@ def assign_groups(sources: list[Source], settings: PrepareSettings, rejected: li
     if not kept:
         raise UserError(f"No file name matched the group pattern {pattern.pattern!r}; check group/group_pattern "
                         f"(see rejected.csv for the names).")
-    return kept
-
-
+    groups = {s.rel: s.group for s in kept}
+    if settings.group == "breakhis":
+        return kept, Grouping(groups, "breakhis", "patient", "BreakHis names (group=breakhis)")
+    return kept, Grouping(groups, "pattern", "group", f"group_pattern {pattern.pattern!r}")
 
 
 def _copies_single_threaded(described: Any, find_copies: Callable[[Any], list]) -> list:

@@ -13,7 +13,7 @@ from bcc_lightning.utils.errors import UserError
 AUGMENT_OPS = ("rot90", "rotate", "hflip", "vflip", "grayscale")
 BREAKHIS_PATTERN = r"^SOB_[BM]_[A-Za-z]+-(\d+-[A-Za-z0-9]+)-\d+-\d+"
 FORMATS = ("keep", "png", "jpg")
-GROUPINGS = ("image", "breakhis", "pattern", "content")
+GROUPINGS = ("auto", "image", "breakhis", "pattern", "content")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class PrepareSettings:
     out: str
     ratios: tuple[float, float, float] = (0.70, 0.15, 0.15)
     seed: int = 42
-    group: str = "image"
+    # auto: patients or slides from a manifest, known name schemes or folders (data/groups.py); image only when
+    # nothing suggests more, and then said so.
+    group: str = "auto"
     group_pattern: str | None = None
     augment_ops: tuple[str, ...] = ("rot90", "hflip", "vflip")
     augment_copies: int = 0
@@ -41,6 +43,12 @@ class PrepareSettings:
     # never land in two splits or folds. group=content uses only this relation (each image is otherwise its own group).
     dedup_near: bool = True
 
+    def min_groups(self) -> int:
+        """Groups a class needs so that every part of the split (or every fold) can hold one."""
+        if self.folds:
+            return self.folds + (1 if self.holdout_test and self.ratios[2] > 0 else 0)
+        return sum(1 for r in self.ratios if r > 0)
+
     def validate(self) -> None:
         if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or not math.isclose(sum(self.ratios), 1.0,
                                                                                           abs_tol=1e-6):
@@ -49,8 +57,8 @@ class PrepareSettings:
         if self.ratios[0] == 0:
             raise UserError("The training ratio must be above 0.")
         if self.group not in GROUPINGS:
-            raise UserError(f"group must be image, breakhis, pattern (with group_pattern=REGEX) or content; got "
-                            f"{self.group!r}.")
+            raise UserError(f"group must be auto (patients from a manifest, names or folders), image, breakhis, "
+                            f"pattern (with group_pattern=REGEX) or content; got {self.group!r}.")
         if self.group == "content" and not self.dedup_near:
             raise UserError("group=content groups images by their near-duplicate copies, so it needs dedup_near=true; "
                             "drop dedup_near=false, or use group=image.")
@@ -88,7 +96,7 @@ class PrepareSettings:
         workers = (os.cpu_count() or 1) if cfg.num_workers == "auto" else int(cfg.num_workers)
         return cls(
             raw=str(cfg.raw), out=str(cfg.out), ratios=tuple(float(r) for r in cfg.ratios), seed=int(cfg.seed),
-            group=str(cfg.group), group_pattern=cfg.group_pattern, augment_ops=tuple(cfg.augment.ops),
+            group=str(cfg.get("group", "auto")), group_pattern=cfg.group_pattern, augment_ops=tuple(cfg.augment.ops),
             augment_copies=int(cfg.augment.copies), augment_before_split=bool(cfg.augment.before_split),
             augment_max_degrees=float(cfg.augment.max_degrees),
             resize=None if cfg.resize is None else int(cfg.resize), format=str(cfg.format),

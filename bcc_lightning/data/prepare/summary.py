@@ -32,8 +32,9 @@ def check_written(summary: dict[str, Any]) -> None:
 
 def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_counts: dict[str, int],
              split_info: dict[str, Any], settings: PrepareSettings, n_sources: int, elapsed: float,
-             near: dict[str, Any] | None = None) -> dict[str, Any]:
-    """summary.json's body; `near` is the near-duplicate clustering (None when dedup_near=false)."""
+             near: dict[str, Any] | None = None, grouping: dict[str, Any] | None = None) -> dict[str, Any]:
+    """summary.json's body; `near` is the near-duplicate clustering (None when dedup_near=false), `grouping` what
+    the groups are (data/groups.py's Grouping.to_dict())."""
     counts = {split: {cls: 0 for cls in SHORT_NAMES} for split in SPLITS}
     originals = {split: {cls: 0 for cls in SHORT_NAMES} for split in SPLITS}
     groups: dict[str, set[str]] = {split: set() for split in SPLITS}
@@ -57,8 +58,8 @@ def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_co
     contaminated = settings.augment_before_split and settings.augment_copies > 0
     return {
         "protocol": ("CONTAMINATED: augmented before splitting (original protocol); copies of one image are in "
-                     "several splits" if contaminated else "leakage-free: grouped split, then augmentation of the "
-                     "training split only"),
+                     "several splits" if contaminated else _protocol(grouping, near is not None, settings.folds)),
+        "grouping": grouping,
         "counts": counts,
         "originals": originals,
         "groups": {s: len(groups[s]) for s in SPLITS},
@@ -80,6 +81,15 @@ def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_co
     }
 
 
+def _protocol(grouping: dict[str, Any] | None, copies_merged: bool, folds: int) -> str:
+    """What the split keeps apart, and nothing more: "leakage-free" is never claimed for what was not checked."""
+    where = "fold" if folds else "split"
+    merged = "near-duplicate copies (as the index finds them) merged; " if copies_merged else ""
+    if grouping is None:
+        return f"grouped split, each group in one {where}; {merged}augmentation of the training split only"
+    return f"{grouping['text']}; each group in one {where}; {merged}augmentation of the training split only"
+
+
 def format_table(summary: dict[str, Any]) -> str:
     lines = [f"{'split':<6} {'benign':>8} {'malignant':>10} {'groups':>7} {'share':>7}"]
     for split in SPLITS:
@@ -94,5 +104,9 @@ def format_table(summary: dict[str, Any]) -> str:
     if near:
         lines.append(f"near-duplicate clusters {near['count']} ({near['images_in_clusters']} images, largest "
                      f"{near['largest']}; {near['mixed_label_count']} with both labels): each kept in one group")
+    grouping = summary.get("grouping")
+    if grouping:
+        lines.append(f"groups: {grouping['text']}")
+        lines += [f"  {line}" for line in grouping.get("evidence", [])]
     lines.append(f"protocol: {summary['protocol']}")
     return "\n".join(lines)
