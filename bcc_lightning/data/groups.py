@@ -58,14 +58,15 @@ class Scheme:
 
 
 SCHEMES = (
-    Scheme("breakhis", "BreakHis names", "patient", r"^SOB_[BM]_[A-Za-z]+-(\d+-[A-Za-z0-9]+)-\d+-\d+",
+    Scheme("breakhis", "BreakHis names", "patient",
+           _NOT_ALNUM_BEFORE + r"SOB_[BM]_[A-Za-z]+-(\d+-[A-Za-z0-9]+)-\d+-\d+",
            r"^SOB_[BM]_[A-Za-z]+_(\d+-[A-Za-z0-9]+)$"),
     Scheme("tcga", "TCGA barcodes", "patient", _NOT_ALNUM_BEFORE + r"(TCGA-[A-Za-z0-9]{2}-[A-Za-z0-9]{4})"
            + _NOT_ALNUM_AFTER, _NOT_ALNUM_BEFORE + r"(TCGA-[A-Za-z0-9]{2}-[A-Za-z0-9]{4})" + _NOT_ALNUM_AFTER),
     Scheme("camelyon17", "CAMELYON17 names", "patient", _NOT_ALNUM_BEFORE + r"(patient_\d+)_node_\d+",
            _NOT_ALNUM_BEFORE + r"(patient_\d+)_node_\d+"),
-    Scheme("idc", "IDC patch names", "patient", r"^(\d+)_idx5_x\d+_y\d+_class[01]"),
-    Scheme("bracs", "BRACS names", "slide", r"^(BRACS_\d+)_[A-Za-z]+_\d+", r"^(BRACS_\d+)$"),
+    Scheme("idc", "IDC patch names", "patient", _NOT_ALNUM_BEFORE + r"(\d+)_idx5_x\d+_y\d+_class[01]"),
+    Scheme("bracs", "BRACS names", "slide", _NOT_ALNUM_BEFORE + r"(BRACS_\d+)_[A-Za-z]+_\d+", r"^(BRACS_\d+)$"),
 )
 
 
@@ -193,23 +194,24 @@ def _by_folder(rels: Sequence[str], min_groups: int) -> tuple[dict[str, str], st
     return {}, "", notes
 
 
-def _manifest_groups(root: Path | None) -> tuple[dict[str, str], str | None, str]:
-    """({path: group} from root/manifest.csv, the unit it records or None when it records images or copies only,
-    its source in words)."""
+def _manifest_groups(root: Path | None) -> tuple[dict[str, str], dict[str, str], str | None, str]:
+    """({path: group} and {path: raw source path} from root/manifest.csv, the unit it records or None when it
+    records images or copies only, its source in words)."""
     if root is None:
-        return {}, None, ""
+        return {}, {}, None, ""
     rows = read_manifest(root)
     if not rows or "group" not in rows[0]:
-        return {}, None, ""
+        return {}, {}, None, ""
     summary = read_summary(root) or {}
     recorded = summary.get("grouping") or {}
     unit = recorded.get("unit")
     if unit is None:  # written before group=auto: the settings say what the groups were
         unit = {"breakhis": "patient", "pattern": "group"}.get(str(summary.get("settings", {}).get("group")), "image")
     groups = {row["path"]: row["group"] for row in rows if row.get("group")}
+    sources = {row["path"]: row["source"] for row in rows if row.get("source")}
     said = recorded.get("source")
     source = "manifest.csv" + (f", where they came from {said}" if said else "")
-    return groups, None if unit in ("image", "copies") else unit, source
+    return groups, sources, None if unit in ("image", "copies") else unit, source
 
 
 def infer_groups(rels: Sequence[str], root: str | Path | None = None, min_groups: int = 3) -> Grouping:
@@ -220,7 +222,7 @@ def infer_groups(rels: Sequence[str], root: str | Path | None = None, min_groups
     rels = list(rels)
     root = None if root is None else Path(root)
     evidence: list[str] = []
-    manifest, manifest_unit, manifest_source = _manifest_groups(root)
+    manifest, raw_paths, manifest_unit, manifest_source = _manifest_groups(root)
     known = {rel: manifest[rel] for rel in rels if rel in manifest}
     if manifest_unit and len(known) == len(rels):
         return Grouping(known, "manifest", manifest_unit, manifest_source,
@@ -228,16 +230,21 @@ def infer_groups(rels: Sequence[str], root: str | Path | None = None, min_groups
 
     union = _Union()
     rels_set = set(rels)
-    scheme, ids = _by_scheme(rels)
-    rest = [rel for rel in rels if rel not in ids]
+    # Names and folders are read from the raw path a manifest records (prepare flattens folders into the file
+    # name), else from the path itself; augmented copies share their source's raw path, hence its group.
+    views = {rel: raw_paths.get(rel) or rel for rel in rels}
+    unique = sorted(set(views.values()))
+    scheme, ids = _by_scheme(unique)
+    rest = [view for view in unique if view not in ids]
     folders, level, notes = _by_folder(rest, min_groups) if rest else ({}, "", [])
     evidence += notes
     for rel in rels:
         union.find(rel)
-        if rel in ids:
-            union.join(rel, f"{scheme.key}:{ids[rel]}" if scheme else rel)
-        elif rel in folders:
-            union.join(rel, f"folder:{folders[rel]}")
+        view = views[rel]
+        if view in ids and scheme:
+            union.join(rel, f"{scheme.key}:{ids[view]}")
+        elif view in folders:
+            union.join(rel, f"folder:{folders[view]}")
     if known:  # copies recorded by an earlier prepare stay together whatever else is inferred
         for rel, gid in known.items():
             union.join(rel, f"manifest:{gid}")
@@ -254,13 +261,16 @@ def infer_groups(rels: Sequence[str], root: str | Path | None = None, min_groups
         for token in members:
             if token in rels_set:
                 groups[token] = name
+    named = sum(1 for rel in rels if views[rel] in ids)
+    in_folders = sum(1 for rel in rels if views[rel] in folders)
     if scheme and ids:
-        evidence.insert(0, f"{len(ids):,} of {len(rels):,} images named by {scheme.label}"
-                        + (f"; {len(rest):,} others grouped by {level or 'image'}" if rest else ""))
+        others = len(rels) - named
+        evidence.insert(0, f"{named:,} of {len(rels):,} images named by {scheme.label}"
+                        + (f"; {others:,} others grouped by {level or 'image'}" if others else ""))
         unit, rule, source = scheme.unit, scheme.key, scheme.label
     elif folders:
-        evidence.insert(0, f"{len(folders):,} of {len(rels):,} images in {level}"
-                        + (f"; {len(rels) - len(folders):,} others grouped by image" if len(folders) < len(rels)
+        evidence.insert(0, f"{in_folders:,} of {len(rels):,} images in {level}"
+                        + (f"; {len(rels) - in_folders:,} others grouped by image" if in_folders < len(rels)
                            else ""))
         unit, rule, source = "folder", "folder", level
     else:
@@ -356,3 +366,36 @@ def overlap_gate(mode: Any, root: str | Path, fold: int | None,
                             f"data.audit=warn to go on (the report then carries a warning).")
         warn(f"LEAKAGE: {overlap['verdict']}")
     return overlap
+
+
+def with_group_overlap(leakage: dict[str, Any] | None, mode: Any, root: str | Path, fold: int | None,
+                       warn: Callable[[str], Any] = print) -> dict[str, Any] | None:
+    """The copy audit's summary (audit_gate's) extended with the groups across splits (`groups`), for train/eval.
+
+    A patient on both sides makes the run unclean like a copy does; data.audit=error stops the run for either.
+    """
+    overlap = overlap_gate(mode, root, fold, warn)
+    if leakage is None or overlap is None:
+        return leakage
+    merged = {**leakage, "groups": overlap}
+    if not overlap["clean"]:
+        merged["clean"] = False
+        merged["verdict"] = (f"{leakage['verdict']} {overlap['verdict']}" if not leakage["clean"]
+                             else overlap["verdict"])
+    return merged
+
+
+def write_overlap(outdir: str | Path, overlap: dict[str, Any]) -> Path:
+    """groups.json beside the audit's leakage.* files, and a "Patients" section appended to leakage.md."""
+    from bcc_lightning.utils.atomic_io import write_json, write_text
+
+    outdir = Path(outdir)
+    md = outdir / "leakage.md"
+    if md.is_file():
+        lines = ["", "## Patients across splits", "", overlap["verdict"], ""]
+        lines += [f"- {line}" for line in overlap.get("evidence", [])]
+        if overlap["pairs"]:
+            lines += ["", "| query -> reference | groups shared | query images in them |", "|---|---:|---:|"]
+            lines += [f"| {pair} | {v['groups']} | {v['images']} |" for pair, v in overlap["pairs"].items()]
+        write_text(md, md.read_text(encoding="utf-8") + "\n".join(lines) + "\n")
+    return write_json(outdir / "groups.json", overlap)

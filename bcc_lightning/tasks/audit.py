@@ -1,6 +1,7 @@
-"""`bcc-audit root=SPLIT_ROOT [fold=k]` (also `python -m bcc_lightning.tasks.audit`): near-duplicate copies across
-splits. Writes leakage.csv/.md/.json (and leakage_pairs.png) into the run directory, prints the verdict, and exits 1
-when copies cross splits (0 when clean), so it can gate a pipeline."""
+"""`bcc-audit root=SPLIT_ROOT [fold=k]` (also `python -m bcc_lightning.tasks.audit`): near-duplicate copies and
+patients (manifest groups, or inferred: data/groups.py) across splits. Writes leakage.csv/.md/.json, groups.json
+(and leakage_pairs.png) into the run directory, prints the verdicts, and exits 1 when copies or patients cross
+splits (0 when clean), so it can gate a pipeline."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from bcc_lightning.data.audit import audit_splits, audit_workers, verdict, write_audit
+from bcc_lightning.data.groups import group_overlap, write_overlap
 from bcc_lightning.utils.config import check_config, run_dir
 from bcc_lightning.utils.errors import UserError
 
@@ -47,10 +49,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                               workers=audit_workers(cfg.num_workers), cache_dir=cfg.get("cache"),
                               progress=_progress(stack, show))
     write_audit(outdir, result)
+    # Patients (or slides) on both sides leak as much as copies: from the manifest's groups, or inferred.
+    overlap = group_overlap(root, None if cfg.fold is None else int(cfg.fold))
+    write_overlap(outdir, overlap)
     print(verdict(result))
-    print(f"Audit written to {outdir}/leakage.md (leakage.csv, leakage.json).")
-    summary = result.summary()
-    if not summary["clean"]:
+    print(overlap["verdict"])
+    print(f"Audit written to {outdir}/leakage.md (leakage.csv, leakage.json, groups.json).")
+    summary = {**result.summary(), "groups": overlap}
+    if not summary["clean"] or not overlap["clean"]:
         sys.exit(1)
     return summary
 

@@ -22,6 +22,7 @@ from bcc_lightning.data.audit import audit_gate, audit_workers
 from bcc_lightning.data.augment import AugmentConfig
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.demo import generate, is_demo_root
+from bcc_lightning.data.groups import with_group_overlap
 from bcc_lightning.data.layout import SPLITS, fold_samples, scan_split
 from bcc_lightning.data.preprocess import Preprocess, with_stain_norm
 from bcc_lightning.models.backbones import initialisation_text, resolve_preprocess
@@ -190,9 +191,12 @@ def build(cfg: DictConfig, outdir: Path) -> tuple[BCCClassifier, BCCDataModule, 
 
 def audit_data(cfg: DictConfig, datamodule: BCCDataModule) -> dict[str, Any] | None:
     """data.audit=warn|error|off on the splits this run uses (its root and fold), before any training."""
-    return audit_gate(cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
-                      workers=audit_workers(cfg.data.get("num_workers")), cache_setting=cfg.data.get("cache"),
-                      warn=log.warning)
+    leakage = audit_gate(cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
+                         workers=audit_workers(cfg.data.get("num_workers")), cache_setting=cfg.data.get("cache"),
+                         warn=log.warning)
+    # Patients on both sides (manifest groups, or inferred from names and folders) leak as much as copies.
+    return with_group_overlap(leakage, cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
+                              warn=log.warning)
 
 
 def test_best(cfg: DictConfig, model: BCCClassifier, datamodule: BCCDataModule, checkpoint: ModelCheckpoint,
