@@ -117,6 +117,11 @@ def _leakage_banner(leakage: dict[str, Any] | None, n_test: int) -> list[str]:
             lines.append(f"> **Leakage: {count} of {total} {split} images have a near-duplicate in train: {effect}.**")
     if not lines:
         lines.append("Leakage audit: no test or validation image has a near-duplicate in train.")
+    groups = leakage.get("groups")  # patients across splits (data/groups.py): said apart from copies
+    if groups and not groups["clean"]:
+        lines.append(f"> **{groups['verdict']}**")
+    elif groups:
+        lines.append(groups["verdict"])
     return lines + [""]
 
 

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from bcc_lightning.data.audit import audit_gate, audit_workers, external_copies
 from bcc_lightning.data.datamodule import BCCDataModule
+from bcc_lightning.data.groups import with_group_overlap
 from bcc_lightning.data.layout import scan_labelled
 from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
 from bcc_lightning.reports.card import write_card
@@ -100,6 +101,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     leakage = audit_gate(cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
                          workers=audit_workers(cfg.data.get("num_workers")), cache_setting=cfg.data.get("cache"),
                          warn=log.warning)
+    leakage = with_group_overlap(leakage, cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
+                                 warn=log.warning)  # and patients on both sides
     settings = EvalSettings(split=cfg.split, threshold=cfg.threshold, tta=bool(cfg.tta), report=cfg.report,
                             accelerator=accelerator, precision=cfg.trainer.precision,
                             group_rule=str(cfg.get("group_rule", "any")), calibrate=cfg.get("calibrate"),
