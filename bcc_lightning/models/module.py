@@ -74,13 +74,14 @@ class BCCClassifier(L.LightningModule):
             preprocess = resolve_preprocess(model).to_dict()
         if initialisation is None and load_weights:
             initialisation = describe_initialisation(model["name"], str(model.get("source") or "timm"),
-                                                     bool(model.get("pretrained")), model.get("weights"))
+                                                     bool(model.get("pretrained")), model.get("weights"), model)
         self.save_hyperparameters(ignore=["load_weights"])
         source = str(model.get("source") or "timm")
         self.backbone = build_backbone(model["name"], pretrained=bool(model.get("pretrained")),
-                                       weights=model.get("weights"), load_weights=load_weights, source=source)
+                                       weights=model.get("weights"), load_weights=load_weights, source=source,
+                                       options=model)
         self.head = Head(self.backbone.num_features, int(model.get("hidden") or 0), float(model.get("dropout") or 0))
-        self.backbone_arch = arch_name(model["name"], source)
+        self.backbone_arch = arch_name(model["name"], source, model)
         self.preprocess = Preprocess.from_dict(preprocess)
         self.freeze_backbone = bool(model.get("freeze_backbone"))
         unfreeze = model.get("unfreeze_at_epoch")

@@ -23,16 +23,8 @@ from PIL import Image
 from torch import nn
 
 from bcc_lightning.data.preprocess import Preprocess, to_pixels
+from bcc_lightning.models.backbones import default_cam_layer
 from bcc_lightning.utils.errors import UserError
-
-# Known good layers (the last feature map before pooling); other backbones use the last 4-D activation.
-TARGET_LAYERS = {
-    "mobilenetv2": "bn2",
-    "efficientnet": "bn2",
-    "densenet": "features.norm5",
-    "inception_v3": "Mixed_7c",
-    "resnet": "layer4",
-}
 
 
 class PredictedClassTarget:
@@ -161,12 +153,12 @@ def find_target_layer(model: nn.Module, arch: str, img_size: int, override: str 
         except (AttributeError, IndexError, TypeError) as exc:
             raise UserError(f"cam_layer={override!r} is not a module of backbone {arch!r}; use a dotted path such as "
                             f"'features.norm5' (list them with print(model.backbone)).") from exc
-    for prefix, path in TARGET_LAYERS.items():
-        if arch.startswith(prefix):
-            try:
-                return _get(backbone, path)
-            except AttributeError:
-                break
+    path = default_cam_layer(backbone, arch)  # the family's known good layer (models/backbones/*_family.py)
+    if path:
+        try:
+            return _get(backbone, path)
+        except (AttributeError, IndexError):
+            pass
     transformer_layer = _default_transformer_layer(backbone)
     if transformer_layer is not None:
         return transformer_layer
