@@ -42,6 +42,65 @@ def test_breakhis_groups_never_cross_splits(tmp_path: Path) -> None:
     assert "14-0001F" in splits_of  # the patient id parsed from SOB_B_A-14-0001F-40-000.png
 
 
+def _splits_per_group(out: Path) -> dict[str, set[str]]:
+    splits_of = defaultdict(set)
+    for row in read_manifest(out):
+        splits_of[row["group"]].add(row["split"])
+    return splits_of
+
+
+def test_defaults_keep_each_breakhis_patient_in_one_split(tmp_path: Path) -> None:
+    """Done-when (issue 25): BreakHis-named images split with the defaults keep each patient in one split; the same
+    images renamed anonymously into per-patient folders inside B/ and M/ are grouped by folder."""
+    from bcc_lightning.data.prepare import format_table
+
+    raw = breakhis_tree(tmp_path / "raw", patients=6, per_patient=4)
+    summary = run_prepare(raw, tmp_path / "out")
+    splits_of = _splits_per_group(tmp_path / "out")
+    assert summary["grouping"]["rule"] == "breakhis" and summary["grouping"]["unit"] == "patient"
+    assert len(splits_of) == 12 and all(len(s) == 1 for s in splits_of.values()) and "14-0001F" in splits_of
+    assert "groups: grouped by patient (inferred from BreakHis names): 12 groups" in format_table(summary)
+    assert "leakage-free" not in summary["protocol"]
+
+    anonymous = tmp_path / "anonymous"
+    patient_of: dict[str, str] = {}
+    cases: dict[str, str] = {}
+    for k, source in enumerate(sorted(raw.rglob("*.png"))):
+        cls = "B" if "benign" in source.parts else "M"
+        patient = source.name.split("-")[2]  # SOB_B_A-14-0001F-40-000.png -> 0001F; the new names say nothing
+        case = cases.setdefault(patient, f"case{len(cases) * 7919 % 1000:03d}")
+        target = anonymous / cls / case / f"{k:04d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+        patient_of[target.relative_to(anonymous).as_posix()] = patient
+    summary = run_prepare(anonymous, tmp_path / "out_anonymous", dedup_near=False)  # the copy index: tested above
+    assert summary["grouping"]["rule"] == "folder" and summary["grouping"]["groups"] == 12
+    split_of_patient = defaultdict(set)
+    for row in read_manifest(tmp_path / "out_anonymous"):
+        split_of_patient[patient_of[row["source"]]].add(row["split"])
+    assert len(split_of_patient) == 12 and all(len(s) == 1 for s in split_of_patient.values())
+
+    # A prepared folder prepared again: its manifest's patients are used as they are.
+    again = run_prepare(tmp_path / "out", tmp_path / "again", seed=7, dedup_near=False)
+    assert again["grouping"]["rule"] == "manifest" and again["grouping"]["unit"] == "patient"
+    assert again["grouping"]["groups"] == 12 and all(len(s) == 1 for s in _splits_per_group(tmp_path / "again")
+                                                     .values())
+
+
+def test_tcga_names_group_by_patient(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    for label, cls in enumerate("BM"):
+        for patient in range(5):
+            barcode = f"TCGA-A{label}-{patient:04d}"
+            for slide in (1, 2):
+                write_image(raw / cls / f"{barcode}-01Z-00-DX{slide}_x{slide * 512}_y0.png", size=(24, 18),
+                            seed=label * 100 + patient * 10 + slide)
+    summary = run_prepare(raw, tmp_path / "out")
+    assert summary["grouping"]["rule"] == "tcga" and summary["grouping"]["groups"] == 10
+    splits_of = _splits_per_group(tmp_path / "out")
+    assert "TCGA-A0-0003" in splits_of and all(len(s) == 1 for s in splits_of.values())
+
+
 def test_group_pattern(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     for label, cls in enumerate("BM"):
@@ -299,7 +358,7 @@ def test_copies_of_a_source_stay_in_one_split_and_fold(tmp_path: Path, group: st
                 write_image(raw / cls / f"P{label}{i}_x.png", size=(36, 28), seed=label * 100 + i)
         sources = sorted(raw.rglob("P*_x.png"))[::2]
         names = [(f"P7{k}_copy.png", f"Q{k}_other.png") for k in range(len(sources))]
-        extra = {"group": "pattern", "group_pattern": r"^([PQ]\d+)_"} if group == "pattern" else {}
+        extra = {"group": "pattern", "group_pattern": r"^([PQ]\d+)_"} if group == "pattern" else {"group": "image"}
     families = _add_copies(raw, sources, names)
     for folds in (0, 3):
         out = tmp_path / f"out{folds}"
