@@ -4,9 +4,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bcc_lightning.data.imageio import ImageDecodeError, load_pixels, load_rgb
+from bcc_lightning.data.imageio import (
+    FILE_BUDGET,
+    ImageBudget,
+    ImageDecodeError,
+    ImageTooLargeError,
+    load_pixels,
+    load_rgb,
+    read_header,
+)
 from bcc_lightning.data.layout import is_image_file
 from tests.conftest import write_image
+from tests.serving import png_of_zeros
 
 
 @pytest.mark.parametrize(
@@ -120,3 +129,57 @@ def test_load_pixels_keeps_the_bomb_limit(tmp_path: Path, monkeypatch: pytest.Mo
 def test_is_image_file() -> None:
     assert is_image_file(Path("a/B/x.TIF")) and is_image_file(Path("x.jpeg"))
     assert not is_image_file(Path("x.txt")) and not is_image_file(Path(".x.png"))
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, bytes]:
+    """Small files, huge pictures: what a hostile upload looks like."""
+    return {"square.png": png_of_zeros(9400, 9400), "strip.png": png_of_zeros(1, 88_000_000)}
+
+
+def _no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: Image.Image) -> None:
+        raise AssertionError("decoded although its header was over the budget")
+
+    monkeypatch.setattr(Image.Image, "load", refuse)
+    monkeypatch.setattr("torchvision.io.decode_jpeg", refuse)
+
+
+def test_budgets_refuse_from_the_header_before_decoding(bombs: dict[str, bytes], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    square = read_header(bombs["square.png"], ImageBudget())
+    assert (square.mode, square.width, square.height) == ("L", 9400, 9400)
+    header = read_header(bombs["strip.png"], ImageBudget(), "strip.png")
+    assert (header.format, header.width, header.height) == ("PNG", 1, 88_000_000)
+    budget = ImageBudget(max_pixels=40_000_000, max_aspect=20)
+    (tmp_path / "square.png").write_bytes(bombs["square.png"])
+    _no_decoding(monkeypatch)
+    for source in (bombs["square.png"], tmp_path / "square.png"):  # bytes and files alike
+        for decode in (read_header, load_rgb, load_pixels):
+            with pytest.raises(ImageTooLargeError, match="over the limit of 40 megapixels"):
+                decode(source, budget, "square.png")
+    with pytest.raises(ImageTooLargeError, match="aspect ratio of 8.8e\\+07, over the limit of 20"):
+        read_header(bombs["strip.png"], ImageBudget(max_aspect=20), "strip.png")
+    # Every reader's default refuses the strip (its resize would ask for tens of GB), with the file's name.
+    (tmp_path / "strip.png").write_bytes(bombs["strip.png"])
+    with pytest.raises(ImageTooLargeError, match="strip.png: .*aspect ratio"):
+        load_pixels(tmp_path / "strip.png")
+    assert FILE_BUDGET.max_pixels is None  # pixels: Pillow's own bomb limit, as before
+
+
+def test_an_image_within_the_budget_decodes_from_bytes_as_from_its_file(tmp_path: Path) -> None:
+    _scene(120, 80).save(tmp_path / "x.jpg", quality=90)
+    path = write_image(tmp_path / "x.png", mode="RGBA", size=(50, 20))
+    budget = ImageBudget(max_pixels=120 * 80, max_aspect=2.5)
+    for file in (tmp_path / "x.jpg", path):
+        assert np.array_equal(load_pixels(file.read_bytes(), budget).numpy(), load_pixels(file).numpy())
+        assert np.array_equal(np.asarray(load_rgb(file.read_bytes(), budget)), np.asarray(load_rgb(file)))
+    with pytest.raises(ImageTooLargeError, match="over the limit of 2"):
+        load_rgb(path, ImageBudget(max_aspect=2))
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty file"), (b"plain text", "not a readable image")])
+def test_bad_bytes_say_why_under_their_name(content: bytes, message: str) -> None:
+    for decode in (read_header, load_rgb, load_pixels):
+        with pytest.raises(ImageDecodeError, match=f"notes.txt: {message}"):
+            decode(content, ImageBudget(), "notes.txt")
