@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bcc_lightning.data.layout import fold_samples, fold_settings, read_manifest
-from bcc_lightning.reports.predictions import read_predictions
+from bcc_lightning.data.labels import CLASS_NAMES
+from bcc_lightning.data.layout import fold_samples, fold_settings, group_of_paths, read_manifest
 from bcc_lightning.reports.report import write_metric_files
 from bcc_lightning.reports.statistics import corrected_resampled_t, corrected_t_interval, t_interval, wilcoxon
 from bcc_lightning.utils.atomic_io import write_json, write_text
@@ -95,6 +95,7 @@ def summary_tables(jobs: list[dict[str, Any]]) -> tuple[str, str]:
     return buffer.getvalue(), "\n".join(md) + "\n"
 
 
+BOUNDS = (0.0, 1.0)
 VARYING = ("data.fold", "seed")  # what repeats a configuration rather than defining it
 STAT_KEYS = ("accuracy", "balanced_accuracy", "recall", "specificity", "f1", "auroc")
 STAT_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "recall": "sensitivity",
@@ -111,18 +112,23 @@ def describe(values: list[float], sizes: tuple[float, float] | None = None,
     """Mean ± sd with a Student-t 95 % interval, plus the Nadeau-Bengio corrected interval when the runs are
     k-fold folds with known (n_train, n_test); otherwise `corrected_unavailable` says why."""
     data = np.asarray(values, dtype=float)
-    t = t_interval(data)
+    # Every metric here is a proportion or an AUROC: its interval is clipped to [0, 1], with a note (clipping
+    # cannot lose coverage; benchmarks/statistics_coverage.py compares it with a logit-scale t interval).
+    t = t_interval(data, bounds=BOUNDS)
     out: dict[str, Any] = {"n": int(len(data)), "mean": float(data.mean()),
                            "std": float(data.std(ddof=1)) if len(data) > 1 else 0.0,
                            "ci_low": t.low, "ci_high": t.high, "ci_method": t.method}
     if t.reason:
         out["ci_reason"] = t.reason
+    if t.note:
+        out["ci_note"] = t.note
     if sizes is None:
         out["corrected_unavailable"] = sizes_note or "not k-fold runs"
     else:
-        c = corrected_t_interval(data, *sizes)
+        c = corrected_t_interval(data, *sizes, bounds=BOUNDS)
         out["corrected"] = {"low": c.low, "high": c.high, "method": c.method, "n_train": sizes[0],
-                            "n_test": sizes[1], **({"reason": c.reason} if c.reason else {})}
+                            "n_test": sizes[1], **({"reason": c.reason} if c.reason else {}),
+                            **({"note": c.note} if c.note else {})}
     return out
 
 
@@ -208,33 +214,58 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80] or "config"
 
 
+def _read_scored(path: Path) -> tuple[list[str], list[int], list[float]]:
+    """(paths, true labels, probabilities) of the scored rows of a predictions.csv with known labels."""
+    paths, labels, probs = [], [], []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("true_label") and row.get("prob_malignant"):
+                paths.append(row["path"])
+                labels.append(CLASS_NAMES.index(row["true_label"]))
+                probs.append(float(row["prob_malignant"]))
+    return paths, labels, probs
+
+
 def _pooled_predictions(members: list[dict[str, Any]], outdir: Path) -> dict[str, Any] | None:
-    """Each fold's held-out images once, pooled into one ROC curve and confusion matrix.
+    """Each fold's held-out images once, pooled into one ROC curve and confusion matrix, with 95 % intervals.
 
     Without a held-out test these are the test folds: true out-of-fold predictions. With one, only the validation
-    folds are held out, and they chose each run's checkpoint (early stopping), so the pool is optimistic.
+    folds are held out, and they chose each run's checkpoint (early stopping), so the pool is optimistic. When the
+    manifest groups the images (patients), the intervals resample whole groups (statistics.metric_intervals), since
+    image-level intervals of clustered images cover far less than 95 %.
     """
     if not members or any(m.get("fold") is None for m in members) or len({m["fold"] for m in members}) < len(members):
         return None  # not one run per fold (e.g. several seeds): pooling would count images twice
     holdout = _protocol(members[0].get("data_root")).endswith(", held-out test")
-    labels, probs = [], []
+    paths, labels, probs = [], [], []
     for m in members:
         job = Path(m["dir"])
         source = job / "val_predictions.csv" if holdout else job / "test" / "predictions.csv"
         if not source.is_file():
             return None
-        fold_labels, fold_probs = read_predictions(source)
+        fold_paths, fold_labels, fold_probs = _read_scored(source)
+        paths += fold_paths
         labels += fold_labels
         probs += fold_probs
+    root = members[0].get("data_root")
+    group_of = group_of_paths(root) if root and (Path(root) / "manifest.csv").is_file() else {}
+    groups = [group_of.get(p) for p in paths]
+    # One image per group is the independent-images case; a missing group leaves the units unknown.
+    grouped = bool(groups) and None not in groups and len(set(groups)) < len(groups)
     kind = ("validation folds, used for model selection (early stopping): optimistic" if holdout
             else "test folds (out-of-fold)")
-    metrics, figures = write_metric_files(outdir, labels, probs, 0.5, f"pooled {kind}")
+    metrics, figures = write_metric_files(outdir, labels, probs, 0.5, f"pooled {kind}",
+                                          groups=groups if grouped else None)
     import matplotlib.pyplot as plt
 
     for fig in figures.values():
         plt.close(fig)
+    intervals = {k: metrics["intervals"][k] for k in ("accuracy", "recall", "specificity", "auroc")}
     return {"n": metrics["n"], "accuracy": metrics["accuracy"], "auroc": metrics["auroc"],
             "recall": metrics["recall"], "specificity": metrics["specificity"], "source": kind,
+            "intervals": intervals, "n_groups": len(set(groups)) if grouped else None,
+            "interval_units": (f"{len(set(groups))} groups from manifest.csv (whole groups resampled)" if grouped
+                               else "images (no groups in manifest.csv, or one image per group)"),
             "optimistic": holdout, "figures": str(outdir.relative_to(outdir.parent.parent))}
 
 
@@ -262,7 +293,7 @@ def _paired(a_jobs: list[dict[str, Any]], b_jobs: list[dict[str, Any]], a: str, 
             entry.update(t_statistic=test.statistic, t_p=test.p_value, t_method=test.method,
                          **({"t_reason": test.reason} if test.reason else {}))
         else:
-            interval = t_interval(diffs)
+            interval = t_interval(diffs, bounds=(-1.0, 1.0))
             entry["t_method"] = "not run: needs k-fold runs with known training/held-out sizes"
         entry.update(ci_low=interval.low, ci_high=interval.high, ci_method=interval.method)
         w = wilcoxon(diffs)
@@ -275,6 +306,16 @@ def _paired(a_jobs: list[dict[str, Any]], b_jobs: list[dict[str, Any]], a: str, 
 
 def _num(value: float | None, fmt: str = ".3f") -> str:
     return "–" if value is None else format(value, fmt)
+
+
+def _pooled_cell(pooled: dict[str, Any], key: str) -> str:
+    value, ci = pooled.get(key), (pooled.get("intervals") or {}).get(key) or {}
+    if value is None:
+        return "–"
+    if ci.get("low") is None:
+        return f"{value:.3f} (no CI: {ci.get('reason') or 'undefined'})"
+    flag = f", **unreliable: {ci['n_groups']} groups**" if ci.get("unreliable") else ""
+    return f"{value:.3f} [{ci['low']:.3f}, {ci['high']:.3f}{flag}]"
 
 
 def _caveats(result: dict[str, Any]) -> list[str]:
@@ -299,6 +340,10 @@ def _caveats(result: dict[str, Any]) -> list[str]:
                       for st in e["stats"].values() if st.get("corrected_unavailable")} - {"not k-fold runs (no "
                                                                                              "data.fold)"})
     lines += [f"- Corrected interval not shown: {why}." for why in missing]
+    if any(st.get("ci_note") or (st.get("corrected") or {}).get("note") for e in result["configs"].values()
+           for st in e["stats"].values()):
+        lines.append("- Every metric here lies in [0, 1]; where a t interval reached beyond, it is clipped to [0, 1] "
+                     "(aggregate.json's ci_note gives the unclipped ends). Clipping keeps the interval's coverage.")
     return lines + [""]
 
 
@@ -331,12 +376,15 @@ def aggregate_tables(result: dict[str, Any]) -> tuple[str, str]:
     pooled = [(n, e["out_of_fold"]) for n, e in result["configs"].items() if "out_of_fold" in e]
     if pooled:
         md += ["## Pooled held-out predictions (threshold 0.5)", "",
-               "| configuration | pooled from | images | accuracy | sensitivity | specificity | AUROC | figures |",
-               "|---|---|---|---|---|---|---|---|"]
+               "value [95 % CI]; the interval's method and units are in the last column.", "",
+               "| configuration | pooled from | images | accuracy | sensitivity | specificity | AUROC | intervals | "
+               "figures |", "|---|---|---|---|---|---|---|---|---|"]
         for name, o in pooled:
-            md.append(f"| {name} | {o['source']} | {o['n']} | {_num(o['accuracy'])} | {_num(o['recall'])} | "
-                      f"{_num(o['specificity'])} | {_num(o['auroc'])} | [ROC]({o['figures']}/roc_curve.png), "
-                      f"[confusion]({o['figures']}/confusion_matrix.png) |")
+            cells = [_pooled_cell(o, key) for key in ("accuracy", "recall", "specificity", "auroc")]
+            methods = sorted({ci["method"] for ci in (o.get("intervals") or {}).values() if ci.get("method")})
+            md.append(f"| {name} | {o['source']} | {o['n']} | " + " | ".join(cells)
+                      + f" | {'; '.join(methods)} ({o.get('interval_units', 'images')}) | "
+                      f"[ROC]({o['figures']}/roc_curve.png), [confusion]({o['figures']}/confusion_matrix.png) |")
         if any(o.get("optimistic") for _, o in pooled):
             md += ["", "With a held-out test set the pooled images are the validation folds, which picked each "
                    "run's checkpoint (early stopping): these numbers are optimistic, not out-of-fold estimates."]

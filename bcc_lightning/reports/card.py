@@ -62,7 +62,8 @@ def build_card(checkpoint_hparams: dict[str, Any], result: dict[str, Any], check
         value = metrics.get(key)
         interval = intervals.get(key) or {}
         rows[name] = {"value": value, "ci95": [interval.get("low"), interval.get("high")] if interval else None,
-                      "method": interval.get("method")}
+                      "method": interval.get("method"), "n_groups": interval.get("n_groups"),
+                      "unreliable": bool(interval.get("unreliable")), "reason": interval.get("reason")}
     point = result.get("operating_point") or {"threshold": metrics.get("threshold"),
                                               "method": result.get("threshold_method")}
     return {
@@ -108,7 +109,10 @@ def card_markdown(card: dict[str, Any]) -> str:
               "## Metrics", "", "| metric | value | 95 % CI | method |", "|---|---|---|---|"]
     for name, row in card["metrics"].items():
         ci = row["ci95"]
-        ci_text = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and ci[0] is not None else "n/a"
+        ci_text = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and ci[0] is not None else (
+            f"n/a ({row['reason']})" if row.get("reason") else "n/a")
+        if row.get("unreliable") and ci and ci[0] is not None:
+            ci_text += f" (unreliable: {row.get('n_groups')} groups)"
         lines.append(f"| {name} | {_fmt(row['value'])} | {ci_text} | {row['method'] or ''} |")
     point = card["operating_point"] or {}
     lines += ["", "## Operating point and calibration", "",

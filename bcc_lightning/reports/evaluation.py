@@ -28,7 +28,12 @@ from bcc_lightning.models.inference import predict_batches, predict_view_logits,
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.reports.gradcam import save_overlays
 from bcc_lightning.reports.metrics import compute_metrics, expected_calibration_error
-from bcc_lightning.reports.operating_point import choose_threshold, fit_temperature, parse_operating_point
+from bcc_lightning.reports.operating_point import (
+    choose_threshold,
+    fit_temperature,
+    parse_operating_point,
+    view_logit,
+)
 from bcc_lightning.reports.plots import (
     predictions_grid_figure,
     referral_figure,
@@ -58,6 +63,10 @@ class Scored:
     def probs(self, temperature: float = 1.0) -> np.ndarray:
         """Malignant probabilities: mean over the views of sigmoid(logit / T) (as predict computes them)."""
         return view_probabilities(self.logits, temperature)[0].numpy().astype(np.float64)
+
+    def scores(self, temperature: float = 1.0) -> np.ndarray:
+        """The logit of probs(T), float64, which does not saturate: what AUROC and AUPRC rank."""
+        return view_logit(self.logits.double().numpy(), temperature)
 
     def spread(self, temperature: float = 1.0) -> np.ndarray | None:
         """Standard deviation of the views' probabilities (None without TTA)."""
@@ -246,7 +255,8 @@ def _operating_point(model: BCCClassifier, datamodule: BCCDataModule, settings: 
         chosen = _fit_on_val(val_labels, val_probs, method, "images")
         info = {"threshold": chosen.threshold, "method": method, "chosen_on": "val", "criterion": chosen.criterion,
                 "value_on_val": chosen.value, "val_sensitivity": chosen.sensitivity,
-                "val_specificity": chosen.specificity, "n_val": chosen.n}
+                "val_specificity": chosen.specificity, "n_val": chosen.n,
+                **({"note": chosen.note} if chosen.note else {})}
         point = _OperatingPoint(chosen.threshold, f"{method}, chosen on the validation split", info,
                                 compute_metrics(val_labels, val_probs, chosen.threshold))
     if calibrate:
@@ -266,6 +276,14 @@ def _operating_point(model: BCCClassifier, datamodule: BCCDataModule, settings: 
             group_choice = _fit_on_val(group_labels, scores, method, "groups")
             point.group_threshold = group_choice.threshold
             info["group_threshold"] = group_choice.threshold
+        else:
+            # Said, not silent: the group-level numbers then use the image threshold (0.5 for 'majority').
+            only = "malignant" if group_labels.sum() else "benign"
+            info["group_threshold_note"] = (
+                f"threshold={method} could not be chosen at the group level: all {len(group_labels)} validation "
+                f"groups are {only} under group_rule={settings.group_rule}, so the group metrics use the image "
+                f"threshold{' (0.5 for majority)' if settings.group_rule == 'majority' else ''} instead.")
+            log.warning(info["group_threshold_note"])
     return point
 
 
@@ -319,7 +337,8 @@ def evaluate(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, sett
     groups = _groups(root, paths)
     # Images of one patient are alike: resample whole patients, or the intervals come out too narrow.
     metrics, figures = write_metric_files(outdir, labels, probs, threshold, split, synthetic,
-                                          groups if groups is not None and len(set(groups)) < len(groups) else None)
+                                          groups if groups is not None and len(set(groups)) < len(groups) else None,
+                                          scores=scored.scores(temperature))
     resolved = root.resolve()
     write_predictions(outdir / "predictions.csv", prediction_rows(
         [p.resolve().relative_to(resolved).as_posix() for p in paths], probs.tolist(), threshold, labels.tolist(),

@@ -88,11 +88,13 @@ def _rate(num: int, den: int, name: str, reason: str, undefined: dict[str, str])
     return float(num / den)
 
 
-def compute_metrics(labels: Any, probs: Any, threshold: float = 0.5) -> dict[str, Any]:
+def compute_metrics(labels: Any, probs: Any, threshold: float = 0.5, scores: Any = None) -> dict[str, Any]:
     """Binary metrics with malignant (1) as the positive class; a prediction is malignant when prob >= threshold.
 
     Rates whose denominator is empty (e.g. sensitivity without malignant images) are None, and
-    `undefined[name]` says why.
+    `undefined[name]` says why. scores: an increasing function of probs that does not saturate (the logit,
+    operating_point.view_logit); AUROC and AUPRC rank these when given, since probabilities of confident models
+    round to ties near 1.
     """
     labels = np.asarray(labels, dtype=np.int64).ravel()
     probs = np.asarray(probs, dtype=np.float64).ravel()
@@ -100,6 +102,9 @@ def compute_metrics(labels: Any, probs: Any, threshold: float = 0.5) -> dict[str
         raise ValueError(f"labels and probs differ in length: {labels.shape} vs {probs.shape}")
     if not np.all(np.isfinite(probs)):
         raise ValueError(f"{int(np.sum(~np.isfinite(probs)))} probabilities are NaN or infinite")
+    ranked = probs if scores is None else np.asarray(scores, dtype=np.float64).ravel()
+    if ranked.shape != probs.shape or not np.all(np.isfinite(ranked)):
+        raise ValueError("scores must be finite and as many as the probabilities")
     preds = (probs >= threshold).astype(np.int64)
     tp = int(((preds == 1) & (labels == 1)).sum())
     tn = int(((preds == 0) & (labels == 0)).sum())
@@ -132,8 +137,8 @@ def compute_metrics(labels: Any, probs: Any, threshold: float = 0.5) -> dict[str
         "specificity": specificity,
         "npv": npv,
         "f1": f1,
-        "auroc": auroc(labels, probs),
-        "auprc": average_precision(labels, probs),
+        "auroc": auroc(labels, ranked),
+        "auprc": average_precision(labels, ranked),
         "ece": expected_calibration_error(labels, probs),
         "log_loss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))) if n else None,
         "brier": float(np.mean((probs - labels) ** 2)) if n else None,
@@ -191,7 +196,9 @@ def classification_report(m: dict[str, Any], intervals: dict[str, Any] | None = 
             if ci.get("low") is None:
                 lines.append(f"{name:>{width}}  {_f(value)}   n/a ({ci.get('reason') or 'undefined'})")
             else:
-                lines.append(f"{name:>{width}}  {_f(value)}   [{ci['low']:.4f}, {ci['high']:.4f}]  {ci['method']}")
+                flag = f"  (unreliable: {ci.get('n_groups')} groups)" if ci.get("unreliable") else ""
+                interval = f"[{ci['low']:.4f}, {ci['high']:.4f}]"
+                lines.append(f"{name:>{width}}  {_f(value)}   {interval}  {ci['method']}{flag}")
     return "\n".join(lines) + "\n"
 
 

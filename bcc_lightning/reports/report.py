@@ -15,7 +15,7 @@ from bcc_lightning.reports.plots import (
     roc_figure,
     save_figure,
 )
-from bcc_lightning.reports.statistics import metric_intervals
+from bcc_lightning.reports.statistics import MIN_GROUPS, metric_intervals
 from bcc_lightning.utils.atomic_io import write_json, write_text
 
 SYNTHETIC_NOTE = "SYNTHETIC DEMO DATA: these numbers say nothing about real microscopy images."
@@ -48,30 +48,36 @@ def referral_curve(labels: Any, probs: Any, threshold: float, uncertainty: Any,
     return points
 
 
-def metric_cis(labels: Any, probs: Any, threshold: float, groups: Any = None) -> dict[str, dict[str, Any]]:
-    """95 % CI of each reported metric: cluster bootstrap over `groups` (e.g. patients) when given, else Wilson /
-    BCa over images. {name: {low, high, method[, reason, note]}}."""
-    intervals = metric_intervals(labels, probs, threshold=threshold, groups=groups, n_resamples=N_RESAMPLES)
+def metric_cis(labels: Any, probs: Any, threshold: float, groups: Any = None,
+               scores: Any = None) -> dict[str, dict[str, Any]]:
+    """95 % CI of each reported metric (statistics.metric_intervals: clustered over `groups`, e.g. patients, when
+    given). {name: {low, high, method, n_groups, unreliable[, groups, reason, note]}}. scores: what AUROC ranks."""
+    intervals = metric_intervals(labels, probs, threshold=threshold, groups=groups, n_resamples=N_RESAMPLES,
+                                 scores=scores)
     out = {}
     for key in INTERVAL_KEYS:
         ci = intervals[key]
         method = ci.method + (f", clustered by {len(set(groups))} groups" if groups is not None else "")
-        out[key] = {"low": ci.low, "high": ci.high, "method": method,
+        # n_groups: the groups behind this interval (its own class for class-conditional metrics); None = images.
+        out[key] = {"low": ci.low, "high": ci.high, "method": method, "n_groups": ci.n_groups,
+                    "unreliable": ci.unreliable, **({"groups": ci.details["groups"]} if "groups" in ci.details else {}),
                     **({"reason": ci.reason} if ci.reason else {}), **({"note": ci.note} if ci.note else {})}
     return out
 
 
 def write_metric_files(outdir: str | Path, labels: Any, probs: Any, threshold: float, split: str,
-                       synthetic: bool = False, groups: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                       synthetic: bool = False, groups: Any = None,
+                       scores: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """classification_report.txt and the four metric figures; returns (metrics, {file name: figure}).
 
-    metrics['intervals'] holds each metric's 95 % CI (cluster bootstrap over `groups` when given). The figures are
-    returned (already saved) so that callers can also send them to TensorBoard.
+    metrics['intervals'] holds each metric's 95 % CI (clustered over `groups` when given). scores: the logits
+    (operating_point.view_logit), which AUROC and AUPRC rank so that saturated probabilities do not tie. The figures
+    are returned (already saved) so that callers can also send them to TensorBoard.
     """
     outdir = Path(outdir)
     labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
-    metrics = compute_metrics(labels, probs, threshold)
-    metrics["intervals"] = metric_cis(labels, probs, threshold, groups)
+    metrics = compute_metrics(labels, probs, threshold, scores=scores)
+    metrics["intervals"] = metric_cis(labels, probs, threshold, groups, scores)
     header = f"{SYNTHETIC_NOTE}\n\n" if synthetic else ""
     write_text(outdir / "classification_report.txt",
                header + f"Split: {split}, threshold {threshold:.4f}\n"
@@ -95,12 +101,19 @@ def _fmt(value: Any, reason: str | None = None) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def unreliable_text(interval: dict[str, Any]) -> str:
+    """' — unreliable: N groups (< 10)' for an interval behind too few groups, else ''."""
+    if not interval.get("unreliable") or interval.get("low") is None:
+        return ""
+    return f" — **unreliable: {interval.get('n_groups')} group(s), fewer than {MIN_GROUPS}**"
+
+
 def _ci(interval: dict[str, Any] | None) -> str:
     if not interval:
         return "–"
     if interval.get("low") is None:
         return f"n/a ({interval.get('reason') or 'undefined'})"
-    return f"[{interval['low']:.4f}, {interval['high']:.4f}] ({interval['method']})"
+    return f"[{interval['low']:.4f}, {interval['high']:.4f}] ({interval['method']})" + unreliable_text(interval)
 
 
 def _leakage_banner(leakage: dict[str, Any] | None, n_test: int) -> list[str]:
@@ -164,6 +177,9 @@ def write_report_md(outdir: Path, result: dict[str, Any], extra_figures: list[st
         lines += [f"Group level ({g['n']} groups from manifest.csv, {rule}; threshold {g['threshold']:.4f}): accuracy "
                   f"{_fmt(g['accuracy'])}, sensitivity {_fmt(g['recall'])}, specificity {_fmt(g['specificity'])}, "
                   f"AUROC {_fmt(g['auroc'])}.", ""]
+        fallback = (result.get("operating_point") or {}).get("group_threshold_note")
+        if fallback:
+            lines += [f"> {fallback}", ""]
     lines += _calibration_section(result.get("calibration"))
     lines += _referral_section(result.get("referral"))
     lines += ["## Classification report", "", "```", (outdir / "classification_report.txt").read_text().rstrip(),

@@ -289,8 +289,10 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> Interval:
 class _Sample:
     """Precomputed views of (labels, probs) so that any weighting of the images is scored in O(images)."""
 
-    def __init__(self, y: np.ndarray, p: np.ndarray, threshold: float, bins: int = 10):
+    def __init__(self, y: np.ndarray, p: np.ndarray, threshold: float, bins: int = 10, rank: np.ndarray | None = None):
+        # rank: what AUROC and AUPRC order the images by (the logit when given: it does not saturate near 1).
         self.y, self.p, self.n = y, p, len(y)
+        self.r = p if rank is None else rank
         pred = p >= threshold
         # Confusion cells as columns (tp, fp, tn, fn): weights @ cells gives the four weighted counts.
         self.cells = np.stack([pred & (y == 1), pred & (y == 0), ~pred & (y == 0), ~pred & (y == 1)], 1).astype(float)
@@ -302,9 +304,9 @@ class _Sample:
         onehot = np.eye(bins)[self.bin_of]
         self.bin_gap = onehot * (p - y)[:, None]
         # Ascending order and the start of each run of equal scores (ties share a rank).
-        self.order = np.argsort(p, kind="mergesort")
+        self.order = np.argsort(self.r, kind="mergesort")
         self.y_sorted = y[self.order]
-        self.starts = np.r_[0, np.flatnonzero(np.diff(p[self.order])) + 1] if self.n else np.zeros(0, int)
+        self.starts = np.r_[0, np.flatnonzero(np.diff(self.r[self.order])) + 1] if self.n else np.zeros(0, int)
 
     def weighted(self, names: Sequence[str], w: np.ndarray) -> np.ndarray:
         """Metrics (columns, in `names` order) for each row of image weights w (resamples x images)."""
@@ -364,9 +366,9 @@ class _Sample:
         if n_pos == 0 or n_neg == 0:
             return out
         # DeLong placements: the share of the other class each image beats (ties half).
-        ranks = stats.rankdata(self.p)
-        v10 = (ranks[pos] - stats.rankdata(self.p[pos])) / n_neg
-        v01 = 1 - (ranks[neg] - stats.rankdata(self.p[neg])) / n_pos
+        ranks = stats.rankdata(self.r)
+        v10 = (ranks[pos] - stats.rankdata(self.r[pos])) / n_neg
+        v01 = 1 - (ranks[neg] - stats.rankdata(self.r[neg])) / n_pos
         auc = v10.mean()
         if n_pos > 1:
             out[pos] = (n_pos * auc - v10) / (n_pos - 1)
@@ -529,7 +531,8 @@ def _scipy_bootstrap(statistic: Callable[..., float], data: tuple[np.ndarray, ..
 
 
 def _bootstrap(metrics: Sequence[str | MetricFn], y: np.ndarray, prob_sets: Sequence[np.ndarray], threshold: float,
-               groups: Any, level: float, n_resamples: int, seed: int) -> list[Interval]:
+               groups: Any, level: float, n_resamples: int, seed: int,
+               ranks: Sequence[np.ndarray] | None = None) -> list[Interval]:
     """One interval per metric; with two probability sets, of metric(first) - metric(second) on the same draws."""
     level = _check_level(level)
     if n_resamples < 2:
@@ -541,7 +544,8 @@ def _bootstrap(metrics: Sequence[str | MetricFn], y: np.ndarray, prob_sets: Sequ
     label = (f"cluster bootstrap over {n_groups} groups ({what}{n_resamples} resamples)" if codes is not None
              else f"bootstrap over images ({what}{n_resamples} resamples)")
     details: dict[str, Any] = {"n_groups": n_groups} if codes is not None else {}
-    samples = [_Sample(y, p, threshold) for p in prob_sets]
+    samples = [_Sample(y, p, threshold, rank=None if ranks is None else r)
+               for p, r in zip(prob_sets, ranks if ranks is not None else prob_sets)]
 
     def combine(values: list[np.ndarray]) -> np.ndarray:
         return values[0] - values[1] if paired else values[0]
@@ -639,7 +643,7 @@ def _proportion_masks(y: np.ndarray, pred: np.ndarray) -> dict[str, tuple[np.nda
 
 
 def metric_intervals(labels: Any, probs: Any, threshold: float = 0.5, groups: Any = None, level: float = 0.95,
-                     n_resamples: int = 2000, seed: int = 0) -> dict[str, Interval]:
+                     n_resamples: int = 2000, seed: int = 0, scores: Any = None) -> dict[str, Interval]:
     """Intervals for the proportions and scores compute_metrics reports, keyed like it ("recall" = "sensitivity").
 
     Independent images (no groups): Wilson for accuracy, sensitivity, specificity, precision and NPV; BCa
@@ -652,26 +656,30 @@ def metric_intervals(labels: Any, probs: Any, threshold: float = 0.5, groups: An
 
     Each interval records `n_groups`: the groups in the metric's own denominator (the benign groups for
     specificity, ...), and details["groups"] the groups per class. One group: no interval (None, with the reason).
+    scores: what AUROC and AUPRC rank (the logit; see compute_metrics), default the probabilities.
     """
     y, p = _binary(labels, probs)
+    ranks = None if scores is None else [_binary(labels, scores)[1]]
     pred = p >= threshold
     masks = _proportion_masks(y, pred)
     boot_names = ["f1", "auroc", "auprc", "brier", "ece"]
     result: dict[str, Interval] = {}
     if groups is None:
-        result.update(zip(boot_names, _bootstrap(boot_names, y, [p], threshold, None, level, n_resamples, seed)))
+        result.update(zip(boot_names, _bootstrap(boot_names, y, [p], threshold, None, level, n_resamples, seed,
+                                                 ranks)))
         for name, (hit, den) in masks.items():
             interval = wilson_interval(int(np.sum(hit & den)), int(den.sum()), level)
             result[name] = replace(interval, reason=_UNDEFINED[name]) if not den.any() else interval
     else:
         codes, n_groups = _group_codes(groups, len(y))
         per_class = {"benign": len(np.unique(codes[y == 0])), "malignant": len(np.unique(codes[y == 1]))}
-        result.update(zip(boot_names, _bootstrap(boot_names, y, [p], threshold, codes, level, n_resamples, seed)))
+        result.update(zip(boot_names, _bootstrap(boot_names, y, [p], threshold, codes, level, n_resamples, seed,
+                                                 ranks)))
         for name, (hit, den) in masks.items():
             interval = clustered_proportion_interval(hit[den], codes[den], level)
             result[name] = replace(interval, reason=_UNDEFINED[name]) if not den.any() else interval
         if 0 < min(per_class.values()) and n_groups < MIN_GROUPS and result["auroc"].estimate is not None:
-            few = clustered_auroc_interval(y, p, codes, level)
+            few = clustered_auroc_interval(y, p if ranks is None else ranks[0], codes, level)
             result["auroc"] = replace(few, note="; ".join(filter(None, [
                 few.note, f"fewer than {MIN_GROUPS} groups: Obuchowski's variance with a t quantile instead of "
                           "the percentile cluster bootstrap, which undercovers with few groups"])))
@@ -691,9 +699,16 @@ def metric_intervals(labels: Any, probs: Any, threshold: float = 0.5, groups: An
     if groups is not None:
         result["balanced_accuracy"] = replace(result["balanced_accuracy"],
                                               details={**result["balanced_accuracy"].details, "groups": per_class})
-    result = {name: result[name] for name in NAMED_METRICS}
+    result = {name: _no_zero_width(result[name]) for name in NAMED_METRICS}
     result["recall"] = result["sensitivity"]
     return result
+
+
+def _no_zero_width(interval: Interval) -> Interval:
+    if interval.defined and interval.high - interval.low <= 1e-12:
+        return replace(interval, low=None, high=None,
+                       reason="the data cannot move this number (zero-width interval), so no interval is given")
+    return interval
 
 
 def clustered_proportion_interval(successes: Any, groups: Any, level: float = 0.95) -> Interval:
@@ -735,7 +750,8 @@ def clustered_proportion_interval(successes: Any, groups: Any, level: float = 0.
     centre = (p + z * z / (2 * n_eff)) / denom
     half = z * math.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff * n_eff)) / denom
     details.update(design_effect=deff, n_effective=n_eff)
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), level, method, n, details=details,
+    low, high = (0.0 if p == 0 else max(0.0, centre - half)), (1.0 if p == 1 else min(1.0, centre + half))
+    return Interval(p, low, high, level, method, n, details=details,
                     n_groups=n_groups, unreliable=n_groups < MIN_GROUPS)
 
 
@@ -813,6 +829,9 @@ def clustered_auroc_interval(labels: Any, probs: Any, groups: Any, level: float 
         return Interval(auc, None, None, level, method, len(y), **common,
                         reason="a perfect (or perfectly wrong) separation: the variance estimate is 0, so no interval")
     se = math.sqrt(max(float(cov[0, 0]), 0.0))
+    if se <= 1e-12:
+        return Interval(auc, None, None, level, method, len(y), **common,
+                        reason="zero variance estimate (e.g. every image has the same score), so no interval")
     q = float(stats.t.ppf((1 + level) / 2, min(i10, i01) - 1))
     centre, scale = math.log(auc / (1 - auc)), se / (auc * (1 - auc))
     low, high = (1 / (1 + math.exp(-(centre + s * q * scale))) for s in (-1, 1))

@@ -230,6 +230,93 @@ def test_report_shows_leakage_banner_and_undefined_rates(tmp_path: Path) -> None
     assert "Leakage audit: no test or validation image" in clean
 
 
+def _zero_width(text: str) -> list[str]:
+    """Printed intervals [a, a] (any precision, optional sign) in a report."""
+    import re
+
+    return [m.group(0) for m in re.finditer(r"\[([+-]?\d+\.\d+), ([+-]?\d+\.\d+)\]", text)
+            if float(m.group(1)) == float(m.group(2))]
+
+
+def test_few_groups_are_said_in_report_and_card(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from bcc_lightning.reports.card import build_card, card_markdown
+    from bcc_lightning.reports.report import write_metric_files, write_report_md
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"p{i}" for i in range(6)], 8)
+    labels = (groups != "p0").astype(int)  # all benign test images come from one patient
+    probs = np.clip(0.35 * labels + rng.random(48) * 0.65, 0, 1)
+    metrics, figures = write_metric_files(tmp_path, labels, probs, 0.5, "test", groups=groups)
+    for fig in figures.values():
+        plt.close(fig)
+    spec = metrics["intervals"]["specificity"]
+    assert spec["low"] is None and "one group" in spec["reason"] and spec["n_groups"] == 1
+    assert metrics["intervals"]["recall"]["n_groups"] == 5 and metrics["intervals"]["recall"]["unreliable"]
+    assert metrics["intervals"]["accuracy"]["groups"] == {"benign": 1, "malignant": 5}
+    result = {"model": "m", "checkpoint": "c", "data_root": "r", "split": "test", "threshold_method": "fixed",
+              "tta": False, "metrics": metrics,
+              "group_metrics": {**metrics, "n": 6, "rule": "any"},
+              "operating_point": {"threshold": 0.5, "method": "youden", "group_threshold_note": "all 3 validation "
+                                  "groups are malignant: the group metrics use the image threshold instead."}}
+    md = write_report_md(tmp_path, result, [], [], "").read_text()
+    assert "n/a (one group: resampling it cannot move the number" in md and "unreliable: 5 group(s)" in md
+    assert "group metrics use the image threshold instead" in md
+    card = card_markdown(build_card({}, result, None))
+    assert "unreliable: 5 groups" in card and "n/a (one group" in card
+    assert not _zero_width(md) and not _zero_width(card)
+    # A model that calls every image malignant: sensitivity 1.0 and balanced accuracy 0.5 with real intervals.
+    labels = (~np.isin(groups, ["p0", "p1"])).astype(int)  # two benign patients this time
+    everything, figures = write_metric_files(tmp_path, labels, np.ones(48), 0.5, "test", groups=groups)
+    for fig in figures.values():
+        plt.close(fig)
+    sens, ba = everything["intervals"]["recall"], everything["intervals"]["balanced_accuracy"]
+    assert everything["recall"] == 1.0 and sens["low"] < 1.0 == sens["high"]
+    assert ba["low"] < 0.5 < ba["high"]
+    assert everything["intervals"]["specificity"]["high"] > 0 == everything["specificity"]
+    md = write_report_md(tmp_path, {**result, "metrics": everything}, [], [], "").read_text()
+    assert not _zero_width(md) and not _zero_width((tmp_path / "classification_report.txt").read_text())
+
+
+def test_saturated_logits_keep_auroc_through_temperature_and_thresholds_stay_in_range() -> None:
+    from bcc_lightning.reports.evaluation import Scored
+    from bcc_lightning.reports.metrics import compute_metrics
+    from bcc_lightning.reports.operating_point import apply_temperature, fit_temperature, view_logit
+    from bcc_lightning.reports.statistics import metric_intervals
+
+    def metric_intervals_of(y: np.ndarray, p: np.ndarray, s: np.ndarray) -> dict:
+        return metric_intervals(y, p, scores=s, n_resamples=200)
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    # Over-confident logits out to +-40: float32 sigmoid would tie everything above ~16.7.
+    # Even float64 sigmoid rounds to 1.0 above ~36.7 and is coarse from ~30: AUROC ranks the logits.
+    logits = np.clip(np.where(labels == 1, 26.0, 20.0) + rng.normal(0, 8, 400), -40, 40)
+    logits[:4], labels[:4] = [40.0, -40.0, 39.5, 38.0], [1, 0, 0, 1]
+    logits = logits.astype(np.float32).astype(np.float64)  # what a model's fp32 head gives
+    scored = Scored([Path(f"{i}.png") for i in range(400)], labels, torch.tensor(logits[:, None], dtype=torch.float32))
+    temperature = fit_temperature(labels, logits)
+    assert temperature > 1.5  # the scaling really changes the probabilities
+    before, after = scored.probs(1.0), scored.probs(temperature)
+    assert before.dtype == np.float64
+    reference = skm.roc_auc_score(labels, logits)
+    auroc_before = compute_metrics(labels, before, scores=scored.scores(1.0))["auroc"]
+    auroc_after = compute_metrics(labels, after, scores=scored.scores(temperature))["auroc"]
+    assert auroc_before == auroc_after == pytest.approx(reference, abs=1e-12)
+    assert compute_metrics(labels, before)["auroc"] != pytest.approx(reference, abs=1e-6)  # the ties it avoids
+    ci = metric_intervals_of(labels, before, scored.scores(1.0))
+    assert ci["auroc"].estimate == auroc_before
+    tta = np.c_[logits, logits - 1.0, logits + 0.5]
+    assert np.all(np.diff(view_logit(tta, 2.0)[np.argsort(apply_temperature(tta, 2.0))]) >= 0)  # same order
+    for method in ("youden", "f1", "sensitivity@0.99", "specificity@0.999", "specificity@0.5"):
+        for probs in (before, after, np.where(labels == 0, 1.0, before)):  # benign images at exactly 1.0
+            point = choose_threshold(labels, probs, method)
+            assert 0.0 <= point.threshold <= 1.0, (method, point.threshold)
+    stuck = choose_threshold(labels, np.where(labels == 0, 1.0, before), "specificity@0.999")
+    assert stuck.threshold == 1.0 and "out of reach" in stuck.note and stuck.specificity < 0.999
+
+
 def test_non_finite_probabilities_name_the_images(trained_run: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from bcc_lightning.reports import evaluation as report_evaluation
