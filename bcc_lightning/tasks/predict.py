@@ -1,8 +1,9 @@
 """`bcc-predict ckpt=PATH input=FILE_OR_DIR [out=preds.csv] [cam=true]` (also `python -m bcc_lightning.tasks.predict`):
 classify new images; predictions.csv has the same schema as evaluation's (true_label empty).
 
-threshold=auto (the default) takes the operating point of the checkpoint's own run (<run>/test/metrics.json), with
-its temperature when that evaluation calibrated; a number or an evaluation's metrics.json can be given instead.
+threshold=auto (the default) applies the operating point the checkpoint carries (`bcc-eval ... save_to=model.ckpt`
+writes it): its threshold, temperature and TTA views; a checkpoint without one stops with a message that says how to
+get one. A number or an evaluation's metrics.json can be given instead.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
-from bcc_lightning.data.layout import is_image_file
+from bcc_lightning.data.layout import is_image_file, walk_files
 from bcc_lightning.data.preprocess import Preprocess, read_pixels
-from bcc_lightning.models.checkpoint import load_checkpoint
+from bcc_lightning.models.checkpoint import load_checkpoint, point_label, read_checkpoint, resolve_tta
 from bcc_lightning.models.inference import predict_view_logits, view_probabilities
 from bcc_lightning.reports.gradcam import save_overlays
 from bcc_lightning.reports.operating_point import resolve_operating_point
@@ -33,15 +34,16 @@ def find_images(target: Path) -> list[Path]:
         return [target]
     if not target.is_dir():
         raise UserError(f"input={target} does not exist. Pass an image file or a folder of images.")
-    files = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p))
-    if not files:
+    # Every file gets a row, so that none is dropped without a word: those that are not images get an error cell.
+    files = sorted(p for p in walk_files(target) if p.is_file())
+    if not any(is_image_file(p) for p in files):
         raise UserError(f"No images (.jpg/.jpeg/.png/.tif/.tiff/.bmp) under {target}.")
     return files
 
 
 class _Files(Dataset):
-    """Decodes in the loader workers into the same uint8 pixels as evaluation's loader; an unreadable file yields a
-    placeholder and its reason instead of failing."""
+    """Decodes in the loader workers into the same uint8 pixels as evaluation's loader; a file that is not an image,
+    cannot be read or fails to resize yields a placeholder and its reason instead of failing the run."""
 
     def __init__(self, files: list[Path], pre: Preprocess) -> None:
         self.files, self.pre = files, pre
@@ -50,39 +52,42 @@ class _Files(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        path, size = self.files[index], self.pre.img_size
+        blank = torch.zeros(3, size, size, dtype=torch.uint8)
+        if not is_image_file(path):
+            kind = path.suffix or "no extension"
+            return blank, f"not an image file ({kind}; bcc-predict reads .jpg/.jpeg/.png/.tif/.tiff/.bmp)"
         try:
-            return read_pixels(self.files[index], self.pre), ""
+            return read_pixels(path, self.pre), ""
         except ImageDecodeError as exc:
-            size = self.pre.img_size
-            return torch.zeros(3, size, size, dtype=torch.uint8), str(exc).split(": ", 1)[-1]
+            return blank, str(exc).split(": ", 1)[-1]
+        except Exception as exc:  # one file's failure (a resize out of memory...) is its own row, not the run's end
+            return blank, f"could not be processed ({type(exc).__name__}: {exc})"
 
 
-def threshold_label(point: dict[str, Any]) -> str:
-    """How the threshold was chosen, with its temperature and source: predictions.csv's threshold_method."""
-    text = str(point.get("method", "fixed"))
-    temperature = float(point.get("temperature", 1.0))
-    if temperature != 1.0:
-        text += f"; temperature T = {temperature:.6g}"
-    return text + (f"; from {point['source']}" if point.get("source") else "")
+threshold_label = point_label  # predictions.csv's threshold_method
 
 
 def predict(ckpt: Path, target: Path, out: Path, threshold: Any = "auto", batch_size: int = 64,
-            num_workers: Any = "auto", accelerator: str = "auto", precision: Any = "auto", tta: bool = False,
+            num_workers: Any = "auto", accelerator: str = "auto", precision: Any = "auto", tta: Any = "auto",
             cam: bool = False, cam_dir: Path | None = None, cam_layer: str | None = None,
             progress: bool = False, point: dict[str, Any] | None = None, fast: Any = "auto") -> list[dict[str, Any]]:
     """Write `out` (CSV) with one row per image; returns the rows.
 
     threshold: a number, an evaluation's metrics.json or auto (see resolve_operating_point); `point` (already
     resolved) wins over it. Probabilities are sigmoid(logit / T) with the operating point's temperature T.
+    tta: auto (the point's own views), true or false (models.checkpoint.resolve_tta).
     fast: the inference fast path (ONNX Runtime on a CPU), true, false or auto (models.inference.want_fast)."""
+    files = find_images(target)
+    checkpoint = read_checkpoint(ckpt)
     if point is None:
-        threshold, point = resolve_operating_point(threshold, ckpt)
+        threshold, point = resolve_operating_point(threshold, ckpt, checkpoint)
     threshold = float(point["threshold"])
     if not 0 < threshold < 1:
         raise UserError(f"threshold must lie strictly between 0 and 1; got {threshold}.")
     temperature = float(point.get("temperature", 1.0))
-    model = load_checkpoint(ckpt)
-    files = find_images(target)
+    tta = resolve_tta(tta, point)
+    model = load_checkpoint(ckpt, checkpoint)
     device = pick_device(accelerator)
     gpu = device.type == "cuda"
     loader = DataLoader(_Files(files, model.preprocess), batch_size=batch_size,
@@ -121,16 +126,17 @@ def predict(ckpt: Path, target: Path, out: Path, threshold: Any = "auto", batch_
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     if not cfg.get("ckpt") or not cfg.get("input"):
         raise UserError("Usage: bcc-predict ckpt=PATH input=FILE_OR_DIR [out=preds.csv] "
-                        "[threshold=auto|0.5|PATH/metrics.json] [cam=true]")
+                        "[threshold=auto|0.5|PATH/metrics.json] [tta=auto|true|false] [cam=true]")
     out = Path(cfg.out) if cfg.get("out") else run_dir() / "predictions.csv"
     progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
     check_config(cfg)
     ckpt = Path(cfg.ckpt).expanduser()
     threshold, point = resolve_operating_point(cfg.threshold, ckpt)
-    print(f"Threshold {threshold:.4f} ({threshold_label(point)})")
+    tta = resolve_tta(cfg.tta, point)
+    print(f"Threshold {threshold:.4f} ({threshold_label(point)}); {'TTA: 8 views' if tta else 'no TTA'}")
     rows = predict(ckpt, Path(cfg.input).expanduser(), out, threshold,
                    int(cfg.data.batch_size), cfg.data.num_workers, str(cfg.trainer.accelerator),
-                   cfg.trainer.precision, bool(cfg.tta),
+                   cfg.trainer.precision, tta,
                    bool(cfg.cam), Path(cfg.cam_dir) if cfg.get("cam_dir") else None, cfg.get("cam_layer"), progress,
                    point=point, fast=cfg.get("inference", {}).get("fast", "auto"))
     failed = sum(1 for r in rows if r["error"])
