@@ -140,3 +140,59 @@ def test_bf16_autocast_keeps_fp32_probabilities() -> None:
     assert probs.dtype in (torch.float32, torch.float64) and len(torch.unique(probs)) >= 200
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(x[:4]).dtype == torch.float32
+
+
+# A backbone family kept outside the package: one file, selected by model.source=<module>:<family>.
+TOY_FAMILY = '''
+from torch import nn
+
+from bcc_lightning.models.backbones import BackboneFamily, register_family
+
+
+@register_family("toy")
+class ToyFamily(BackboneFamily):
+    def data_config(self, name, options):
+        return {"input_size": (3, 40, 40), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25),
+                "interpolation": "bilinear"}
+
+    def build(self, name, use_hub, options):
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        net.num_features = 8
+        return net, "toy_cnn"
+
+    def cam_layer(self, backbone, arch):
+        return "0"
+'''
+
+
+def test_a_family_in_one_file_trains_from_the_config_and_rebuilds_from_its_checkpoint(
+        demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from bcc_lightning.models import backbones
+    from bcc_lightning.models.checkpoint import load_checkpoint
+    from bcc_lightning.tasks import train as training
+    from tests.conftest import run_in, tiny_train_config
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "toy_backbones.py").write_text(TOY_FAMILY)
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    monkeypatch.setattr(backbones.registry, "FAMILIES", dict(backbones.FAMILIES))  # the registration stays here
+    cfg = tiny_train_config(demo_root, ["model.source=toy_backbones:toy", "model.name=toy", "model.img_size=null",
+                                        "report.cam_per_group=1"])
+    run_in(tmp_path / "run", training.run, cfg)
+    ckpt = sorted((tmp_path / "run").rglob("last.ckpt"))[0]
+    model = load_checkpoint(ckpt)
+    assert model.backbone_arch == "toy" and model.preprocess.img_size == 40 and model.preprocess.std[0] == 0.25
+    assert backbones.default_cam_layer(model.backbone, model.backbone_arch) == "0"
+    # A fresh process: the family is imported again from the name the checkpoint recorded (model.source).
+    backbones.registry.FAMILIES.pop("toy")
+    sys.modules.pop("toy_backbones")
+    again = load_checkpoint(ckpt)
+    x = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), again.eval()(x))
+    with pytest.raises(UserError, match="registers no family 'nope'"):
+        backbones.get_family("toy_backbones:nope")
+    with pytest.raises(UserError, match="not a backbone family. Registered: hf-hub, timm, torchvision"):
+        backbones.get_family("tim")
