@@ -57,7 +57,8 @@ def metric_cis(labels: Any, probs: Any, threshold: float, groups: Any = None,
     out = {}
     for key in INTERVAL_KEYS:
         ci = intervals[key]
-        method = ci.method + (f", clustered by {len(set(groups))} groups" if groups is not None else "")
+        named = groups is None or "group" in ci.method  # the clustered methods name their groups themselves
+        method = ci.method + ("" if named else f", clustered by {len(set(groups))} groups")
         # n_groups: the groups behind this interval (its own class for class-conditional metrics); None = images.
         out[key] = {"low": ci.low, "high": ci.high, "method": method, "n_groups": ci.n_groups,
                     "unreliable": ci.unreliable, **({"groups": ci.details["groups"]} if "groups" in ci.details else {}),

@@ -3,7 +3,9 @@ images?
 
 Each model is scored with its own preprocessing (one BCCDataModule per model); the two image lists must agree.
 Tests: DeLong for the AUROC difference, McNemar for accuracy at each model's own threshold, and a paired bootstrap
-interval (cluster bootstrap over manifest groups, e.g. patients) for each metric difference. Writes compare.md,
+interval (cluster bootstrap over manifest groups, e.g. patients) for each metric difference. When images cluster in
+groups, the clustered DeLong (Obuchowski 1997) and clustered McNemar (Durkalski et al. 2003) tests are the primary
+ones; the image-level tests stay beside them (their type-I error with patient effects is 30-50 %). Writes compare.md,
 compare.json, compare_roc.png and compare_predictions.csv into the run directory.
 """
 
@@ -23,7 +25,13 @@ from bcc_lightning.models.checkpoint import load_checkpoint
 from bcc_lightning.reports.evaluation import EvalSettings, _groups, _operating_point, _predict_split
 from bcc_lightning.reports.metrics import compute_metrics
 from bcc_lightning.reports.plots import compare_roc_figure, save_figure
-from bcc_lightning.reports.statistics import delong_test, mcnemar_test, paired_bootstrap_diff
+from bcc_lightning.reports.statistics import (
+    clustered_delong_test,
+    clustered_mcnemar_test,
+    delong_test,
+    mcnemar_test,
+    paired_bootstrap_diff,
+)
 from bcc_lightning.utils.atomic_io import write_json, write_text
 from bcc_lightning.utils.config import check_config, run_dir
 from bcc_lightning.utils.device import pick_device
@@ -95,33 +103,61 @@ def _to_common_threshold(probs: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(probs >= t, np.maximum(above, 0.5), np.minimum(below, np.nextafter(0.5, 0)))
 
 
+# Measured by benchmarks/statistics_coverage.py (docs/statistics_bench.json, null_comparison).
+PRIMARY_WHY = ("images of one patient are not independent: with 40 patients x 12 images and no true difference, the "
+               "image-level DeLong and McNemar tests rejected far more often than 5 % at the 5 % level, the clustered "
+               "ones close to 5 % (benchmarks/statistics_coverage.py)")
+
+
 def compare_scores(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, threshold_a: float,
                    threshold_b: float, groups: list[str] | None = None, n_resamples: int = 2000,
                    seed: int = 0) -> dict[str, Any]:
-    """Both models' metrics, each difference (a - b) with its paired bootstrap CI, DeLong and McNemar."""
+    """Both models' metrics, each difference (a - b) with its paired bootstrap CI, DeLong and McNemar.
+
+    With groups (several images per patient) the clustered DeLong and McNemar tests give the p-values (primary);
+    the image-level tests are kept in the result (`delong`, `mcnemar`, and each row's `image_level_*`)."""
     labels = np.asarray(labels, dtype=np.int64)
     metrics_a, metrics_b = compute_metrics(labels, probs_a, threshold_a), compute_metrics(labels, probs_b,
                                                                                          threshold_b)
     qa, qb = _to_common_threshold(probs_a, threshold_a), _to_common_threshold(probs_b, threshold_b)
+    correct_a, correct_b = (probs_a >= threshold_a) == labels, (probs_b >= threshold_b) == labels
     delong = delong_test(labels, probs_a, probs_b)
-    mcnemar = mcnemar_test((probs_a >= threshold_a) == labels, (probs_b >= threshold_b) == labels)
+    mcnemar = mcnemar_test(correct_a, correct_b)
+    primary = {"auroc": delong, "accuracy": mcnemar}
+    clustered: dict[str, Any] = {}
+    if groups:
+        clustered = {"auroc": clustered_delong_test(labels, probs_a, probs_b, groups),
+                     "accuracy": clustered_mcnemar_test(correct_a, correct_b, groups)}
+        primary = dict(clustered)
+        why = PRIMARY_WHY
+    else:
+        why = "no groups (patients) in manifest.csv, or one image per group: the images are the independent units"
     rows = []
     for stat_name, key, label in METRICS:
         interval = paired_bootstrap_diff(stat_name, labels, qa, qb, groups=groups, n_resamples=n_resamples,
                                          seed=seed, threshold=0.5)
         a, b = metrics_a.get(key), metrics_b.get(key)
-        test = delong if stat_name == "auroc" else mcnemar if stat_name == "accuracy" else None
+        test = primary.get(stat_name)
+        image_test = {"auroc": delong, "accuracy": mcnemar}.get(stat_name) if groups else None
         rows.append({"metric": stat_name, "label": label, "a": a, "b": b,
                      "difference": None if a is None or b is None else a - b,
                      "ci": {"low": interval.low, "high": interval.high, "level": interval.level,
                             "method": interval.method + (f", clustered by {len(set(groups))} groups" if groups
                                                          else ""),
+                            "n_groups": interval.n_groups, "unreliable": interval.unreliable,
                             **({"reason": interval.reason} if interval.reason else {}),
                             **({"note": interval.note} if interval.note else {})},
                      "p_value": None if test is None else test.p_value,
-                     "test": None if test is None else test.method})
+                     "test": None if test is None else test.method,
+                     **({"test_reason": test.reason} if test is not None and test.p_value is None else {}),
+                     "image_level_p_value": None if image_test is None else image_test.p_value,
+                     "image_level_test": None if image_test is None else image_test.method})
     return {"n": int(len(labels)), "metrics_a": metrics_a, "metrics_b": metrics_b, "differences": rows,
-            "delong": delong.as_dict(), "mcnemar": mcnemar.as_dict(), "clustered_by_groups": bool(groups)}
+            "delong": delong.as_dict(), "mcnemar": mcnemar.as_dict(),
+            "clustered_delong": clustered["auroc"].as_dict() if clustered else None,
+            "clustered_mcnemar": clustered["accuracy"].as_dict() if clustered else None,
+            "primary_tests": {"auroc": primary["auroc"].method, "accuracy": primary["accuracy"].method, "why": why},
+            "n_groups": len(set(groups)) if groups else None, "clustered_by_groups": bool(groups)}
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -129,30 +165,44 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _markdown(a: _Scores, b: _Scores, result: dict[str, Any], split: str) -> str:
+    clustered = result["clustered_by_groups"]
     lines = ["# Model comparison", "",
              f"- **A**: `{a.ckpt}` — threshold {a.threshold:.4f} ({a.method})",
              f"- **B**: `{b.ckpt}` — threshold {b.threshold:.4f} ({b.method})",
              f"- data: `{a.root}`, split **{split}**, {result['n']} images scored by both models, each with its own "
-             f"preprocessing", "",
-             "| metric | A | B | A − B | 95 % CI of A − B (method) | p-value (test) |", "|---|---|---|---|---|---|"]
+             f"preprocessing" + (f"; {result['n_groups']} groups (patients) from manifest.csv" if clustered else ""),
+             f"- primary tests: {result['primary_tests']['auroc']} for AUROC, {result['primary_tests']['accuracy']} "
+             f"for accuracy — {result['primary_tests']['why']}", "",
+             "| metric | A | B | A − B | 95 % CI of A − B (method) | p-value (primary test) |"
+             + (" image-level p (not primary) |" if clustered else ""),
+             "|---|---|---|---|---|---|" + ("---|" if clustered else "")]
     for row in result["differences"]:
         ci = row["ci"]
         interval = (f"[{ci['low']:+.4f}, {ci['high']:+.4f}] ({ci['method']})" if ci["low"] is not None
                     else f"n/a ({ci.get('reason') or 'undefined'})")
+        if ci.get("unreliable") and ci["low"] is not None:
+            interval += f" — **unreliable: {ci['n_groups']} groups**"
         p = f"{row['p_value']:.4g} ({row['test']})" if row["p_value"] is not None else (
-            f"n/a ({row['test']})" if row["test"] else "– (interval only)")
+            f"n/a ({row['test']}: {row.get('test_reason') or 'undefined'})" if row["test"] else "– (interval only)")
         diff = "n/a" if row["difference"] is None else f"{row['difference']:+.4f}"
-        lines.append(f"| {row['label']} | {_fmt(row['a'])} | {_fmt(row['b'])} | {diff} | {interval} | {p} |")
+        line = f"| {row['label']} | {_fmt(row['a'])} | {_fmt(row['b'])} | {diff} | {interval} | {p} |"
+        if clustered:
+            line += (f" {_fmt(row['image_level_p_value'], 4)} ({row['image_level_test']}) |"
+                     if row["image_level_test"] else " – |")
+        lines.append(line)
     mc = result["mcnemar"]["details"]
+    delong = result["clustered_delong"] if clustered else result["delong"]
+    interval = delong.get("interval") or {}
     lines += ["", f"McNemar: {mc['only_a_correct']} image(s) only A gets right, {mc['only_b_correct']} only B, "
-              f"{mc['both_correct']} both, {mc['both_wrong']} neither (each model at its own threshold).",
-              "DeLong: AUROC difference with its Wald interval "
-              + (f"[{result['delong']['interval']['low']:+.4f}, {result['delong']['interval']['high']:+.4f}]."
-                 if (result["delong"].get("interval") or {}).get("low") is not None
-                 else f"undefined ({result['delong'].get('reason')})."),
+              f"{mc['both_correct']} both, {mc['both_wrong']} neither (each model at its own threshold)."
+              + (f" {result['clustered_mcnemar']['details']['groups_with_discordance']} of {result['n_groups']} "
+                 f"groups have more images only one model gets right." if clustered else ""),
+              ("Clustered DeLong" if clustered else "DeLong") + ": AUROC difference with its Wald interval "
+              + (f"[{interval['low']:+.4f}, {interval['high']:+.4f}]." if interval.get("low") is not None
+                 else f"undefined ({interval.get('reason') or delong.get('reason')})."),
               "Sensitivity, specificity and balanced accuracy have a paired bootstrap interval only (both models "
-              "scored on each same resample" + (", whole groups from manifest.csv drawn" if
-                                                 result["clustered_by_groups"] else "") + ").", "",
+              "scored on each same resample" + (", whole groups from manifest.csv drawn" if clustered else "")
+              + ").", "",
               "![compare_roc.png](compare_roc.png)", "",
               "Files: `compare.json`, `compare_predictions.csv` (path, true_label, prob_a, prob_b), "
               "`compare_roc.png`."]

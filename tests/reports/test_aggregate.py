@@ -184,3 +184,38 @@ def test_mixed_protocols_are_refused(tmp_path: Path, folded: Path) -> None:
         (sweep / str(num) / "metrics.json").write_text(json.dumps({**data, "data_root": str(root)}))
     with pytest.raises(UserError, match="Mixed protocols.*2-fold, no held-out test, 3-fold, held-out test"):
         write_summary(sweep)
+
+
+def test_fold_intervals_stay_in_range_and_equal_values_give_none() -> None:
+    near_one = describe([0.99, 1.0, 0.9], sizes=(100.0, 40.0))
+    assert near_one["ci_high"] == 1.0 and "clipped to [0, 1]" in near_one["ci_note"]
+    assert near_one["corrected"]["high"] == 1.0 and "clipped" in near_one["corrected"]["note"]
+    same = describe([1.0, 1.0, 1.0])
+    assert same["ci_low"] is None and "equal" in same["ci_reason"]  # never the zero-width [1.000, 1.000]
+
+
+def test_pooled_out_of_fold_intervals_resample_patients(tmp_path: Path, folded: Path) -> None:
+    from bcc_lightning.reports.predictions import prediction_rows, write_predictions
+
+    root = folded / "out"
+    sweep = tmp_path / "sweep"
+    rng = np.random.default_rng(0)
+    for fold in range(3):
+        _fake_job(sweep, fold, ["model=mobilenetv2", f"data.fold={fold}"], {"accuracy": 0.8, "auroc": 0.9}, fold)
+        data = json.loads((sweep / str(fold) / "metrics.json").read_text())
+        (sweep / str(fold) / "metrics.json").write_text(json.dumps({**data, "data_root": str(root)}))
+        samples = fold_samples(root, "val", fold)
+        labels = [label for _, label in samples]
+        probs = np.clip(0.3 * np.array(labels) + rng.random(len(labels)) * 0.7, 0, 1).tolist()
+        paths = [p.resolve().relative_to(root.resolve()).as_posix() for p, _ in samples]
+        write_predictions(sweep / str(fold) / "val_predictions.csv", prediction_rows(paths, probs, 0.5, labels))
+    configs = write_summary(sweep)["aggregate"]["configs"]
+    pooled = next(iter(configs.values()))["out_of_fold"]
+    patients = {row["group"] for row in read_manifest(root) if row.get("fold") not in ("", None)}
+    assert pooled["n_groups"] == len(patients) and "groups from manifest.csv" in pooled["interval_units"]
+    accuracy = pooled["intervals"]["accuracy"]
+    assert accuracy["method"].startswith("Wilson score with the design effect")
+    assert accuracy["n_groups"] == len(patients) and accuracy["low"] < pooled["accuracy"] < accuracy["high"]
+    assert pooled["intervals"]["auroc"]["n_groups"] is not None
+    md = (sweep / "aggregate.md").read_text()
+    assert "Wilson score with the design effect" in md and f"{len(patients)} groups from manifest.csv" in md

@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bcc_lightning.reports.statistics import delong_test, mcnemar_test, paired_bootstrap_diff
+from bcc_lightning.reports.statistics import (
+    clustered_delong_test,
+    clustered_mcnemar_test,
+    delong_test,
+    mcnemar_test,
+    paired_bootstrap_diff,
+)
 from bcc_lightning.tasks import compare
 from bcc_lightning.utils.errors import UserError
 from tests.conftest import compose_config, make_folder, tiny_train_config
@@ -120,3 +126,28 @@ def test_compare_scores_clusters_by_groups() -> None:
     clustered = compare.compare_scores(labels, pa, pb, 0.5, 0.4, groups, n_resamples=200)
     assert clustered["clustered_by_groups"] and "40 groups" in clustered["differences"][0]["ci"]["method"]
     assert clustered["delong"]["p_value"] == pytest.approx(delong_test(labels, pa, pb).p_value)
+    # With groups the clustered tests are primary and named; the image-level ones stay beside them.
+    rows = {row["metric"]: row for row in clustered["differences"]}
+    cdl = clustered_delong_test(labels, pa, pb, groups)
+    cmn = clustered_mcnemar_test((pa >= 0.5) == labels, (pb >= 0.4) == labels, groups)
+    assert rows["auroc"]["p_value"] == pytest.approx(cdl.p_value) and "Obuchowski" in rows["auroc"]["test"]
+    assert rows["accuracy"]["p_value"] == pytest.approx(cmn.p_value) and "Durkalski" in rows["accuracy"]["test"]
+    assert rows["auroc"]["image_level_p_value"] == pytest.approx(delong_test(labels, pa, pb).p_value)
+    assert "not independent" in clustered["primary_tests"]["why"] and clustered["n_groups"] == 40
+    plain = compare.compare_scores(labels, pa, pb, 0.5, 0.4, None, n_resamples=200)
+    assert plain["clustered_delong"] is None and "DeLong test for correlated" in plain["primary_tests"]["auroc"]
+    assert {row["metric"]: row for row in plain["differences"]}["auroc"]["image_level_test"] is None
+
+
+def test_compare_table_says_which_test_is_primary_and_prints_no_zero_width_interval() -> None:
+    rng = np.random.default_rng(2)
+    labels = np.repeat(rng.integers(0, 2, 30), 4)
+    labels[:4], labels[4:8] = 0, 1
+    pa = np.clip(labels * 0.4 + rng.random(120) * 0.6, 0, 1)
+    groups = [f"p{i // 4}" for i in range(120)]
+    result = compare.compare_scores(labels, pa, pa.copy(), 0.5, 0.5, groups, n_resamples=200)
+    scores = compare._Scores("A", Path("a.ckpt"), Path("root"), [], labels, pa, 0.5, "fixed", {})
+    md = compare._markdown(scores, scores, result, "test")
+    assert "primary tests: clustered DeLong" in md and "image-level p (not primary)" in md
+    # The same model twice: every difference is 0 in every resample, which is no interval of zero width.
+    assert "[+0.0000, +0.0000]" not in md and "every resample gave the same value" in md
