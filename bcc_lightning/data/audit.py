@@ -289,7 +289,7 @@ def write_audit(outdir: str | Path, result: AuditResult) -> dict[str, Path]:
 
 
 def audit_workers(setting: Any) -> int | None:
-    """num_workers=auto -> the describe default (up to 4 processes); 0 or 1 -> in this process (as bcc-prepare)."""
+    """auto -> the describe default (up to 4 processes); 1, or train/eval's data.num_workers=0 -> in this process."""
     if setting in (None, "auto"):
         return None
     workers = int(setting)
