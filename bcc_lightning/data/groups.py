@@ -89,19 +89,23 @@ class Grouping:
         """True when nothing says which images share a patient: a split can then leak unseen."""
         return self.unit in ("image", "copies")
 
-    def text(self) -> str:
-        """One line for prepare's table and the audit: what the groups are, how many, and what that guarantees."""
+    def text(self, count: int | None = None) -> str:
+        """One line for prepare's table and the audit: what the groups are, how many (`count` when fewer or more
+        reached the output than were inferred), and what that guarantees."""
+        n = self.count if count is None else count
         if self.unit == "group":
-            return f"grouped by {self.source}: {self.count:,} groups"
+            return f"grouped by {self.source}: {n:,} groups"
         if self.by_image:
             what = "image" if self.unit == "image" else "image and its copies"
-            return (f"grouped by {what} ({self.source}): {self.count:,} groups; if several images come from one "
-                    f"patient, this split leaks")
-        return f"grouped by {self.unit} (inferred from {self.source}): {self.count:,} groups"
+            return (f"grouped by {what} ({self.source}): {n:,} groups; if several images come from one patient, "
+                    f"this split leaks")
+        how = "from" if self.rule == "manifest" else "inferred from"
+        return f"grouped by {self.unit} ({how} {self.source}): {n:,} groups"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "unit": self.unit, "source": self.source, "groups": self.count,
-                "text": self.text(), "evidence": list(self.evidence)}
+    def to_dict(self, count: int | None = None) -> dict[str, Any]:
+        return {"rule": self.rule, "unit": self.unit, "source": self.source,
+                "groups": self.count if count is None else count, "text": self.text(count),
+                "evidence": list(self.evidence)}
 
 
 class _Union:
@@ -190,7 +194,7 @@ def _by_folder(rels: Sequence[str], min_groups: int) -> tuple[dict[str, str], st
                 lab, path = covered[rel]
                 groups[rel] = "/".join([SHORT_NAMES[lab] if lab is not None else "?", *path])
         examples = ", ".join(repr(n) for n in sorted(names)[:3])
-        return groups, f"folders ({level}, e.g. {examples})", notes
+        return groups, f"folders at {level}, e.g. {examples}", notes
     return {}, "", notes
 
 
@@ -210,7 +214,7 @@ def _manifest_groups(root: Path | None) -> tuple[dict[str, str], dict[str, str],
     groups = {row["path"]: row["group"] for row in rows if row.get("group")}
     sources = {row["path"]: row["source"] for row in rows if row.get("source")}
     said = recorded.get("source")
-    source = "manifest.csv" + (f", where they came from {said}" if said else "")
+    source = "manifest.csv" + (f", where bcc-prepare inferred them from {said}" if said else "")
     return groups, sources, None if unit in ("image", "copies") else unit, source
 
 
@@ -339,11 +343,13 @@ def overlap_verdict(overlap: dict[str, Any], root: str | Path) -> str:
     """One paragraph on the groups found on both sides, or what the grouping could and could not check."""
     unit = overlap["unit"]
     if overlap["unit"] in ("image", "copies"):
-        return (f"Patients: {overlap['text']} (no manifest groups, no known name scheme, no patient folders), so "
-                f"patients on both sides cannot be checked here.")
+        return ("Patients not checked: nothing here says which images share a patient (no manifest groups, no known "
+                "name scheme, no patient or slide folders); if several images come from one patient, patients may "
+                "be on both sides of this split.")
     if overlap["clean"]:
         return f"Patients: no {unit} on both sides ({overlap['text']})."
-    shown = "; ".join(f"{pair}: {v['groups']} {unit}(s), {v['images']} images" for pair, v in overlap["pairs"].items())
+    shown = "; ".join(f"{pair}: {v['groups']} {unit}(s), {v['images']} {pair.split('->')[0]} images"
+                      for pair, v in overlap["pairs"].items())
     examples = ", ".join(e["group"] for e in overlap["examples"][:5])
     return (f"Patients on both sides: {overlap['crossing']} of {overlap['groups']} {unit}s ({overlap['source']}) have "
             f"images in more than one split ({shown}; e.g. {examples}): metrics from this folder are inflated, since "

@@ -68,14 +68,13 @@ def prepare(settings: PrepareSettings, progress: bool = False,
         log(f"NOTE: {grouping.text()}: {'; '.join(grouping.evidence)}. Pass group=breakhis or group=pattern "
             f"group_pattern=REGEX if the names carry the patient in a form not recognised here.")
     near = merge_near_duplicates(sources, settings) if settings.dedup_near else None
-    grouping.groups = {s.rel: s.group for s in sources}  # copies may have joined groups: count what is split
     split_info = split_groups(sources, settings)
     jobs = plan_jobs(sources, settings)
 
     with atomic_directory(out, replace=True) as staging:  # an existing OUT is replaced only with overwrite=true
         manifest = write_outputs(jobs, staging, settings, rejected, progress)
         summary = summarise(manifest, rejected, dup_counts, split_info, settings, len(sources),
-                            time.perf_counter() - started, near, grouping.to_dict())
+                            time.perf_counter() - started, near, grouping)
         if summary["ratio_max_deviation"] > 0.02:
             log(f"NOTE: grouped splitting could not meet the ratios exactly: achieved {summary['ratios_achieved']} "
                 f"for requested {summary['ratios_requested']} (largest deviation "

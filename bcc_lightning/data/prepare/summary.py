@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
 
+from bcc_lightning.data.groups import Grouping
 from bcc_lightning.data.labels import CLASS_NAMES, SHORT_NAMES
 from bcc_lightning.data.layout import SPLITS
 from bcc_lightning.data.prepare.settings import PrepareSettings
@@ -32,9 +33,9 @@ def check_written(summary: dict[str, Any]) -> None:
 
 def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_counts: dict[str, int],
              split_info: dict[str, Any], settings: PrepareSettings, n_sources: int, elapsed: float,
-             near: dict[str, Any] | None = None, grouping: dict[str, Any] | None = None) -> dict[str, Any]:
+             near: dict[str, Any] | None = None, grouping: Grouping | None = None) -> dict[str, Any]:
     """summary.json's body; `near` is the near-duplicate clustering (None when dedup_near=false), `grouping` what
-    the groups are (data/groups.py's Grouping.to_dict())."""
+    the groups are (data/groups.py), counted as written (copies may have joined groups, pass 2 may reject files)."""
     counts = {split: {cls: 0 for cls in SHORT_NAMES} for split in SPLITS}
     originals = {split: {cls: 0 for cls in SHORT_NAMES} for split in SPLITS}
     groups: dict[str, set[str]] = {split: set() for split in SPLITS}
@@ -56,10 +57,11 @@ def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_co
     deviation = max(abs(achieved[s] - r) for s, r in zip(SPLITS, settings.ratios))
     crossing = sorted(g for g, s in group_splits.items() if len(s) > 1)
     contaminated = settings.augment_before_split and settings.augment_copies > 0
+    described = None if grouping is None else grouping.to_dict(len(group_splits))
     return {
         "protocol": ("CONTAMINATED: augmented before splitting (original protocol); copies of one image are in "
-                     "several splits" if contaminated else _protocol(grouping, near is not None, settings.folds)),
-        "grouping": grouping,
+                     "several splits" if contaminated else _protocol(described, near is not None, settings.folds)),
+        "grouping": described,
         "counts": counts,
         "originals": originals,
         "groups": {s: len(groups[s]) for s in SPLITS},
