@@ -1,4 +1,9 @@
-"""Leakage audit of a split folder: near-duplicate copies of one image in two splits (rotated, flipped, grayscale...).
+"""Leakage audit of a split folder: copies of one image in two splits, and views that share tissue.
+
+A copy is rotated, flipped, grayscale, re-encoded, resized, shifted, zoomed, cropped or sheared; an overlapping view
+shares at least audit.min_overlap of either image's area with a view in another split (tiles cut with overlap, a
+higher magnification of a region). Both count as leakage. Blank images (background, pen marks) are never matched
+and are listed apart.
 
 Every image of train/val/test (or of the folds of a prepared root) is described once with
 bcc_lightning.data.duplicates; descriptors are cached per split beside the decoded-image cache, so a second audit of
@@ -17,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bcc_lightning.data import duplicates
 from bcc_lightning.data.cache import default_cache_dir
 from bcc_lightning.data.duplicates import DescriptorSet, describe_files, find_copies
@@ -24,8 +31,9 @@ from bcc_lightning.data.labels import SHORT_NAMES
 from bcc_lightning.data.layout import SPLITS, fold_samples, fold_settings, read_manifest, scan_split
 from bcc_lightning.utils.atomic_io import atomic_write, write_json, write_text
 
-VERSION = 1  # bump when the audit's use of descriptors changes, so old cache files are not reused
-LEAKAGE_COLUMNS = ("path", "split", "copy_of", "copy_split", "transform", "score")
+VERSION = 2  # bump when the audit's use of descriptors changes, so old cache files are not reused
+LEAKAGE_COLUMNS = ("path", "split", "copy_of", "copy_split", "kind", "transform", "score", "overlap",
+                   "overlap_copy_of", "scale", "angle", "shift_x", "shift_y", "inliers")
 # (query split, reference split, summary key): the directions in which a copy inflates a reported metric.
 CHECKS = (("val", "train", "val_with_copy_in_train"), ("test", "train", "test_with_copy_in_train"),
           ("test", "val", "test_with_copy_in_val"))
@@ -45,6 +53,8 @@ class AuditResult:
     keys: dict[str, str] = field(default_factory=dict)  # "test->train" -> summary key
     errors: dict[str, str] = field(default_factory=dict)  # unreadable files: path -> reason
     cached: int = 0  # splits whose descriptors came from the cache
+    blank: dict[str, str] = field(default_factory=dict)  # near-uniform images, never matched: path -> split
+    min_overlap: float = duplicates.MIN_OVERLAP
 
     def summary(self) -> dict[str, Any]:
         """Counts for metrics.json and the report banner."""
@@ -52,12 +62,16 @@ class AuditResult:
         for pair, key in self.keys.items():
             found[key] += self.counts.get(pair, {}).get("total", 0)
         totals = {f"n_{s}": n for s, n in self.sizes.items()}
-        return {**found, **totals, "copies_across_splits": len(self.rows), "clean": not self.rows,
-                "unreadable": len(self.errors), "root": self.root, "fold": self.fold}
+        copies = sum(r["kind"] == "copy" for r in self.rows)
+        return {**found, **totals, "copies_across_splits": len(self.rows), "copies": copies,
+                "overlapping_views": len(self.rows) - copies, "min_overlap": self.min_overlap,
+                "clean": not self.rows, "blank": len(self.blank), "unreadable": len(self.errors), "root": self.root,
+                "fold": self.fold}
 
 
 def _describe_key(paths: Sequence[Path]) -> str:
-    digest = hashlib.sha256(json.dumps([VERSION, duplicates._GRID, duplicates.MATCH_THRESHOLD]).encode())
+    digest = hashlib.sha256(json.dumps([VERSION, duplicates._GRID, duplicates.MATCH_THRESHOLD],
+                                       default=str).encode())
     for path in paths:
         try:
             stat = path.stat()
@@ -119,18 +133,25 @@ def _parts(root: Path, fold: int | None) -> tuple[dict[str, list[tuple[Path, int
 
 
 def audit_splits(root: str | Path, fold: int | None = None, workers: int | None = None,
-                 cache_dir: str | Path | None | bool = None, progress: Progress | None = None) -> AuditResult:
-    """Find images of val/test that have a near-duplicate copy in train (or test in val).
+                 cache_dir: str | Path | None | bool = None, progress: Progress | None = None,
+                 min_overlap: float = duplicates.MIN_OVERLAP) -> AuditResult:
+    """Find images of val/test that have a copy in train (or test in val), or share at least min_overlap of either
+    image's area with a view there.
 
     fold: one cross-validation run of a prepared root; None audits the plain splits, or every fold of a root with
     folds. cache_dir: None = default_cache_dir(); False = no descriptor cache.
     """
+    if not 0.0 < float(min_overlap) <= 1.0:
+        from bcc_lightning.utils.errors import UserError
+
+        raise UserError(f"audit.min_overlap must be in (0, 1] (got {min_overlap}): it is the share of an image's area "
+                        f"two views must have in common to count as one sample (default 0.5).")
     root = Path(root).expanduser()
     cache = default_cache_dir() if cache_dir is None else (None if cache_dir is False else Path(str(cache_dir)))
     parts, checks = _parts(root, fold)
     sets: dict[str, DescriptorSet] = {}
     labels: dict[str, int] = {}
-    result = AuditResult(root=str(root.resolve()), fold=fold, sizes={}, labels=labels)
+    result = AuditResult(root=str(root.resolve()), fold=fold, sizes={}, labels=labels, min_overlap=min_overlap)
     for name, samples in parts.items():
         if ":" in name:
             continue  # a subset of a fold: sliced below, never described twice
@@ -140,6 +161,8 @@ def audit_splits(root: str | Path, fold: int | None = None, workers: int | None 
         sets[name], hit = describe_cached(paths, cache, workers, tick)
         result.cached += hit
         result.errors.update(sets[name].errors)
+        for row in np.flatnonzero(sets[name].blank):
+            result.blank[_rel(sets[name].paths[row], root)] = name
     for name, samples in parts.items():
         if ":" in name:
             whole = sets[name.split(":")[0]]
@@ -160,8 +183,8 @@ def audit_splits(root: str | Path, fold: int | None = None, workers: int | None 
         if reference is None or not len(query) or not len(reference):
             continue
         best: dict[int, duplicates.Match] = {}
-        for match in find_copies(query, reference):
-            if match.query_index not in best or match.score > best[match.query_index].score:
+        for match in find_copies(query, reference, min_overlap=min_overlap):
+            if match.query_index not in best or _rank(match) > _rank(best[match.query_index]):
                 best[match.query_index] = match
         ref_split = _split_of(reference, sets, ref_names)
         for qi, match in sorted(best.items()):
@@ -169,16 +192,26 @@ def audit_splits(root: str | Path, fold: int | None = None, workers: int | None 
             copy_of = reference.paths[match.reference_index]
             counts[SHORT_NAMES[labels.get(path, 0)]] += 1
             counts["total"] += 1
+            g = match.geometry
             result.rows.append({"path": _rel(path, root), "split": query_name.replace(":val", ""),
                                 "copy_of": _rel(copy_of, root), "copy_split": ref_split[match.reference_index],
-                                "transform": match.transform, "score": round(min(match.score, 1.0), 4),
+                                "kind": match.kind, "transform": match.transform,
+                                "score": round(min(match.score, 1.0), 4), "overlap": round(match.overlap_query, 3),
+                                "overlap_copy_of": round(match.overlap_reference, 3),
+                                "scale": round(g.get("scale", 1.0), 3), "angle": round(g.get("angle", 0.0), 1),
+                                "shift_x": round(g.get("shift_x", 0.0), 3), "shift_y": round(g.get("shift_y", 0.0), 3),
+                                "inliers": match.inliers, "matrix": match.matrix,
                                 "label": labels.get(path, 0), "copy_label": labels.get(copy_of, 0)})
     return result
 
 
+def _rank(match: duplicates.Match) -> tuple[bool, float, float]:
+    """Which of a query's matches leakage.csv shows: a copy before an overlapping view, then the larger share."""
+    return match.kind == "copy", match.overlap, match.score
+
+
 def _subset(s: DescriptorSet, rows: list[int]) -> DescriptorSet:
-    return DescriptorSet(paths=[s.paths[i] for i in rows], vectors=s.vectors[rows], coeffs=s.coeffs[rows],
-                         saturation=s.saturation[rows], sizes=s.sizes[rows], tone=s.tone[rows])
+    return s.subset(rows)
 
 
 def _split_of(reference: DescriptorSet, sets: dict[str, DescriptorSet], ref_names: str) -> list[str]:
@@ -197,12 +230,15 @@ def _share(n: int, total: int, what: str) -> str:
 
 
 def verdict(result: AuditResult) -> str:
-    """One paragraph: what crosses splits, what it means, and how to re-split."""
+    """One paragraph: what crosses splits (copies and overlapping views), what it means, and how to re-split."""
     s = result.summary()
     total = sum(result.sizes.values())
     unreadable = f" {s['unreadable']} file(s) could not be read (listed in leakage.md)." if s["unreadable"] else ""
+    blank = (f" {s['blank']} blank image(s) (background, pen marks) were not compared (listed in leakage.md)."
+             if s["blank"] else "")
     if s["clean"]:
-        return f"No copies across splits among {total:,} images.{unreadable}"
+        # "copies" covers overlapping views here: the sentence is the one other tools and tests already read.
+        return f"No copies across splits among {total:,} images.{blank}{unreadable}"
     n_test = s.get("n_test", 0)
     n_val = sum(n for k, n in result.sizes.items() if k == "val" or k.startswith("fold"))
     parts = []
@@ -217,33 +253,70 @@ def verdict(result: AuditResult) -> str:
         parts.append(f"{_share(s['val_with_copy_in_train'], n_val, what)} have {where}")
     inflated = "test metrics" if s["test_with_copy_in_train"] or s["test_with_copy_in_val"] else \
         "validation metrics (and checkpoint selection)"
-    return (f"{'; '.join(parts)}: {inflated} from this folder are inflated. Re-split with: "
-            f"bcc-prepare raw={result.root} out=NEW group=content{unreadable}")
+    kinds = (f" ({s['copies']} copies, {s['overlapping_views']} overlapping views sharing at least "
+             f"{100 * s['min_overlap']:.0f} % of an image's area; both leak)")
+    return (f"{'; '.join(parts)}{kinds}: {inflated} from this folder are inflated. Re-split with: "
+            f"bcc-prepare raw={result.root} out=NEW group=content{blank}{unreadable}")
+
+
+def _outlines(row: dict[str, Any], query_hw: tuple[int, int], ref_hw: tuple[int, int]) -> tuple[Any, Any]:
+    """The shared region as a polygon in each image: the other image's rectangle mapped through the fitted map
+    (query = A ref + t) and clipped to this one. A copy about the centre (no map) shares the whole image."""
+    import cv2
+
+    def rect(h: int, w: int) -> np.ndarray:
+        return np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+
+    matrix = row.get("matrix")
+    if matrix is None:
+        return rect(*query_hw), rect(*ref_hw)
+    forward = np.asarray(matrix, np.float64)
+    inverse = cv2.invertAffineTransform(forward)
+
+    def clip(points: np.ndarray, h: int, w: int) -> np.ndarray:
+        points = points.astype(np.float32)
+        if np.cross(points[1] - points[0], points[2] - points[1]) < 0:
+            points = points[::-1].copy()
+        _, polygon = cv2.intersectConvexConvex(rect(h, w), points)
+        return np.zeros((0, 2), np.float32) if polygon is None else polygon.reshape(-1, 2)
+
+    in_query = clip(rect(*ref_hw) @ forward[:, :2].T + forward[:, 2], *query_hw)
+    in_ref = clip(rect(*query_hw) @ inverse[:, :2].T + inverse[:, 2], *ref_hw)
+    return in_query, in_ref
 
 
 def _pairs_png(path: Path, result: AuditResult, root: Path, limit: int = 8) -> bool:
-    """Side-by-side grid of the closest pairs; False when there is nothing to show or no image can be read."""
+    """Side by side, the closest pairs with their shared region outlined; False when there is nothing to show."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Polygon
 
     from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
 
-    chosen = sorted(result.rows, key=lambda r: -r["score"])[:limit]
+    # Copies first, then overlapping views by the share of the image they cover.
+    chosen = sorted(result.rows, key=lambda r: (r["kind"] != "copy", -r["overlap"], -r["score"]))[:limit]
     if not chosen:
         return False
     fig, axes = plt.subplots(len(chosen), 2, figsize=(6, 2.6 * len(chosen)), squeeze=False)
     for row, (left, right) in zip(chosen, axes):
+        images = []
         for ax, rel, split in ((left, row["path"], row["split"]), (right, row["copy_of"], row["copy_split"])):
             try:
-                ax.imshow(load_rgb(root / rel))
+                image = load_rgb(root / rel)
+                ax.imshow(image)
+                images.append((image.height, image.width))
             except ImageDecodeError:
-                pass
+                images.append(None)
             ax.set_title(f"{split}: {Path(rel).name[:28]}", fontsize=7)
             ax.axis("off")
-        left.text(0, -0.12, f"{row['transform']} (score {row['score']:.2f})", transform=left.transAxes, fontsize=7,
-                  va="top")
+        if all(images):
+            for ax, polygon in zip((left, right), _outlines(row, images[0], images[1])):
+                if len(polygon) >= 3:
+                    ax.add_patch(Polygon(polygon - 0.5, closed=True, fill=False, edgecolor="yellow", linewidth=1.5))
+        left.text(0, -0.12, f"{row['kind']}: {row['transform']} (overlap {row['overlap']:.2f} / "
+                            f"{row['overlap_copy_of']:.2f})", transform=left.transAxes, fontsize=7, va="top")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
@@ -266,8 +339,12 @@ def write_audit(outdir: str | Path, result: AuditResult) -> dict[str, Path]:
     written = {"csv": atomic_write(outdir / "leakage.csv", csv_rows),
                "json": write_json(outdir / "leakage.json", result.summary())}
     has_png = _pairs_png(outdir / "leakage_pairs.png", result, root)
+    s = result.summary()
     lines = [f"# Leakage audit of `{result.root}`" + (f" (fold {result.fold})" if result.fold is not None else ""),
              "", verdict(result), "", "Images per split: " + ", ".join(f"{k} {v:,}" for k, v in result.sizes.items()),
+             "", f"Copies (one image (almost) wholly within the other): {s['copies']}; overlapping views (sharing at "
+                 f"least {100 * result.min_overlap:.0f} % of either image, `audit.min_overlap`): "
+                 f"{s['overlapping_views']}.",
              "", "| query -> reference | benign | malignant | total |", "|---|---:|---:|---:|"]
     for pair, c in result.counts.items():
         lines.append(f"| {pair} | {c['B']} | {c['M']} | {c['total']} |")
@@ -276,8 +353,17 @@ def write_audit(outdir: str | Path, result: AuditResult) -> dict[str, Path]:
         lines += ["", f"{len(mixed)} copies carry the other label than their original (label noise): see "
                       "leakage.csv."]
     if has_png:
-        lines += ["", "Closest pairs (left: the image, right: its copy in the other split):", "",
-                  "![closest pairs](leakage_pairs.png)"]
+        lines += ["", "Closest pairs (left: the image, right: its copy in the other split; the shared region is "
+                      "outlined):", "", "![closest pairs](leakage_pairs.png)"]
+    if result.rows:
+        lines += ["", "| image | copy of | kind | map | overlap (image / copy of) |", "|---|---|---|---|---|"]
+        for row in sorted(result.rows, key=lambda r: (r["kind"] != "copy", -r["overlap"]))[:20]:
+            lines.append(f"| `{row['path']}` | `{row['copy_of']}` | {row['kind']} | {row['transform']} | "
+                         f"{row['overlap']:.2f} / {row['overlap_copy_of']:.2f} |")
+    if result.blank:
+        lines += ["", f"Blank images ({len(result.blank)}), near-uniform (background, pen marks): never compared, "
+                      "since any two of them look alike. Remove them from the data if they carry no tissue:", ""]
+        lines += [f"- `{p}` ({split})" for p, split in sorted(result.blank.items())[:50]]
     if result.errors:
         lines += ["", f"Unreadable files ({len(result.errors)}):", ""]
         lines += [f"- `{p}`: {reason}" for p, reason in sorted(result.errors.items())[:50]]

@@ -11,6 +11,13 @@ luminance, so rotation becomes a circular shift along the angle axis and a refle
   the best rotation and reflection. Different fields of view, even overlapping ones, do not line up about the
   centre and score low.
 
+The disc sees only copies about the same centre. Copies that share tissue under any similarity or affine map
+(shifted, zoomed, cropped, sheared, the Keras ImageDataGenerator's combination, overlapping tiles) are found by
+bcc_lightning.data.local_features: ORB keypoints hashed into an inverted index for candidates, a RANSAC affine fit
+to verify them, and the fitted map gives the area the two images share. Both run in find_copies; a pair is a match
+when the disc correlation passes MATCH_THRESHOLD, or when the affine fit holds and the shared area covers at least
+min_overlap of either image. Near-uniform images (background, pen marks) are `blank` and never matched.
+
 Thresholds are calibrated by ``benchmarks/near_duplicates.py`` (see ``docs/near_duplicates_bench.json``).
 """
 
@@ -27,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bcc_lightning.data import local_features as lf
 from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
 
 # Geometry of the polar grid. The disc is resampled to THUMB x THUMB so that any input size gives the same grid;
@@ -45,10 +53,13 @@ ANGLE_STEPS = 360  # rotation search resolution: one degree
 # 10,500 true pairs), other fields of view <= 0.42, distinct demo-generator images <= 0.57; this is the midpoint.
 MATCH_THRESHOLD = 0.77
 TOP_K = 16  # candidates verified per query image
+MIN_OVERLAP = 0.5  # shared area (fraction of either image) from which two views under an affine map are one sample
+COPY_OVERLAP = 0.9  # ... and from which one lies (almost) wholly within the other: a copy, not an overlapping view
 GRAY_SATURATION = 0.02  # mean (max-min)/255 chroma below which an image counts as grayscale
 
 FEATURE_DIM = 2 * RINGS + GLOBAL_ORDERS * RINGS
-_GRID = [THUMB, RINGS, ANGLES, MIN_ORDER, ORDERS, FEATURE_DIM]  # stored with saved sets; a mismatch means recompute
+_GRID = [THUMB, RINGS, ANGLES, MIN_ORDER, ORDERS, FEATURE_DIM, "orb", lf.N_FEATURES, lf.MAX_PIXELS,
+         lf.FAST_THRESHOLD]  # stored with saved sets; a mismatch means recompute
 
 
 def _polar_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -83,16 +94,34 @@ class Descriptor:
     saturation: float  # mean chroma, tells a grayscale copy from its colour source
     size: tuple[int, int]  # (height, width) of the decoded image
     tone: tuple[float, float]  # luminance mean and std inside the disc, 0..1
+    local: lf.LocalFeatures | None = None  # ORB keypoints, for copies under an affine map
 
 
 @dataclass(frozen=True)
 class Match:
-    """A verified near-duplicate pair: query ≈ transform(reference)."""
+    """A verified near-duplicate pair: query ≈ transform(reference).
+
+    score: the disc correlation for a copy about the centre (method "disc"), else the RANSAC inlier ratio (method
+    "affine"). overlap_*: shared area as a fraction of each image. geometry: the fitted map query = A ref + t as
+    scale, angle (degrees, counter-clockwise), mirrored, anisotropy, shear (degrees), shift_x / shift_y (the
+    reference centre's offset in the query, as a fraction of its width / height).
+    """
 
     query_index: int
     reference_index: int
     score: float
     transform: str
+    kind: str = "copy"  # "copy": one image (almost) wholly within the other; "overlap": overlapping views
+    method: str = "disc"
+    overlap_query: float = 1.0
+    overlap_reference: float = 1.0
+    inliers: int = 0
+    geometry: dict[str, float] = field(default_factory=dict)
+    matrix: np.ndarray | None = field(default=None, compare=False, repr=False)  # (2, 3) query = A ref + t
+
+    @property
+    def overlap(self) -> float:
+        return max(self.overlap_query, self.overlap_reference)
 
 
 def _to_image(image: Image.Image | np.ndarray) -> Image.Image:
@@ -136,7 +165,7 @@ def describe(image: Image.Image | np.ndarray) -> Descriptor:
     norm = float(np.sqrt((np.abs(coeffs) ** 2).sum()))
     coeffs = (coeffs / norm if norm > 1e-6 else np.zeros_like(coeffs)).astype(np.complex64)
     return Descriptor(vector=vector, coeffs=coeffs, saturation=_saturation(image), size=(height, width),
-                      tone=(mean / 255.0, std / 255.0))
+                      tone=(mean / 255.0, std / 255.0), local=lf.extract(np.asarray(luma)))
 
 
 def _saturation(image: Image.Image) -> float:
@@ -149,7 +178,11 @@ def _saturation(image: Image.Image) -> float:
 
 @dataclass
 class DescriptorSet:
-    """Descriptors of many images as stacked arrays (row i describes paths[i]); failed files are in errors."""
+    """Descriptors of many images as stacked arrays (row i describes paths[i]); failed files are in errors.
+
+    Local features are stored flat: image i owns rows kp_offsets[i]:kp_offsets[i + 1] of kp_xy / kp_desc /
+    kp_desc_mirror. A set made without them (kp_offsets None) matches by the disc alone.
+    """
 
     paths: list[str]
     vectors: np.ndarray  # float32 (N, FEATURE_DIM)
@@ -158,9 +191,33 @@ class DescriptorSet:
     sizes: np.ndarray  # int32 (N, 2) height, width
     tone: np.ndarray  # float32 (N, 2)
     errors: dict[str, str] = field(default_factory=dict)
+    kp_offsets: np.ndarray | None = None  # int64 (N + 1,)
+    kp_xy: np.ndarray | None = None  # float32 (T, 2)
+    kp_desc: np.ndarray | None = None  # uint8 (T, 32)
+    kp_desc_mirror: np.ndarray | None = None  # uint8 (T, 32)
+    texture: np.ndarray | None = None  # float32 (N,)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def has_local(self) -> bool:
+        return self.kp_offsets is not None
+
+    def local(self, i: int) -> lf.LocalFeatures:
+        """Local features of row i."""
+        if self.kp_offsets is None:
+            empty = np.zeros((0, lf.DESCRIPTOR_BYTES), np.uint8)
+            return lf.LocalFeatures(np.zeros((0, 2), np.float32), empty, empty, 1.0)
+        a, b = int(self.kp_offsets[i]), int(self.kp_offsets[i + 1])
+        return lf.LocalFeatures(self.kp_xy[a:b], self.kp_desc[a:b], self.kp_desc_mirror[a:b], float(self.texture[i]))
+
+    @property
+    def blank(self) -> np.ndarray:
+        """bool (N,): near-uniform images (background, pen marks), never matched."""
+        if self.kp_offsets is None:
+            return np.zeros(len(self), bool)
+        return (self.texture < lf.BLANK_TEXTURE) | (np.diff(self.kp_offsets) < lf.MIN_KEYPOINTS)
 
     @classmethod
     def from_descriptors(cls, descriptors: Sequence[Descriptor], paths: Sequence[str] | None = None,
@@ -171,6 +228,10 @@ class DescriptorSet:
         if len(names) != n:
             raise ValueError(f"{len(names)} paths for {n} descriptors")
         coeffs = np.stack([d.coeffs for d in descriptors]) if n else np.zeros((0, RINGS, ORDERS), np.complex64)
+        local = [d.local for d in descriptors]
+        has_local = all(f is not None for f in local)
+        counts = [len(f.xy) for f in local] if has_local else []
+        empty = np.zeros((0, lf.DESCRIPTOR_BYTES), np.uint8)
         return cls(
             paths=names,
             vectors=np.stack([d.vector for d in descriptors]) if n else np.zeros((0, FEATURE_DIM), np.float32),
@@ -179,6 +240,11 @@ class DescriptorSet:
             sizes=np.array([d.size for d in descriptors], dtype=np.int32).reshape(n, 2),
             tone=np.array([d.tone for d in descriptors], dtype=np.float32).reshape(n, 2),
             errors=dict(errors or {}),
+            kp_offsets=np.r_[0, np.cumsum(counts, dtype=np.int64)].astype(np.int64) if has_local else None,
+            kp_xy=np.concatenate([f.xy for f in local] or [np.zeros((0, 2), np.float32)]) if has_local else None,
+            kp_desc=np.concatenate([f.desc for f in local] or [empty]) if has_local else None,
+            kp_desc_mirror=np.concatenate([f.desc_mirror for f in local] or [empty]) if has_local else None,
+            texture=np.array([f.texture for f in local], np.float32) if has_local else None,
         )
 
     @classmethod
@@ -187,11 +253,33 @@ class DescriptorSet:
         errors: dict[str, str] = {}
         for s in sets:
             errors.update(s.errors)
+        local = bool(sets) and all(s.has_local for s in sets)
+        offsets = None
+        if local:
+            shifts = np.cumsum([0] + [int(s.kp_offsets[-1]) for s in sets[:-1]])
+            offsets = np.concatenate([[0]] + [s.kp_offsets[1:] + shift for s, shift in zip(sets, shifts)])
         return cls(paths=[p for s in sets for p in s.paths],
                    vectors=np.concatenate([s.vectors for s in sets]), coeffs=np.concatenate([s.coeffs for s in sets]),
                    saturation=np.concatenate([s.saturation for s in sets]),
                    sizes=np.concatenate([s.sizes for s in sets]), tone=np.concatenate([s.tone for s in sets]),
-                   errors=errors)
+                   errors=errors, kp_offsets=offsets.astype(np.int64) if local else None,
+                   kp_xy=np.concatenate([s.kp_xy for s in sets]) if local else None,
+                   kp_desc=np.concatenate([s.kp_desc for s in sets]) if local else None,
+                   kp_desc_mirror=np.concatenate([s.kp_desc_mirror for s in sets]) if local else None,
+                   texture=np.concatenate([s.texture for s in sets]) if local else None)
+
+    def subset(self, rows: Sequence[int]) -> DescriptorSet:
+        """The given rows, in that order (errors are not carried)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = DescriptorSet(paths=[self.paths[i] for i in rows], vectors=self.vectors[rows], coeffs=self.coeffs[rows],
+                            saturation=self.saturation[rows], sizes=self.sizes[rows], tone=self.tone[rows])
+        if self.has_local:
+            pieces = [np.arange(self.kp_offsets[i], self.kp_offsets[i + 1]) for i in rows]
+            take = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+            out.kp_offsets = np.r_[0, np.cumsum([len(p) for p in pieces], dtype=np.int64)].astype(np.int64)
+            out.kp_xy, out.kp_desc = self.kp_xy[take], self.kp_desc[take]
+            out.kp_desc_mirror, out.texture = self.kp_desc_mirror[take], self.texture[rows]
+        return out
 
     def complex_coeffs(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         part = self.coeffs[rows].astype(np.float32)
@@ -201,6 +289,7 @@ class DescriptorSet:
         """Write as .npz atomically (temporary file in the same folder, then os.replace)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        local = {name: getattr(self, name) for name in _LOCAL_FIELDS} if self.has_local else {}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -208,7 +297,7 @@ class DescriptorSet:
                          coeffs=self.coeffs, saturation=self.saturation, sizes=self.sizes, tone=self.tone,
                          error_paths=np.array(list(self.errors), dtype=np.str_),
                          error_messages=np.array(list(self.errors.values()), dtype=np.str_),
-                         grid=np.array(_GRID))
+                         grid=np.array([str(g) for g in _GRID]), **local)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -217,14 +306,18 @@ class DescriptorSet:
 
     @classmethod
     def load(cls, path: str | Path) -> DescriptorSet:
-        """Read a set written by save(); refuses one computed with another polar grid."""
+        """Read a set written by save(); refuses one computed with another grid or other local features."""
         with np.load(path, allow_pickle=False) as data:
             grid = data["grid"].tolist()
-            if grid != _GRID:
+            if grid != [str(g) for g in _GRID]:
                 raise ValueError(f"{path}: descriptors made with grid {grid}; recompute them with this version")
+            local = {name: data[name] for name in _LOCAL_FIELDS if name in data}
             return cls(paths=data["paths"].tolist(), vectors=data["vectors"], coeffs=data["coeffs"],
                        saturation=data["saturation"], sizes=data["sizes"], tone=data["tone"],
-                       errors=dict(zip(data["error_paths"].tolist(), data["error_messages"].tolist())))
+                       errors=dict(zip(data["error_paths"].tolist(), data["error_messages"].tolist())), **local)
+
+
+_LOCAL_FIELDS = ("kp_offsets", "kp_xy", "kp_desc", "kp_desc_mirror", "texture")
 
 
 def _describe_path(path: str) -> tuple[Descriptor | None, str | None]:
@@ -232,6 +325,13 @@ def _describe_path(path: str) -> tuple[Descriptor | None, str | None]:
         return describe(load_rgb(path)), None
     except ImageDecodeError as exc:
         return None, str(exc)
+
+
+def _single_threaded_opencv() -> None:
+    """Worker processes are the parallelism: OpenCV's own thread pool in each would only oversubscribe the cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def describe_files(paths: Iterable[str | Path], workers: int | None = None,
@@ -245,7 +345,7 @@ def describe_files(paths: Iterable[str | Path], workers: int | None = None,
         iterator: Iterable[tuple[Descriptor | None, str | None]] = map(_describe_path, names)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers)
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded_opencv)
         # Chunks amortise the inter-process round trip; a descriptor is ~2 KB so results are cheap to send back.
         iterator = pool.map(_describe_path, names, chunksize=max(1, min(64, len(names) // (8 * workers))))
     try:
@@ -377,23 +477,83 @@ def _describe_transform(mirrored: bool, angle: float, query: DescriptorSet, refe
     return name or "identity/re-encoded"
 
 
+def local_candidates(query: DescriptorSet, reference: DescriptorSet | None = None) -> np.ndarray:
+    """Candidate pairs (M, 3) from the local-feature index: query row, reference row, mirrored (0/1).
+
+    Within one set (reference None) each unordered pair appears once with the smaller row first.
+    """
+    same = reference is None
+    ref = query if same else reference
+    if not (query.has_local and ref.has_local) or not len(query) or not len(ref):
+        return np.zeros((0, 3), np.int64)
+    both = query if same else DescriptorSet.concat([query, ref])
+    n = len(both)
+    owner = np.repeat(np.arange(n), np.diff(both.kp_offsets))
+    usable = ~both.blank[owner]  # blank images never vote
+    side = None if same else np.r_[np.zeros(len(query), np.int64), np.ones(len(ref), np.int64)]
+    pairs, votes = lf.vote_pairs(both.kp_desc[usable], both.kp_desc_mirror[usable], owner[usable], n, side)
+    pairs = lf.select_candidates(pairs, votes)
+    if not same and len(pairs):
+        pairs[:, 1] -= len(query)  # pairs run (query row, len(query) + reference row) since query rows come first
+    return pairs
+
+
+def _verify_local(query: DescriptorSet, reference: DescriptorSet, qi: int, ri: int,
+                  mirrored: bool) -> lf.Fit | None:
+    size_q = (int(query.sizes[qi, 0]), int(query.sizes[qi, 1]))
+    size_r = (int(reference.sizes[ri, 0]), int(reference.sizes[ri, 1]))
+    return lf.verify_pair(query.local(qi), reference.local(ri), size_q, size_r, mirrored)
+
+
+def _disc_geometry(mirrored: bool, angle: float, query: DescriptorSet, reference: DescriptorSet, qi: int,
+                   ri: int) -> dict[str, float]:
+    turn = angle % 360.0 if not mirrored else (angle - 180.0) % 360.0
+    scale = math.sqrt(float(np.prod(query.sizes[qi])) / max(float(np.prod(reference.sizes[ri])), 1.0))
+    return {"scale": scale, "angle": (turn + 180.0) % 360.0 - 180.0, "mirrored": float(mirrored), "anisotropy": 1.0,
+            "shear": 0.0, "shift_x": 0.0, "shift_y": 0.0}
+
+
 def find_copies(query: DescriptorSet, reference: DescriptorSet | None = None, threshold: float = MATCH_THRESHOLD,
-                top_k: int = TOP_K) -> list[Match]:
+                top_k: int = TOP_K, min_overlap: float = MIN_OVERLAP) -> list[Match]:
     """All verified near-duplicate pairs between query and reference, or within query when reference is None.
+
+    A pair matches when its discs correlate (a copy about the centre: flips, rotations, grayscale, resizing...) or
+    when an affine map between their keypoints holds and the shared area covers at least min_overlap of either
+    image (shifted, zoomed, cropped, sheared copies and overlapping views). Blank images never match.
 
     Within one set, each unordered pair appears once with query_index < reference_index. A source with more than
     top_k copies may miss some direct pairs; clusters() still joins them through the pairs that were found.
     """
     ref = query if reference is None else reference
-    pairs = candidates(query, reference, top_k=top_k)
-    if len(pairs) == 0:
-        return []
-    score, mirrored, angle = verify(query, ref, pairs)
-    keep = np.flatnonzero(score >= threshold)
-    matches = [Match(int(pairs[i, 0]), int(pairs[i, 1]), float(score[i]),
-                     _describe_transform(bool(mirrored[i]), float(angle[i]), query, ref, pairs[i, 0], pairs[i, 1]))
-               for i in keep]
-    return sorted(matches, key=lambda m: (m.query_index, m.reference_index))
+    blank_q, blank_r = query.blank, ref.blank
+    disc_pairs = candidates(query, reference, top_k=top_k)
+    found: dict[tuple[int, int], Match] = {}
+    if len(disc_pairs):
+        score, mirrored, angle = verify(query, ref, disc_pairs)
+        for i in np.flatnonzero(score >= threshold):
+            qi, ri = int(disc_pairs[i, 0]), int(disc_pairs[i, 1])
+            if blank_q[qi] or blank_r[ri]:
+                continue
+            geometry = _disc_geometry(bool(mirrored[i]), float(angle[i]), query, ref, qi, ri)
+            found[(qi, ri)] = Match(qi, ri, float(score[i]),
+                                    _describe_transform(bool(mirrored[i]), float(angle[i]), query, ref, qi, ri),
+                                    geometry=geometry)
+    for qi, ri, flip in local_candidates(query, reference).tolist():
+        if (qi, ri) in found or blank_q[qi] or blank_r[ri]:
+            continue
+        fit = _verify_local(query, ref, qi, ri, bool(flip))
+        if fit is None or fit.overlap < min_overlap:
+            continue
+        size_q, size_r = tuple(query.sizes[qi].tolist()), tuple(ref.sizes[ri].tolist())
+        geometry = lf.describe_map(fit.matrix, size_q, size_r)
+        name = lf.map_name(geometry)
+        if query.saturation[qi] < GRAY_SATURATION <= 0.5 * ref.saturation[ri]:
+            name += "+grayscale"
+        found[(qi, ri)] = Match(qi, ri, fit.inliers / max(fit.matches, 1), name,
+                                kind="copy" if fit.overlap >= COPY_OVERLAP else "overlap", method="affine",
+                                overlap_query=fit.overlap_query, overlap_reference=fit.overlap_reference,
+                                inliers=fit.inliers, geometry=geometry, matrix=fit.matrix)
+    return sorted(found.values(), key=lambda m: (m.query_index, m.reference_index))
 
 
 def clusters(n: int, pairs: Iterable[Match | tuple[int, int]]) -> list[int]:

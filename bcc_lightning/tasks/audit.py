@@ -47,7 +47,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with ExitStack() as stack:
         result = audit_splits(root, fold=None if cfg.fold is None else int(cfg.fold),
                               workers=audit_workers(cfg.num_workers), cache_dir=cfg.get("cache"),
-                              progress=_progress(stack, show))
+                              progress=_progress(stack, show), min_overlap=float(cfg.get("min_overlap", 0.5)))
     write_audit(outdir, result)
     # Patients (or slides) on both sides leak as much as copies: from the manifest's groups, or inferred.
     overlap = group_overlap(root, None if cfg.fold is None else int(cfg.fold))

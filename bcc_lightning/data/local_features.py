@@ -1,0 +1,303 @@
+"""Local features for copies that share tissue under a similarity or affine map (shift, zoom, crop, shear, tiles).
+
+The global disc descriptor of bcc_lightning.data.duplicates only lines two images up about their centres, so it
+misses a shifted, zoomed, cropped or sheared copy. Here each image keeps its ORB keypoints (oriented FAST corners
+with rotation-steered binary descriptors over an 8-level scale pyramid: no weights, a few milliseconds per image):
+
+* candidates come from locality-sensitive hashing of the binary descriptors (bit sampling: a few whole bytes of a
+  descriptor form one key, in several tables); two images that share tissue share many keys, and pairs are counted
+  per bucket after one sort, so the search never compares every pair of images;
+* a candidate is verified by matching its descriptors (Hamming, ratio test) and fitting an affine map with RANSAC
+  (cv2.estimateAffine2D); a plausible map with enough inliers spread over the shared region is a match;
+* the map then gives the shared area as a fraction of each image (the reference's rectangle mapped into the query
+  and intersected with it).
+
+Near-uniform images (background, pen marks) have too little texture to match anything; they are flagged `blank`
+and kept out of matching. Thresholds are calibrated by benchmarks/near_duplicates.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# Working resolution: large images are reduced to about this many pixels (ORB's cost and its keypoints' scale then
+# do not depend on the scanner), small ones enlarged so their short side has room for ORB's 31-pixel patches.
+MAX_PIXELS = 400_000
+MIN_SIDE = 256
+N_FEATURES = 500
+FAST_THRESHOLD = 12  # below OpenCV's 20: pale H&E has low-contrast corners
+DESCRIPTOR_BYTES = 32
+
+# Blank test on a 64-wide thumbnail: cells of 8x8 thumbnail pixels whose luminance std exceeds BLANK_CELL_STD count
+# as textured; fewer than BLANK_TEXTURE of them (or fewer than MIN_KEYPOINTS keypoints) is background / pen mark.
+BLANK_CELL_STD = 4.0
+BLANK_TEXTURE = 0.15
+MIN_KEYPOINTS = 24
+
+# Candidate search: TABLES hash tables, each keyed by KEY_BYTES bytes of the descriptor; buckets holding more than
+# BUCKET_CAP descriptors are common texture ("stop words") and vote for nothing.
+TABLES = 10
+KEY_BYTES = 3
+BUCKET_CAP = 24
+MIN_VOTES = 3
+MAX_CANDIDATES = 12  # per image, strongest by votes
+
+# Verification.
+RATIO = 0.85  # Lowe's ratio on Hamming distances (binary descriptors need a looser ratio than SIFT's 0.8)
+RANSAC_FRACTION = 0.008  # reprojection threshold as a fraction of the query's diagonal
+MIN_INLIERS = 14
+MIN_INLIER_RATIO = 0.15  # inliers among ratio-test matches
+SCALE_RANGE = (0.3, 3.4)  # singular values of the linear part: zoom 0.5-2x and crops to 25 % area fit inside
+MAX_ANISOTROPY = 2.5  # ratio of singular values: anisotropic zoom and 20 degree shear stay well below
+MIN_SPREAD = 0.04  # inliers' convex hull as a fraction of the query area: a map resting on a corner is no proof
+
+_SEED_KEYS = 1234
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """ORB keypoints of one image in its original pixel coordinates, and how textured the image is."""
+
+    xy: np.ndarray  # float32 (K, 2) x, y
+    desc: np.ndarray  # uint8 (K, 32)
+    desc_mirror: np.ndarray  # uint8 (K, 32): the same keypoints described in the left-right mirrored image
+    texture: float  # fraction of textured cells, 0..1
+
+    @property
+    def blank(self) -> bool:
+        return self.texture < BLANK_TEXTURE or len(self.xy) < MIN_KEYPOINTS
+
+
+def texture_fraction(luma: np.ndarray) -> float:
+    """Fraction of 8x8 cells of a 64-wide thumbnail whose luminance varies (std > BLANK_CELL_STD grey levels)."""
+    import cv2
+
+    h, w = luma.shape
+    width = 64
+    height = max(8, round(h * width / max(w, 1)))
+    thumb = cv2.resize(luma, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
+    rows, cols = height // 8, width // 8
+    cells = thumb[:rows * 8, :cols * 8].reshape(rows, 8, cols, 8).std(axis=(1, 3))
+    return float((cells > BLANK_CELL_STD).mean())
+
+
+def extract(luma: np.ndarray) -> LocalFeatures:
+    """ORB keypoints and descriptors of a uint8 luminance image (HxW)."""
+    import cv2
+
+    luma = np.ascontiguousarray(luma, dtype=np.uint8)
+    h, w = luma.shape
+    texture = texture_fraction(luma) if h >= 8 and w >= 8 else 0.0
+    scale = min(1.0, math.sqrt(MAX_PIXELS / max(h * w, 1)))
+    scale = max(scale, MIN_SIDE / max(min(h, w), 1))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    work = luma if size == (w, h) else cv2.resize(
+        luma, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    # Stretch the 1st..99th percentile to the full range: a paler or darker copy then has the same FAST corners.
+    lo, hi = np.percentile(work[::4, ::4], (1, 99))
+    if hi - lo >= 8:
+        work = cv2.convertScaleAbs(work, alpha=255.0 / (hi - lo), beta=-lo * 255.0 / (hi - lo))
+    orb = cv2.ORB_create(nfeatures=N_FEATURES, scaleFactor=1.2, nlevels=8, edgeThreshold=19, patchSize=19,
+                         fastThreshold=FAST_THRESHOLD)
+    keypoints, desc = orb.detectAndCompute(work, None)
+    if desc is None or not keypoints:
+        empty = np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+        return LocalFeatures(np.zeros((0, 2), np.float32), empty, empty, texture)
+    # ORB is not mirror-invariant: describe the same keypoints in the mirrored image too (no second detection, a
+    # third of the cost), so a flipped copy matches its source's descriptors.
+    width = work.shape[1]
+    mirrored = [cv2.KeyPoint(width - 1 - k.pt[0], k.pt[1], k.size, (180.0 - k.angle) % 360.0, k.response, k.octave,
+                             i) for i, k in enumerate(keypoints)]
+    kept, desc_m = orb.compute(np.ascontiguousarray(work[:, ::-1]), mirrored)
+    desc_mirror = desc.copy()  # a keypoint the border filter dropped keeps its plain descriptor (matches nothing)
+    if desc_m is not None:
+        desc_mirror[[k.class_id for k in kept]] = desc_m
+    xy = np.array([k.pt for k in keypoints], dtype=np.float32)
+    # Pixel centres: work coordinate u covers original (u + 0.5) / scale - 0.5.
+    xy = (xy + 0.5) * np.array([w / size[0], h / size[1]], np.float32) - 0.5
+    return LocalFeatures(xy, np.ascontiguousarray(desc, dtype=np.uint8), desc_mirror, texture)
+
+
+# ----------------------------------------------------------------------------------------------- candidates
+def _keys(desc: np.ndarray, table: int) -> np.ndarray:
+    rng = np.random.default_rng([_SEED_KEYS, table])
+    cols = rng.choice(DESCRIPTOR_BYTES, KEY_BYTES, replace=False)
+    key = np.zeros(len(desc), np.int64)
+    for c in cols:
+        key = (key << 8) | desc[:, c].astype(np.int64)
+    return key
+
+
+def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_images: int,
+               side: np.ndarray | None = None, tables: int = TABLES) -> tuple[np.ndarray, np.ndarray]:
+    """Image pairs that share hashed descriptors: (M, 3) rows a < b, mirrored (0/1), and their vote counts.
+
+    desc, desc_mirror: (T, 32) plain and mirrored descriptors of all images stacked; owner: (T,) image of each row.
+    A plain descriptor colliding with a mirrored one votes for a mirrored pair (one image a flip of the other).
+    side: per image 0/1 to keep only pairs across two sets (query vs reference), None for all pairs. One sort per
+    table; pairs within a bucket are found by comparing each sorted row with the next d rows, d < BUCKET_CAP.
+    """
+    n = len(desc)
+    stacked = np.concatenate([desc, desc_mirror])
+    images = np.concatenate([owner, owner]).astype(np.int64)
+    flags = np.repeat(np.array([0, 1], np.int64), n)
+    codes = []
+    for table in range(tables):
+        key = _keys(stacked, table)
+        order = np.argsort(key, kind="stable")
+        key, img, flag = key[order], images[order], flags[order]
+        start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        count = np.diff(np.r_[start, len(key)])
+        small = np.repeat(count <= 2 * BUCKET_CAP, count)  # each descriptor is in the table twice (plain, mirror)
+        key = np.where(small, key, -1 - np.arange(len(key)))  # a crowded bucket's rows collide with nothing
+        for d in range(1, 2 * BUCKET_CAP):
+            same = np.flatnonzero(key[:-d] == key[d:])
+            if not len(same):
+                break
+            a, b = img[same], img[same + d]
+            fa, fb = flag[same], flag[same + d]
+            keep = (a != b) & ((fa & fb) == 0)  # mirror against mirror repeats plain against plain
+            if side is not None:
+                keep &= side[a] != side[b]
+            a, b, m = a[keep], b[keep], (fa ^ fb)[keep]
+            codes.append((np.minimum(a, b) * n_images + np.maximum(a, b)) * 2 + m)
+    if not codes:
+        return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
+    # A descriptor pair colliding in several tables votes once per table: closer descriptors weigh more.
+    code, votes = np.unique(np.concatenate(codes), return_counts=True)
+    pair = code // 2
+    return np.stack([pair // n_images, pair % n_images, code % 2], axis=1), votes
+
+
+def select_candidates(pairs: np.ndarray, votes: np.ndarray, min_votes: int = MIN_VOTES,
+                      per_image: int = MAX_CANDIDATES) -> np.ndarray:
+    """Pairs with at least min_votes, keeping for each image its per_image strongest (a pair stays when either of
+    its images ranks it among its own strongest)."""
+    keep = votes >= min_votes
+    pairs, votes = pairs[keep], votes[keep]
+    if not len(pairs):
+        return pairs
+    chosen = np.zeros(len(pairs), bool)
+    for column in (0, 1):
+        order = np.lexsort((-votes, pairs[:, column]))
+        first = np.r_[0, np.flatnonzero(np.diff(pairs[order, column])) + 1]
+        rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+        chosen[order[rank < per_image]] = True
+    return pairs[chosen]
+
+
+# ----------------------------------------------------------------------------------------------- verification
+@dataclass(frozen=True)
+class Fit:
+    """query ≈ A @ reference + t (pixels), how well it is supported and what share of each image it covers."""
+
+    matrix: np.ndarray  # float64 (2, 3)
+    inliers: int
+    matches: int
+    overlap_query: float
+    overlap_reference: float
+
+    @property
+    def overlap(self) -> float:
+        return max(self.overlap_query, self.overlap_reference)
+
+
+def _polygon_area(points: np.ndarray) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def shared_area(matrix: np.ndarray, query_size: tuple[int, int], reference_size: tuple[int, int]) -> tuple[float,
+                                                                                                         float]:
+    """Fractions of the query and of the reference covered by the other under query = A ref + t (sizes h, w)."""
+    import cv2
+
+    (hq, wq), (hr, wr) = query_size, reference_size
+    rect_q = np.array([[0, 0], [wq, 0], [wq, hq], [0, hq]], np.float32)
+    corners = np.array([[0, 0], [wr, 0], [wr, hr], [0, hr]], np.float64)
+    mapped = (corners @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+    if np.cross(mapped[1] - mapped[0], mapped[2] - mapped[1]) < 0:
+        mapped = mapped[::-1].copy()  # a mirroring map reverses the winding; intersectConvexConvex wants one order
+    area, _ = cv2.intersectConvexConvex(rect_q, mapped)
+    area = max(float(area), 0.0)
+    mapped_area = max(_polygon_area(mapped.astype(np.float64)), 1e-9)
+    return min(1.0, area / (wq * hq)), min(1.0, area / mapped_area)
+
+
+def verify_pair(query: LocalFeatures, reference: LocalFeatures, query_size: tuple[int, int],
+                reference_size: tuple[int, int], mirrored: bool = False) -> Fit | None:
+    """Descriptor matches with the ratio test, then a RANSAC affine fit; None unless the map is plausible and
+    supported by MIN_INLIERS spread inliers. mirrored: match the query's mirrored descriptors (a flipped copy); the
+    fitted map then has a negative determinant."""
+    import cv2
+
+    if query.blank or reference.blank or len(query.xy) < MIN_INLIERS or len(reference.xy) < MIN_INLIERS:
+        return None
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    knn = matcher.knnMatch(query.desc_mirror if mirrored else query.desc, reference.desc, k=2)
+    good = [m[0] for m in knn if len(m) == 2 and m[0].distance < RATIO * m[1].distance and m[0].distance < 80]
+    if len(good) < MIN_INLIERS:
+        return None
+    dst = query.xy[[m.queryIdx for m in good]]
+    src = reference.xy[[m.trainIdx for m in good]]
+    diagonal = math.hypot(*query_size)
+    matrix, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_FRACTION * diagonal,
+                                        maxIters=2000, confidence=0.995, refineIters=10)
+    if matrix is None:
+        return None
+    inlier = mask.ravel().astype(bool)
+    n_in = int(inlier.sum())
+    if n_in < MIN_INLIERS or n_in < MIN_INLIER_RATIO * len(good):
+        return None
+    singular = np.linalg.svd(matrix[:, :2], compute_uv=False)
+    if not (SCALE_RANGE[0] <= singular[1] and singular[0] <= SCALE_RANGE[1]) or singular[0] > MAX_ANISOTROPY * \
+            singular[1]:
+        return None
+    hull = cv2.convexHull(dst[inlier].astype(np.float32))
+    if cv2.contourArea(hull) < MIN_SPREAD * query_size[0] * query_size[1]:
+        return None
+    overlap_q, overlap_r = shared_area(matrix, query_size, reference_size)
+    return Fit(matrix=matrix, inliers=n_in, matches=len(good), overlap_query=overlap_q, overlap_reference=overlap_r)
+
+
+def describe_map(matrix: np.ndarray, query_size: tuple[int, int], reference_size: tuple[int, int]) -> dict[str, float]:
+    """Scale, rotation, reflection, anisotropy, shear and shift of query = A ref + t, in readable units.
+
+    A = R(angle) @ [[sx, k], [0, sy]] (QR decomposition, with a reflection folded into sy < 0). scale is
+    sqrt(|det A|) (> 1: the query is a zoom-in), shear the angle whose tangent is k / sy, and shift the reference
+    centre's displacement in the query as a fraction of the query's width and height.
+    """
+    a = matrix[:, :2]
+    sx = math.hypot(a[0, 0], a[1, 0])
+    angle = math.degrees(math.atan2(a[1, 0], a[0, 0]))
+    det = float(np.linalg.det(a))
+    sy = det / max(sx, 1e-12)
+    k = (a[0, 0] * a[0, 1] + a[1, 0] * a[1, 1]) / max(sx, 1e-12)
+    (hq, wq), (hr, wr) = query_size, reference_size
+    centre = a @ np.array([(wr - 1) / 2, (hr - 1) / 2]) + matrix[:, 2]
+    return {"scale": math.sqrt(abs(det)), "angle": -angle,  # image y points down: a CCW turn on screen is -atan2
+            "mirrored": float(det < 0), "anisotropy": abs(sx / sy) if sy else float("inf"),
+            "shear": math.degrees(math.atan2(k, abs(sy))),
+            "shift_x": (centre[0] - (wq - 1) / 2) / wq, "shift_y": (centre[1] - (hq - 1) / 2) / hq}
+
+
+def map_name(params: dict[str, float]) -> str:
+    """Readable name of a fitted map: only the parts that differ from identity."""
+    parts = []
+    if params["mirrored"]:
+        parts.append("flip")
+    turn = (params["angle"] + 180.0) % 360.0 - 180.0
+    if abs(turn) >= 2.0:
+        parts.append(f"rotate{turn:+.0f}°")
+    if abs(params["scale"] - 1) >= 0.03:
+        parts.append(f"zoom×{params['scale']:.2f}")
+    if abs(params["anisotropy"] - 1) >= 0.05:
+        parts.append(f"aspect×{params['anisotropy']:.2f}")
+    if abs(params["shear"]) >= 2.0:
+        parts.append(f"shear{params['shear']:+.0f}°")
+    if max(abs(params["shift_x"]), abs(params["shift_y"])) >= 0.01:
+        parts.append(f"shift({100 * params['shift_x']:+.0f}%,{100 * params['shift_y']:+.0f}%)")
+    return "+".join(parts) or "same geometry"
