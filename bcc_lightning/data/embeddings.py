@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,28 @@ from bcc_lightning.utils.atomic_io import cache_folder, write_json
 VERSION = 1
 
 
-def embeddings_key(paths: Sequence[Path], backbone: str, weights_sha256: str, preprocess: dict[str, Any]) -> str:
-    """A short hash of the files (path, size, mtime), the backbone, its weights and the preprocessing."""
-    digest = hashlib.sha256(json.dumps([VERSION, backbone, weights_sha256, preprocess], sort_keys=True).encode())
+# The model config keys that change what a backbone computes from the same weights (its family, architecture and
+# embedding recipe: Virchow2's class token alone is not its class token ++ patch mean).
+RECIPE_KEYS = ("source", "arch", "model_args", "pooling")
+
+
+def embedding_recipe(model_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The part of a model config that decides the embedding besides the name, weights and preprocessing; empty for
+    the plain configs of before the recipes (their cache keys stay as they were)."""
+    recipe = {k: (model_cfg or {}).get(k) for k in RECIPE_KEYS}
+    recipe = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in recipe.items()
+              if v not in (None, "", {}) and not (k == "source" and v == "timm")}
+    return recipe
+
+
+def embeddings_key(paths: Sequence[Path], backbone: str, weights_sha256: str, preprocess: dict[str, Any],
+                   recipe: Mapping[str, Any] | None = None) -> str:
+    """A short hash of the files (path, size, mtime), the backbone, its weights, the preprocessing and the embedding
+    recipe (`embedding_recipe` of the model config)."""
+    parts: list[Any] = [VERSION, backbone, weights_sha256, preprocess]
+    if recipe:
+        parts.append(dict(recipe))
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
     for path in paths:
         stat = path.stat()
         digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

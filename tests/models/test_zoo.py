@@ -197,3 +197,18 @@ def test_gradcam_lays_pooled_tokens_on_their_grid(zoo: dict[str, dict[str, Any]]
         plan = plan_cam(model, model.backbone_arch, 224)
         assert plan.method == "gradcam" and plan.reshape is not None, key
         assert ("layernorm_before" if key == "phikon" else "norm1") in plan.layer_name, key
+
+
+def test_the_embedding_cache_key_follows_the_recipe(tmp_path: Path, zoo: dict[str, dict[str, Any]]) -> None:
+    """Same files, weights and preprocessing, another recipe: other features, so another cache entry."""
+    from bcc_lightning.data.embeddings import embedding_recipe, embeddings_key
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    key = lambda model: embeddings_key([image], model["name"], "sha", {"img_size": 224}, embedding_recipe(model))  # noqa: E731
+    virchow2 = zoo["virchow2"]
+    assert key(virchow2) != key({**virchow2, "pooling": "cls"}) != key({**virchow2, "pooling": "mean"})
+    assert key(virchow2) != key({**virchow2, "model_args": {**virchow2["model_args"], "reg_tokens": 0}})
+    plain = {"name": "mobilenetv2", "source": "timm", "arch": None, "model_args": {}, "pooling": None}
+    assert embedding_recipe(plain) == {}  # configs without a recipe keep the keys their caches were written under
+    assert key(plain) == embeddings_key([image], "mobilenetv2", "sha", {"img_size": 224})
