@@ -108,6 +108,31 @@ def test_group_overlap_of_a_folder_split_elsewhere(tmp_path: Path, anonymous: bo
     assert not merged["clean"] and merged["verdict"].startswith("Patients on both sides") and warned
 
 
+def test_folds_of_a_manifest(tmp_path: Path) -> None:
+    """A cross-validation root: every fold against the others, or one run's validation fold against its training."""
+    import csv
+
+    from bcc_lightning.data.layout import MANIFEST_COLUMNS
+
+    root = tmp_path / "cv"
+    root.mkdir()
+    rows = []
+    for p, (cls, folds) in enumerate([("B", (0, 1)), ("B", (2, 2)), ("M", (0, 0)), ("M", (1, 1)), ("M", (2, 2))]):
+        for i, fold in enumerate(folds):
+            name = f"SOB_{cls}_A-14-{p:03d}F-40-{i:03d}.png"
+            rows.append([f"train/{cls}/{name}", "train", "benign" if cls == "B" else "malignant", name, name, "x",
+                         "none", str(fold), "x"])
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([MANIFEST_COLUMNS, *rows])
+    (root / "summary.json").write_text(json.dumps({"settings": {"folds": 3, "holdout_test": True, "group": "image"}}))
+    every = group_overlap(root)
+    assert every["rule"] == "breakhis" and every["crossing"] == 1 and every["pairs"] == {
+        "fold0->fold1": {"groups": 1, "images": 1}}
+    run0 = group_overlap(root, fold=0)  # fold 0 validates, folds 1 and 2 train
+    assert run0["pairs"] == {"val->train": {"groups": 1, "images": 1}} and "14-000F" in run0["verdict"]
+    assert group_overlap(root, fold=2)["clean"]  # patient 0 sits in folds 0 and 1, both training folds of run 2
+
+
 def test_prepared_folder_uses_its_manifest_and_an_image_grouped_one_is_still_checked(tmp_path: Path) -> None:
     raw = breakhis_tree(tmp_path / "raw", patients=5, per_patient=3)
     run_prepare(raw, tmp_path / "by_patient")
@@ -138,3 +163,17 @@ def test_bcc_audit_reports_patients_on_both_sides(tmp_path: Path, monkeypatch: p
     assert "Patients on both sides: 2 of 8 patients (BreakHis names)" in out
     assert json.loads((run / "groups.json").read_text())["crossing"] == 2
     assert "## Patients across splits" in (run / "leakage.md").read_text()
+
+
+@pytest.mark.slow  # a train.py start-up; overlap_gate's error itself is tested above in the default suite
+def test_training_audit_sees_patients_on_both_sides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.py's data.audit=error stops before training on patients on both sides, as it does on copies."""
+    from bcc_lightning.tasks import train as training
+    from tests.conftest import tiny_train_config
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    root = _split_elsewhere(tmp_path / "data", anonymous=True)
+    with pytest.raises(UserError, match="Patients on both sides: 2 of 8 folders.*stopped before training"):
+        training.run(tiny_train_config(root, ["trainer.fast_dev_run=true", "logger=none", "data.audit=error"]))
+    assert not (tmp_path / "history.csv").exists() and not (tmp_path / "metrics.json").exists()
