@@ -1,5 +1,6 @@
-"""`bcc-prepare raw=RAW out=OUT` (also `python -m bcc_lightning.tasks.prepare`): raw B/M folder -> leakage-free
-train/val/test split (or folds)."""
+"""`bcc-prepare raw=RAW out=OUT` (also `python -m bcc_lightning.tasks.prepare`): raw B/M folder -> train/val/test
+split (or folds) of whole groups: patients where names, folders or a manifest say who they are (group=auto), copies
+merged; the table says which."""
 
 from __future__ import annotations
 
