@@ -383,11 +383,10 @@ def with_group_overlap(leakage: dict[str, Any] | None, mode: Any, root: str | Pa
     overlap = overlap_gate(mode, root, fold, warn)
     if leakage is None or overlap is None:
         return leakage
-    merged = {**leakage, "groups": overlap}
+    # The verdict names both checks, so a card or report that shows it says what was and was not checked.
+    merged = {**leakage, "groups": overlap, "verdict": f"{leakage['verdict']} {overlap['verdict']}"}
     if not overlap["clean"]:
         merged["clean"] = False
-        merged["verdict"] = (f"{leakage['verdict']} {overlap['verdict']}" if not leakage["clean"]
-                             else overlap["verdict"])
     return merged
 
 

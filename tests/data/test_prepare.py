@@ -398,4 +398,4 @@ def test_augment_before_split_is_caught_by_the_audit_and_content_resplit_is_clea
     assert len(names) == len(set(names)) == kept
     clean = audit_splits(resplit, cache_dir=False, workers=0)
     assert clean.summary()["clean"], clean.rows
-    assert verdict(clean) == f"No copies across splits among {kept} images."
+    assert verdict(clean).startswith("No copies") and verdict(clean).endswith(f"across splits among {kept} images.")
