@@ -31,9 +31,12 @@ N_FEATURES = 500
 FAST_THRESHOLD = 12  # below OpenCV's 20: pale H&E has low-contrast corners
 DESCRIPTOR_BYTES = 32
 
-# Blank test on a 64-wide thumbnail: cells of 8x8 thumbnail pixels whose luminance std exceeds BLANK_CELL_STD count
-# as textured; fewer than BLANK_TEXTURE of them (or fewer than MIN_KEYPOINTS keypoints) is background / pen mark.
+# Blank test on a 64-wide thumbnail: the share of 8x8-pixel cells whose luminance std exceeds BLANK_CELL_STD, and
+# the share of pixels further than BLANK_PIXEL_DEVIATION from the median (x3, so 5 % of pixels weighs like 15 % of
+# cells); the smaller of the two below BLANK_TEXTURE (or fewer than MIN_KEYPOINTS keypoints) is background or a pen
+# mark. A pen stroke crosses many cells but covers few pixels; noise moves many pixels but stays inside each cell.
 BLANK_CELL_STD = 4.0
+BLANK_PIXEL_DEVIATION = 12.0
 BLANK_TEXTURE = 0.15
 MIN_KEYPOINTS = 24
 
@@ -72,7 +75,7 @@ class LocalFeatures:
 
 
 def texture_fraction(luma: np.ndarray) -> float:
-    """Fraction of 8x8 cells of a 64-wide thumbnail whose luminance varies (std > BLANK_CELL_STD grey levels)."""
+    """How much of the image carries texture (0..1; see BLANK_TEXTURE): textured cells and deviating pixels."""
     import cv2
 
     h, w = luma.shape
@@ -81,7 +84,8 @@ def texture_fraction(luma: np.ndarray) -> float:
     thumb = cv2.resize(luma, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
     rows, cols = height // 8, width // 8
     cells = thumb[:rows * 8, :cols * 8].reshape(rows, 8, cols, 8).std(axis=(1, 3))
-    return float((cells > BLANK_CELL_STD).mean())
+    deviating = np.abs(thumb - np.median(thumb)) > BLANK_PIXEL_DEVIATION
+    return float(min((cells > BLANK_CELL_STD).mean(), 3.0 * deviating.mean()))
 
 
 def extract(luma: np.ndarray) -> LocalFeatures:

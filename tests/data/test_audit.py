@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 from bcc_lightning.data import audit
 from bcc_lightning.data.audit import LEAKAGE_COLUMNS, audit_splits, verdict, write_audit
 from tests.conftest import REPO, flat_tree, make_folder, run_prepare, subprocess_env
+from tests.data.test_duplicates import affine, crop, shear, slide
 
 
 def leaky_folder(root: Path) -> Path:
@@ -110,3 +111,66 @@ def test_audit_task_exit_codes(tmp_path: Path) -> None:
     assert len(list(csv.DictReader((tmp_path / "run_leaky" / "leakage.csv").open()))) == 4
     missing = _audit_cli(tmp_path / "nowhere", tmp_path / "run_missing")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def geometric_folder(root: Path) -> tuple[Path, dict[str, str]]:
+    """Train holds tissue fields; val/test hold a shifted, a zoomed, a cropped and a sheared copy of four of them,
+    an adjacent (non-overlapping) field of one, look-alike fields of other slides and a blank background."""
+    import numpy as np
+
+    big = [slide(640, 240, seed=60 + i) for i in range(6)]
+    fields = [b.crop((0, 0, 320, 240)) for b in big]
+    for split in ("train", "val", "test"):
+        for label in "BM":
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(fields):
+        image.save(root / "train" / "BM"[i % 2] / f"field{i}.png")
+    planted = {"test/B/shifted.png": (fields[0], lambda im: affine(im, np.eye(2), (0.15, -0.1)), "shift"),
+               "test/M/zoomed.png": (fields[1], lambda im: affine(im, np.eye(2) / 1.4), "zoom×1.40"),
+               "val/B/cropped.png": (fields[2], lambda im: crop(im, 0.4, (0.2, 0.8), False), "shift"),
+               "test/M/sheared.png": (fields[3], lambda im: affine(im, shear(15)), "shear")}
+    for rel, (source, make, _) in planted.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        make(source).save(root / rel)
+    big[4].crop((320, 0, 640, 240)).save(root / "test" / "B" / "adjacent.png")  # touches field4, shares nothing
+    slide(320, 240, seed=90).save(root / "val" / "M" / "other_slide.png")
+    rng = np.random.default_rng(0)
+    background = np.clip(rng.normal(235, 2.0, (240, 320, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(background).save(root / "train" / "B" / "background.png")
+    Image.fromarray(background).transpose(Image.Transpose.ROTATE_90).save(root / "test" / "M" / "background.png")
+    return root, {rel: expected for rel, (_, _, expected) in planted.items()}
+
+
+def test_shifted_zoomed_cropped_sheared_copies_are_named(tmp_path: Path) -> None:
+    root, planted = geometric_folder(tmp_path / "data")
+    result = audit_splits(root, cache_dir=False, workers=0)
+    found = {r["path"]: r for r in result.rows}
+    assert set(found) == set(planted), found
+    for rel, expected in planted.items():
+        row = found[rel]
+        assert expected in row["transform"], row
+        assert row["copy_split"] == "train" and row["copy_of"].endswith(".png")
+    assert found["val/B/cropped.png"]["overlap"] > 0.9 and found["val/B/cropped.png"]["overlap_copy_of"] < 0.5
+    assert found["test/M/zoomed.png"]["scale"] == pytest.approx(1.4, rel=0.05)
+    assert set(result.blank) == {"train/B/background.png", "test/M/background.png"}
+    summary = result.summary()
+    assert summary["test_with_copy_in_train"] == 3 and summary["val_with_copy_in_train"] == 1
+    assert summary["copies"] + summary["overlapping_views"] == 4 and summary["blank"] == 2
+    text = verdict(result)
+    assert "3 of 5 test images (60.0 %) have a copy in train" in text and "both leak" in text
+    assert "2 blank image(s)" in text
+
+    written = write_audit(tmp_path / "out", result)
+    rows = list(csv.DictReader(written["csv"].open()))
+    assert {r["path"]: r["kind"] for r in rows} == {r: found[r]["kind"] for r in planted}
+    markdown = written["md"].read_text()
+    assert "shared region is outlined" in markdown and "Blank images (2)" in markdown
+
+    # The CLI exits 1, and the same folder re-split by content audits clean.
+    leaky = _audit_cli(root, tmp_path / "run")
+    assert leaky.returncode == 1, leaky.stderr
+    assert {r["path"] for r in csv.DictReader((tmp_path / "run" / "leakage.csv").open())} == set(planted)
+    resplit = tmp_path / "resplit"
+    run_prepare(root, resplit, group="content")
+    clean = audit_splits(resplit, cache_dir=False, workers=0)
+    assert clean.summary()["clean"], clean.rows

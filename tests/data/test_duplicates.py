@@ -191,3 +191,117 @@ def test_describe_files_skips_unreadable(tmp_path: Path, source: Image.Image) ->
     matches = dup.find_copies(data)
     assert [(data.paths[m.query_index], data.paths[m.reference_index], m.transform) for m in matches] == [
         (str(paths[0]), str(tmp_path / "copy.jpg"), "rot270")]
+
+
+# ----------------------------------------------------------------------------------------------- geometric copies
+def affine(image: Image.Image, linear: np.ndarray, shift: tuple[float, float] = (0.0, 0.0),
+           fill: str = "nearest") -> Image.Image:
+    """Keras-style warp about the centre: output pixel p shows input pixel linear @ (p - c) + c + shift * size."""
+    import cv2
+
+    w, h = image.size
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    inverse = np.hstack([linear, (centre - linear @ centre + np.array(shift) * (w, h))[:, None]])
+    border = {"nearest": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT, "constant": cv2.BORDER_CONSTANT}[fill]
+    return Image.fromarray(cv2.warpAffine(np.asarray(image), inverse, (w, h), flags=cv2.INTER_LINEAR |
+                                          cv2.WARP_INVERSE_MAP, borderMode=border))
+
+
+def keras(image: Image.Image, fill: str, flip: bool) -> Image.Image:
+    """One draw of ImageDataGenerator(rotation 20, shifts 0.1, zoom 0.2, shear 0.2 rad, horizontal_flip)."""
+    a, s = math.radians(-17), 0.2
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    linear = rot @ np.array([[1, -math.sin(s)], [0, math.cos(s)]]) @ np.diag([0.85, 1.15])
+    out = affine(image, linear, (0.08, -0.06), fill)
+    return out.transpose(T.FLIP_LEFT_RIGHT) if flip else out
+
+
+def crop(image: Image.Image, area: float, at: tuple[float, float], resize_back: bool) -> Image.Image:
+    w, h = image.size
+    cw, ch = round(w * math.sqrt(area)), round(h * math.sqrt(area))
+    x, y = round(at[0] * (w - cw)), round(at[1] * (h - ch))
+    out = image.crop((x, y, x + cw, y + ch))
+    return out.resize((w, h), Image.BICUBIC) if resize_back else out
+
+
+def shear(degrees: float) -> np.ndarray:
+    return np.array([[1.0, -math.sin(math.radians(degrees))], [0.0, math.cos(math.radians(degrees))]])
+
+
+# name: (copy maker, expected scale, expected overlap of the copy, of the source). The Keras draw's overlap is the
+# share of its output pixels that sample inside the source (its linear part has determinant ~1).
+GEOMETRIC: dict[str, tuple[Callable[[Image.Image], Image.Image], float, float, float]] = {
+    "shift 10 %": (lambda im: affine(im, np.eye(2), (0.1, 0.0)), 1.0, 0.9, 0.9),
+    "shift 25 %": (lambda im: affine(im, np.eye(2), (-0.15, 0.2)), 1.0, 0.68, 0.68),
+    "zoom 0.5": (lambda im: affine(im, np.eye(2) * 2.0), 0.5, 0.25, 1.0),
+    "zoom 2 (crop of 25 %)": (lambda im: affine(im, np.eye(2) * 0.5), 2.0, 1.0, 0.25),
+    "anisotropic zoom": (lambda im: affine(im, np.diag([0.8, 1.25])), 1.0, 0.8, 0.8),
+    "crop 80 %, resized back": (lambda im: crop(im, 0.8, (0.3, 0.7), True), 1.12, 1.0, 0.8),
+    "crop 25 %, as cut": (lambda im: crop(im, 0.25, (0.9, 0.2), False), 1.0, 1.0, 0.25),
+    "shear 20°": (lambda im: affine(im, shear(20)), 1.0, 0.94, 0.94),
+    "keras, nearest, flipped": (lambda im: keras(im, "nearest", True), 1.0, 0.84, 0.84),
+    "keras, reflect": (lambda im: keras(im, "reflect", False), 1.0, 0.84, 0.84),
+    "keras, constant, flipped": (lambda im: keras(im, "constant", True), 1.0, 0.84, 0.84),
+}
+
+
+@pytest.fixture(scope="module")
+def field_of_view() -> Image.Image:
+    return slide(420, 300, seed=31)
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIC))
+def test_geometric_copies_are_found(name: str, field_of_view: Image.Image) -> None:
+    make, scale, overlap_copy, overlap_source = GEOMETRIC[name]
+    data = dup.DescriptorSet.from_descriptors([dup.describe(make(field_of_view)), dup.describe(field_of_view)])
+    (match,) = dup.find_copies(data.subset([0]), data.subset([1]))
+    assert match.method == "affine" or name.startswith("zoom 0.5"), match
+    if match.method == "affine":
+        assert match.geometry["scale"] == pytest.approx(scale, rel=0.06), match
+        assert match.overlap_query == pytest.approx(overlap_copy, abs=0.1), match
+        assert match.overlap_reference == pytest.approx(overlap_source, abs=0.1), match
+        assert match.kind == ("copy" if max(overlap_copy, overlap_source) >= 0.9 else "overlap")
+        assert bool(match.geometry["mirrored"]) == ("flipped" in name)
+    if name.startswith("shear"):
+        assert "shear" in match.transform and 15 <= abs(match.geometry["shear"]) <= 25, match
+
+
+def test_overlapping_tiles_match_adjacent_tiles_do_not() -> None:
+    big = slide(900, 300, seed=32)
+    # Tiles of 300x300: b overlaps a by 60 %, c touches b's right edge, d sits beyond; other slides look alike.
+    corners = {"a": 0, "b": 120, "c": 420, "d": 600}
+    tiles = [big.crop((x, 0, x + 300, 300)) for x in corners.values()]
+    tiles += [slide(300, 300, seed=40 + i) for i in range(3)]
+    data = dup.DescriptorSet.from_descriptors([dup.describe(t) for t in tiles])
+    matches = dup.find_copies(data)
+    assert [(m.query_index, m.reference_index) for m in matches] == [(0, 1)]
+    (match,) = matches
+    assert match.kind == "overlap" and match.overlap == pytest.approx(0.6, abs=0.05)
+    assert match.geometry["shift_x"] == pytest.approx(0.4, abs=0.03)  # b's centre lies 120 px right of a's
+    # Raising min_overlap above the shared area drops the pair.
+    assert dup.find_copies(data, min_overlap=0.7) == []
+
+
+def test_blank_images_are_never_matched() -> None:
+    rng = np.random.default_rng(0)
+    background = np.clip(rng.normal(232, 2.0, (240, 320, 3)), 0, 255).astype(np.uint8)
+    pen = Image.fromarray(background.copy())
+    ImageDraw.Draw(pen).line([(20, 200), (140, 60), (300, 40)], fill=(30, 60, 150), width=6)
+    blanks = [Image.fromarray(background), Image.fromarray(background).transpose(T.ROTATE_180), pen,
+              pen.transpose(T.FLIP_LEFT_RIGHT), Image.new("RGB", (200, 150), (255, 255, 255))]
+    tissue = slide(320, 240, seed=33)
+    data = dup.DescriptorSet.from_descriptors([dup.describe(im) for im in [*blanks, tissue, tissue.rotate(90)]])
+    assert data.blank.tolist() == [True] * 5 + [False, False]
+    assert [(m.query_index, m.reference_index) for m in dup.find_copies(data)] == [(5, 6)]
+
+
+def test_local_features_survive_the_cache_round_trip(tmp_path: Path, field_of_view: Image.Image) -> None:
+    data = dup.DescriptorSet.from_descriptors([dup.describe(field_of_view), dup.describe(slide(200, 160, seed=4))])
+    loaded = dup.DescriptorSet.load(data.save(tmp_path / "set.npz"))
+    for name in ("kp_offsets", "kp_xy", "kp_desc", "kp_desc_mirror", "texture"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(data, name))
+    both = dup.DescriptorSet.concat([loaded, data])
+    assert both.local(2).desc.tobytes() == data.local(0).desc.tobytes()
+    assert both.subset([3]).local(0).xy.tolist() == data.local(1).xy.tolist()
+    shifted = dup.DescriptorSet.from_descriptors([dup.describe(affine(field_of_view, np.eye(2), (0.2, 0.1)))])
+    assert len(dup.find_copies(shifted, loaded)) == 1
