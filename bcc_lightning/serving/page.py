@@ -27,6 +27,8 @@ td img { width: 200px; height: auto; image-rendering: auto; }
 <h1>Breast microscopy: benign / malignant</h1>
 <p class="note">Research use only: not a medical device and not for diagnosis.</p>
 <p id="model">Loading model information...</p>
+<p id="synthetic" class="note" hidden><strong>This model was trained on SYNTHETIC demo data: its answers say nothing
+about real microscopy.</strong></p>
 <div id="drop">
   <p>Drop images here, or <input type="file" id="files" accept="image/*" multiple></p>
   <label><input type="checkbox" id="cam" checked> Grad-CAM heat maps</label>
@@ -47,6 +49,7 @@ fetch("model").then(r => r.json()).then(card => {
   document.getElementById("model").textContent = "Model: " + ((card.model || {}).backbone || "?") +
     ", threshold " + Number(s.threshold).toFixed(3) + " (" + (s.threshold_method || "") + ")" +
     (s.tta ? ", TTA on" : "");
+  document.getElementById("synthetic").hidden = !(card.training_data || {}).synthetic;
 }).catch(() => { document.getElementById("model").textContent = "Model information unavailable."; });
 
 function cell(row, text, cls) {
@@ -99,15 +102,21 @@ async function send(file) {
 function handle(files) { for (const f of files) send(f); }
 
 function quote(value) {
-  const text = String(value);
-  return /[",\\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  let text = String(value);
+  // A text cell that starts like a formula is run by spreadsheets (CSV injection): a leading ' keeps it text.
+  if (typeof value === "string" && /^[=+\\-@\\t\\r]/.test(text)) text = "'" + text;
+  return /[",\\n\\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+}
+
+function csvText(rows) {
+  const keys = ["name", "label", "prob_malignant", "threshold", "uncertainty", "error"];
+  const lines = [keys.join(",")].concat(rows.map(r => keys.map(k => quote(r[k])).join(",")));
+  return lines.join("\\n") + "\\n";
 }
 
 csvButton.addEventListener("click", () => {
-  const keys = ["name", "label", "prob_malignant", "threshold", "uncertainty", "error"];
-  const lines = [keys.join(",")].concat(results.map(r => keys.map(k => quote(r[k])).join(",")));
   const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([lines.join("\\n") + "\\n"], { type: "text/csv" }));
+  link.href = URL.createObjectURL(new Blob([csvText(results)], { type: "text/csv" }));
   link.download = "predictions.csv";
   link.click();
   URL.revokeObjectURL(link.href);
