@@ -1,7 +1,13 @@
-"""Checkpoints: read weights-only, rebuild the model from the checkpoint's own hyperparameters, write atomically."""
+"""Checkpoints: read weights-only, rebuild the model from the checkpoint's own hyperparameters, write atomically.
+
+A checkpoint can also carry its evaluated operating point (`bcc-eval ... save_to=model.ckpt` writes such a copy):
+threshold and how it was chosen, temperature, TTA views, preprocessing, group rule and provenance, under the key
+DEPLOYMENT_KEY. Predict, export and serve read it from there with threshold=auto, wherever the file lies.
+"""
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -11,7 +17,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from bcc_lightning.models.backbones import recorded_hf_hub_config
 from bcc_lightning.models.module import BCCClassifier
-from bcc_lightning.utils.atomic_io import atomic_write
+from bcc_lightning.utils.atomic_io import atomic_write, sha256_file
 from bcc_lightning.utils.errors import UserError
 
 
@@ -62,3 +68,108 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return read_checkpoint(path)  # weights-only, on the CPU, with a clear error for a corrupt file
+
+
+# ------------------------------------------------------------------------------------------- the deployable point
+
+DEPLOYMENT_KEY = "bcc_deployment"
+DEPLOYMENT_VERSION = 1
+# Training state a deployed model does not need (and a resume from the copy would not expect): left out of save_to.
+_TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops")
+
+
+def how_to_get_a_point(ckpt: str | Path) -> str:
+    return (f"Turn an evaluation into the model to ship with "
+            f"`bcc-eval ckpt={ckpt} threshold=youden save_to=model.ckpt` (any threshold method; add "
+            f"calibrate=temperature and tta=true as wanted) and use ckpt=model.ckpt, or give the threshold yourself: "
+            f"threshold=0.5, or threshold=PATH/metrics.json of an evaluation")
+
+
+def deployment_point(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any] | None:
+    """The evaluated operating point a checkpoint carries (validated), or None when it carries none."""
+    point = checkpoint.get(DEPLOYMENT_KEY)
+    if point is None:
+        return None
+    threshold, temperature = point.get("threshold") if isinstance(point, dict) else None, None
+    if isinstance(point, dict):
+        temperature = point.get("temperature", 1.0)
+    ok = (isinstance(threshold, (int, float)) and 0 <= threshold <= 1 and isinstance(temperature, (int, float))
+          and math.isfinite(temperature) and temperature > 0 and isinstance(point.get("tta"), bool))
+    if not ok:
+        raise UserError(f"{path} carries an operating point that is not valid (threshold {threshold!r}, temperature "
+                        f"{temperature!r}); it was edited or written by another version. " + how_to_get_a_point(path)
+                        + ".")
+    return dict(point)
+
+
+def check_save_to(out: str | Path, source: str | Path) -> Path:
+    """save_to's path, checked before any work: a new .ckpt file in an existing folder."""
+    out = Path(out).expanduser()
+    if out.suffix != ".ckpt":
+        raise UserError(f"save_to={out} should end in .ckpt: it is a checkpoint that predict, export and serve take "
+                        f"as ckpt=.")
+    if out.exists():
+        same = out.resolve() == Path(source).resolve()
+        raise UserError(f"save_to={out} " + ("is the evaluated checkpoint itself" if same else "already exists")
+                        + ": it is never overwritten. Pass a new file name (or delete the old file first).")
+    if not out.parent.is_dir():
+        raise UserError(f"save_to={out}: the folder {out.parent} does not exist; create it or pass another path.")
+    return out
+
+
+def write_deployable(source: Path, checkpoint: dict[str, Any], point: dict[str, Any], out: Path) -> Path:
+    """A new checkpoint at `out`: the source's weights and hyperparameters plus the evaluated point, written
+    atomically (a crash leaves no half file). Never overwrites the source or any existing file."""
+    out = check_save_to(out, source)
+    body = {k: v for k, v in checkpoint.items() if k not in _TRAINING_STATE}
+    body[DEPLOYMENT_KEY] = {**point, "version": DEPLOYMENT_VERSION,
+                            "source_checkpoint": str(Path(source).resolve()),
+                            "source_checkpoint_sha256": sha256_file(source)}
+    atomic_write(out, lambda tmp: torch.save(body, tmp), fsync=True)
+    return out
+
+
+def parse_tta(value: Any) -> bool | None:
+    """tta= of predict, export and serve: True, False, or None for auto (the operating point's own views)."""
+    text = str(value).strip().lower()
+    if value is None or text == "auto":
+        return None
+    if value is True or text == "true":
+        return True
+    if value is False or text == "false":
+        return False
+    raise UserError(f"tta must be auto (the views the operating point was chosen with), true (the 8 flips and "
+                    f"rotations) or false (the image alone); got {value!r}.")
+
+
+def resolve_tta(requested: Any, point: dict[str, Any]) -> bool:
+    """Whether to average the 8 TTA views: the operating point's own views by default. A threshold chosen on val
+    (or a fitted temperature) belongs to the probabilities it was chosen on, so asking for the other kind is
+    refused: single-view probabilities are on another scale than 8-view means (a simulated sensitivity@0.95 point
+    fell from 0.94 to 0.81 applied without its TTA)."""
+    wanted, point_tta = parse_tta(requested), point.get("tta")
+    if wanted is None:
+        return bool(point_tta)
+    chosen = point.get("chosen_on") is not None or float(point.get("temperature", 1.0)) != 1.0
+    if not isinstance(point_tta, bool) or not chosen or wanted == point_tta:
+        return wanted
+    had, asked = ("with TTA (the mean of 8 views)", "without") if point_tta else ("on single views", "with")
+    raise UserError(
+        f"The operating point (threshold {float(point['threshold']):.4g}, {point.get('method')}, from "
+        f"{point.get('source', 'the checkpoint')}) was chosen {had}; applying it {asked} TTA puts the threshold on "
+        f"probabilities of another scale, and its sensitivity and specificity no longer hold. Leave tta=auto to "
+        f"apply the point as evaluated, or pass your own threshold=NUMBER with tta={str(wanted).lower()}, or "
+        f"evaluate that way: `bcc-eval ... tta={str(wanted).lower()} save_to=NEW.ckpt`.")
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """How the threshold was chosen, with its temperature, views and source (predictions.csv's threshold_method)."""
+    text = str(point.get("method", "fixed"))
+    if point.get("chosen_on"):
+        text += f", chosen on {point['chosen_on']}"
+    temperature = float(point.get("temperature", 1.0))
+    if temperature != 1.0:
+        text += f"; temperature T = {temperature:.6g}"
+    if point.get("tta") is True:
+        text += "; TTA (8 views)"
+    return text + (f"; from {point['source']}" if point.get("source") else "")

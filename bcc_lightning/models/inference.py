@@ -6,7 +6,6 @@ deviation; without TTA there is one view, so the probability is sigmoid(logit / 
 
 from __future__ import annotations
 
-import io
 import time
 import weakref
 from collections.abc import Iterable, Iterator
@@ -47,6 +46,12 @@ FAST_CHOICES = ("auto", "true", "false")
 FAST_AUTO_MIN_IMAGES = 512
 
 
+def _fast_spec() -> Any:
+    from bcc_lightning.models.export import GraphSpec
+
+    return GraphSpec(input="uint8_nchw", outputs=("logit",))
+
+
 def parse_fast(value: Any) -> bool | str:
     """The `inference.fast` value: True, False or "auto"."""
     text = str(value).strip().lower()
@@ -77,38 +82,33 @@ def want_fast(fast: Any, n_images: int | None, device: torch.device) -> bool:
 
 
 def onnx_bytes(model: nn.Module, size: int) -> bytes:
-    """The model's uint8-in, logit-out graph (normalisation included), fp32, as ONNX bytes in memory."""
-    import copy
-    import warnings
+    """The fast path's graph: uint8 pixels (N, 3, S, S) in, the logit (N,) out, normalisation inside, fp32. Built by
+    the one exporter (models.export), the same code and opset as bcc-export's graph."""
+    from bcc_lightning.models.export import export_graph
 
-    # A copy: export wants fp32 channels-first weights, and the caller's model must stay as it is.
-    clone = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
-    clone.channels_last = False
-    buffer = io.BytesIO()
-    example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
-    with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
-        torch.onnx.export(clone, (example,), buffer, dynamo=False, opset_version=17, input_names=["pixels"],
-                          output_names=["logit"], dynamic_axes={"pixels": {0: "batch"}, "logit": {0: "batch"}})
-    return buffer.getvalue()
+    if int(model.preprocess.img_size) != size:  # type: ignore[union-attr]
+        raise ValueError(f"the model's input size is {model.preprocess.img_size}, not {size}")  # type: ignore[union-attr]
+    return export_graph(model, _fast_spec())
 
 
 class OnnxRunner:
     """ONNX Runtime (CPU, fp32, every graph optimisation, one intra-op thread per torch thread) on the model's
-    exported graph: uint8 batches (N, 3, S, S) of any N -> fp32 logits (N,), as model(batch) gives them."""
+    exported graph: uint8 batches (N, 3, S, S) of any N -> fp32 logits (N,), as model(batch) gives them. The graph
+    passes models.export.check_parity against the eager model before it is used."""
 
-    def __init__(self, model: nn.Module, size: int, threads: int | None = None) -> None:
-        import onnxruntime as ort
+    def __init__(self, model: nn.Module, size: int, threads: int | None = None, check: bool = True) -> None:
+        from bcc_lightning.models.export import check_parity, onnx_session
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
         self.size = size
-        self.session = ort.InferenceSession(onnx_bytes(model, size), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(onnx_bytes(model, size), threads or torch.get_num_threads())
+        if check:
+            parity = check_parity(model, self.session, _fast_spec(), batches=(2,))
+            if not parity["passed"]:
+                raise RuntimeError(f"the ONNX graph differs from the eager model by {parity['max_abs_diff']:.2e}")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         pixels = images.to("cpu", torch.uint8).contiguous().numpy()  # TTA's views are strided: one copy
-        return torch.from_numpy(self.session.run(["logit"], {"pixels": pixels})[0])
+        return torch.from_numpy(self.session.run(["logit"], {"images": pixels})[0])
 
 
 # model -> (weights version, runner or None when it could not be built); weak, so a dropped model frees its session
@@ -185,9 +185,10 @@ def predict_view_logits(model: nn.Module, batches: Iterable[torch.Tensor], devic
 
 def view_probabilities(view_logits: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor,
                                                                                      torch.Tensor | None]:
-    """(probability, spread): mean over views of sigmoid(logit / T), and the views' standard deviation (None for
-    one view)."""
-    probs = torch.sigmoid(view_logits.float() / float(temperature))
+    """(probability, spread), float64: mean over views of sigmoid(logit / T), and the views' standard deviation
+    (None for one view). float64 from the logit on: sigmoid of a float32 logit rounds to exactly 1.0 above ~16.7,
+    which would tie the most confident images (and clip their log loss)."""
+    probs = torch.sigmoid(view_logits.double() / float(temperature))
     spread = probs.std(dim=1, unbiased=False) if probs.shape[1] > 1 else None
     return probs.mean(dim=1), spread
 
@@ -195,6 +196,6 @@ def view_probabilities(view_logits: torch.Tensor, temperature: float = 1.0) -> t
 def predict_batches(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device,
                     precision: Any = "auto", tta: bool = False, temperature: float = 1.0, fast: Any = False,
                     n_images: int | None = None) -> torch.Tensor:
-    """Malignant probabilities (float32, on CPU) for image batches: uint8 pixels, or floats already normalised."""
+    """Malignant probabilities (float64, on CPU) for image batches: uint8 pixels, or floats already normalised."""
     logits = predict_view_logits(model, batches, device, precision, tta, fast=fast, n_images=n_images)
     return view_probabilities(logits, temperature)[0]

@@ -13,8 +13,9 @@ A prediction is malignant when prob >= threshold.
 Logits may be one per image (N,) or one per TTA view (N, V): the probability is then the mean over the views of
 sigmoid(logit / T), the same rule as inference.view_probabilities, so T is fitted on what predict will compute.
 
-`resolve_operating_point` turns predict's and export's `threshold=` (a number, an evaluation's metrics.json, or
-`auto`) into (threshold, operating point); the point carries the temperature when the evaluation calibrated.
+`resolve_operating_point` turns predict's, export's and serve's `threshold=` (a number, an evaluation's metrics.json,
+or `auto`: the point the checkpoint carries) into (threshold, operating point); the point carries the temperature
+when the evaluation calibrated, and its TTA views.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ class OperatingPoint:
     f1: float
     youden: float
     n: int
-
     note: str | None = None  # e.g. a target that no threshold in [0, 1] reaches
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -228,7 +229,6 @@ def apply_temperature(logits: Any, temperature: float) -> np.ndarray:
     return probs.mean(axis=1) if probs.ndim == 2 else probs
 
 
-def logits_from_probs(probs: Any, eps: float = 1e-7) -> np.ndarray:
 def view_logit(logits: Any, temperature: float = 1.0) -> np.ndarray:
     """The logit of apply_temperature's probability, computed without forming it: logit / T for one view, and
     log(mean sigmoid(z_v)) - log(mean sigmoid(-z_v)) with z = logit / T for (N, V) views.
@@ -246,6 +246,7 @@ def view_logit(logits: Any, temperature: float = 1.0) -> np.ndarray:
     return log_p - log_q
 
 
+def logits_from_probs(probs: Any, eps: float = 1e-7) -> np.ndarray:
     """Logits from stored probabilities (clipped to [eps, 1 - eps], as compute_metrics' log loss does)."""
     p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
     return np.log(p) - np.log1p(-p)
@@ -263,9 +264,6 @@ def fit_operating_point(labels: Any, logits: Any, method: str | float,
 # predict's and export's threshold=
 # ---------------------------------------------------------------------------------------------------------------
 
-NO_EVALUATION = "fixed (no evaluation found)"
-
-
 def _point_from_metrics(path: Path, value: Any) -> tuple[float, dict[str, Any]]:
     try:
         body = json.loads(path.read_text())
@@ -281,23 +279,47 @@ def _point_from_metrics(path: Path, value: Any) -> tuple[float, dict[str, Any]]:
     if not isinstance(temperature, (int, float)) or not (math.isfinite(temperature) and temperature > 0):
         raise UserError(f"{path}: operating_point.temperature is {temperature!r}, not a positive number; re-run "
                         f"`bcc-eval ... calibrate=temperature` to write a valid one, or pass a number instead.")
-    return float(point["threshold"]), {**point, "source": str(path.resolve())}
+    point = {**point, "source": str(path.resolve())}
+    if "tta" not in point and isinstance(body.get("tta"), bool):
+        point["tta"] = body["tta"]  # the evaluation's views: the point was chosen on those probabilities
+    return float(point["threshold"]), point
 
 
-def resolve_operating_point(value: Any, ckpt: Path | None = None) -> tuple[float, dict[str, Any]]:
-    """(threshold, operating point) for predict and export from `threshold=`:
+def _checkpoint_point(ckpt: Path, checkpoint: dict[str, Any] | None) -> tuple[float, dict[str, Any]]:
+    """threshold=auto: the evaluated point the checkpoint itself carries (bcc-eval save_to), never a file beside it."""
+    from bcc_lightning.models.checkpoint import deployment_point, how_to_get_a_point, read_checkpoint
+
+    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(ckpt)
+    point = deployment_point(checkpoint, ckpt)
+    if point is None:
+        old = "preprocess" not in (checkpoint.get("hyper_parameters") or {})
+        raise UserError(
+            f"threshold=auto: {ckpt} carries no evaluated operating point"
+            + (" (it was written by an older version of bcc-lightning, which kept the point beside the run; the "
+               "model itself still works)" if old else " (checkpoints written by train.py carry none)")
+            + ", so there is no threshold to apply, and none is guessed. " + how_to_get_a_point(ckpt) + ".")
+    provenance = point.get("provenance") or {}
+    where = ", ".join(str(x) for x in (provenance.get("eval_run"), provenance.get("evaluated_at")) if x)
+    return float(point["threshold"]), {**point, "source": f"{ckpt}" + (f" (evaluated by bcc-eval: {where})"
+                                                                        if where else "")}
+
+
+def resolve_operating_point(value: Any, ckpt: Path | None = None,
+                            checkpoint: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+    """(threshold, operating point) for predict, export and serve from `threshold=`:
 
     - a number in [0, 1]: that threshold (method 'fixed');
-    - the path of an evaluation's metrics.json: its operating_point (method, temperature, ...) with `source`;
-    - `auto`: the operating point of the checkpoint's own run (<run>/test/metrics.json, the run being
-      ckpt.parent.parent), else 0.5 with the method 'fixed (no evaluation found)'.
+    - the path of an evaluation's metrics.json: its operating_point (method, temperature, TTA...) with `source`;
+    - `auto`: the operating point the checkpoint carries (`bcc-eval ... save_to=model.ckpt` writes it), with its
+      TTA views, temperature and provenance; a checkpoint without one is a UserError saying how to get one.
+      Nothing is read from where the file lies. `checkpoint`: its contents, when already read.
     The point's 'temperature' (default 1) goes with the threshold: probabilities are sigmoid(logit / T).
     """
     if isinstance(value, str) and value.strip().lower() == "auto":
-        candidate = ckpt.expanduser().resolve().parent.parent / "test" / "metrics.json" if ckpt else None
-        if candidate is not None and candidate.is_file():
-            return _point_from_metrics(candidate, value)
-        return 0.5, {"threshold": 0.5, "method": NO_EVALUATION, "chosen_on": None}
+        if ckpt is None:
+            raise UserError("threshold=auto reads the operating point from the checkpoint, and none was given; pass "
+                            "a number (e.g. threshold=0.5) or an evaluation's metrics.json.")
+        return _checkpoint_point(Path(ckpt).expanduser(), checkpoint)
     number: float | None
     try:
         number = None if isinstance(value, bool) else float(value)
@@ -306,12 +328,12 @@ def resolve_operating_point(value: Any, ckpt: Path | None = None) -> tuple[float
     if number is not None:
         if not (math.isfinite(number) and 0 <= number <= 1):
             raise UserError(f"threshold={value} must lie in [0, 1], be the path of an evaluation's metrics.json, "
-                            f"or be auto (the operating point of the checkpoint's own run).")
+                            f"or be auto (the operating point the checkpoint carries).")
         return number, {"threshold": number, "method": "fixed", "chosen_on": None}
     path = Path(str(value)).expanduser()
     if not path.is_file():
         raise UserError(f"threshold={value!r} is neither a number in [0, 1] nor an existing file. Pass e.g. "
-                        f"threshold=0.5, threshold=auto (the checkpoint's own run's evaluation), or "
-                        f"threshold=outputs/eval/<run>/metrics.json from `bcc-eval threshold=youden` to copy the "
-                        f"threshold chosen on the validation split.")
+                        f"threshold=0.5, threshold=auto (the operating point the checkpoint carries, written by "
+                        f"`bcc-eval ... save_to=model.ckpt`), or threshold=outputs/eval/<run>/metrics.json from "
+                        f"`bcc-eval threshold=youden` to copy the threshold chosen on the validation split.")
     return _point_from_metrics(path, value)

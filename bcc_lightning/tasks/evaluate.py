@@ -1,11 +1,16 @@
-"""`python eval.py ckpt=PATH [split=test] [data.root=ROOT] [threshold=0.5|youden|f1]` (also `bcc-eval`).
+"""`python eval.py ckpt=PATH [split=test] [data.root=ROOT] [threshold=0.5|youden|f1] [save_to=model.ckpt]` (also
+`bcc-eval`).
 
 The model, its preprocessing and its training data root come from the checkpoint, never from the current config.
+`save_to=PATH.ckpt` writes a copy of the checkpoint that carries the evaluated operating point (the deployable
+model; models.checkpoint.write_deployable): predict, export and serve apply it with threshold=auto wherever it lies.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,7 @@ from bcc_lightning.data.audit import audit_gate, audit_workers, external_copies
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.groups import with_group_overlap
 from bcc_lightning.data.layout import scan_labelled
-from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
+from bcc_lightning.models.checkpoint import check_save_to, load_checkpoint, read_checkpoint, write_deployable
 from bcc_lightning.reports.card import write_card
 from bcc_lightning.reports.evaluation import EvalSettings, evaluate, stain_stress
 from bcc_lightning.reports.report import write_metrics_json
@@ -78,15 +83,48 @@ def _with_ci(metrics: dict[str, Any], key: str) -> str:
     return f"{value:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
 
 
+# metrics.json keys summarised in the deployable model's provenance
+SUMMARY_METRICS = ("n", "accuracy", "balanced_accuracy", "recall", "specificity", "precision", "f1", "auroc", "ece",
+                   "threshold")
+
+
+def deployable_point(result: dict[str, Any], settings: EvalSettings, model: Any, outdir: Path) -> dict[str, Any]:
+    """What save_to writes into the checkpoint: the evaluated operating point and everything needed to apply it
+    as it was evaluated (temperature, views, preprocessing, group rule), with where and when it came from."""
+    info, metrics = result["operating_point"], result["metrics"]
+    return {
+        **info,
+        "temperature": float(info.get("temperature", 1.0)),
+        "tta": bool(settings.tta),
+        "views": ("mean over the 8 flips / 90-degree rotations of sigmoid(logit / T)" if settings.tta
+                  else "the image alone: sigmoid(logit / T)"),
+        "group_rule": settings.group_rule,
+        "group_threshold": info.get("group_threshold"),
+        "preprocessing": model.preprocess.to_dict(),
+        "provenance": {
+            "written_by": "bcc-eval save_to", "eval_run": str(outdir),
+            "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv), "data_root": result["data_root"], "split": result["split"],
+            "fold": result.get("fold"), "threshold_method": result["threshold_method"],
+            "metrics": {key: metrics.get(key) for key in SUMMARY_METRICS},
+            "leakage": (result.get("leakage") or {}).get("verdict"),
+        },
+    }
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     if not cfg.get("ckpt"):
         raise UserError("Pass the checkpoint to evaluate: `python eval.py ckpt=outputs/train/<run>/checkpoints/"
                         "last.ckpt` (train.py prints the best checkpoint's path at the end).")
+    if not isinstance(cfg.tta, bool):
+        raise UserError(f"tta must be true or false for bcc-eval (got {cfg.tta!r}): it decides the views the "
+                        f"operating point is chosen with, which save_to then records.")
     if cfg.split not in ("train", "val", "test"):
         raise UserError(f"split must be train, val or test (got {cfg.split!r}).")
     outdir = run_dir()
     ckpt = Path(cfg.ckpt).expanduser().resolve()
+    save_to = check_save_to(cfg.save_to, ckpt) if cfg.get("save_to") else None  # before the work, not after
     checkpoint = read_checkpoint(ckpt)
     model = load_checkpoint(ckpt, checkpoint)
     data_info = model.hparams.get("data_info") or {}
@@ -133,6 +171,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if leakage is not None and not leakage["clean"]:
         print(f"WARNING (leakage): {leakage['verdict']}")
     print(f"Report written to {outdir}/report.md (metrics.json, figures, gradcam/)")
+    if save_to is not None:
+        point = deployable_point(result, settings, model, outdir)
+        write_deployable(ckpt, checkpoint, point, save_to)
+        result["deployable_model"] = str(save_to)
+        views = "TTA (8 views)" if point["tta"] else "no TTA"
+        print(f"Deployable model written to {save_to}: threshold {point['threshold']:.4f} "
+              f"({result['threshold_method']}), temperature {point['temperature']:.4g}, {views}. bcc-predict, "
+              f"bcc-export and bcc-serve apply it with threshold=auto, wherever the file is copied.")
     return result
 
 

@@ -3,7 +3,8 @@ over HTTP with LitServe.
 
 POST /predict takes images as multipart fields named `file` (`cam=true` adds a Grad-CAM PNG) and answers one JSON
 object per image; GET /model is the model card, GET /health LitServe's health check, GET / a page for browsers.
-threshold=auto takes the operating point (threshold and temperature) of the checkpoint's own run, as bcc-predict does.
+threshold=auto applies the operating point the checkpoint carries (threshold, temperature, TTA views), as bcc-predict
+does; a checkpoint without one stops with a message saying how to get one.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from bcc_lightning.models.checkpoint import read_checkpoint
+from bcc_lightning.models.checkpoint import point_label, read_checkpoint, resolve_tta
 from bcc_lightning.reports.operating_point import resolve_operating_point
-from bcc_lightning.tasks.predict import threshold_label
 from bcc_lightning.utils.config import check_config
 from bcc_lightning.utils.errors import UserError
 
-USAGE = ("Usage: bcc-serve ckpt=PATH [host=127.0.0.1] [port=8000] [threshold=auto|0.5|PATH/metrics.json] [tta=true] "
-         "[cam=true] [max_batch_size=8] [batch_timeout=0.01] [workers=1] [max_upload_mb=20]")
+USAGE = ("Usage: bcc-serve ckpt=PATH [host=127.0.0.1] [port=8000] [threshold=auto|0.5|PATH/metrics.json] "
+         "[tta=auto|true|false] [cam=true] [max_batch_size=8] [batch_timeout=0.01] [workers=1] [max_upload_mb=20]")
 
 
 def _number(cfg: DictConfig, key: str, low: float, integer: bool = False) -> Any:
@@ -58,8 +58,9 @@ def run(cfg: DictConfig) -> None:
         raise UserError(f"ckpt={ckpt} is an exported model; bcc-serve serves the .ckpt written by train.py (it needs "
                         f"the PyTorch model for TTA and Grad-CAM). Pass e.g. ckpt=outputs/train/<run>/checkpoints/"
                         f"last.ckpt.")
-    read_checkpoint(ckpt)  # a missing or foreign file fails here with its own message, before any worker starts
-    threshold, point = resolve_operating_point(cfg.threshold, ckpt)
+    # a missing or foreign file fails here with its own message, before any worker starts
+    threshold, point = resolve_operating_point(cfg.threshold, ckpt, read_checkpoint(ckpt))
+    tta = resolve_tta(cfg.get("tta", "auto"), point)
     if not 0 < threshold < 1:
         raise UserError(f"threshold must lie strictly between 0 and 1; got {threshold}.")
     port = _number(cfg, "port", 0, integer=True)
@@ -68,7 +69,7 @@ def run(cfg: DictConfig) -> None:
     from bcc_lightning.serving.api import ServeSettings, build_server  # litserve only loads for this task
 
     settings = ServeSettings(
-        ckpt=str(ckpt), point=dict(point), threshold_method=threshold_label(point), tta=bool(cfg.tta),
+        ckpt=str(ckpt), point=dict(point), threshold_method=point_label(point), tta=tta,
         cam=bool(cfg.cam), cam_layer=cfg.get("cam_layer"),
         max_batch_size=_number(cfg, "max_batch_size", 1, integer=True),
         batch_timeout=_number(cfg, "batch_timeout", 0), workers=_number(cfg, "workers", 1, integer=True),
@@ -81,6 +82,7 @@ def run(cfg: DictConfig) -> None:
                         f"(every IPv4 interface) or :: (every IPv6 interface).")
     server = build_server(settings)
     print(f"Serving {ckpt} at http://{host}:{port}/ (threshold {threshold:.4f}, {settings.threshold_method}; "
+          f"{'TTA: 8 views' if tta else 'no TTA'}; "
           f"batches of up to {settings.max_batch_size} requests). Ctrl+C stops.", flush=True)
     server.run(host=host, port=port, num_api_servers=1, generate_client_file=False,
                log_level=str(cfg.get("log_level", "warning")))

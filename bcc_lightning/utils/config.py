@@ -137,7 +137,8 @@ RULES: dict[str, Any] = {
     "model.pos_weight": lambda v: None if v in (None, "none", "auto") else _number(v, 0, 1e6, low_open=True),
     "compile": _boolean,
     "resume": _boolean,
-    "tta": _boolean,
+    # auto: predict/export/serve apply the operating point's own views (eval itself takes true or false)
+    "tta": lambda v: None if isinstance(v, bool) or v == "auto" else "auto, true or false",
     "inference.fast": lambda v: None if isinstance(v, bool) or v == "auto" else "auto, true or false",
     "stain_stress": _boolean,
     "split": lambda v: _choice(v, ("train", "val", "test")),

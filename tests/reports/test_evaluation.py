@@ -158,8 +158,8 @@ def test_predict_skips_bad_files(trained_run: Path, demo_root: Path, tmp_path: P
     for p in list((demo_root / "test" / "B").glob("*.png"))[:2] + list((demo_root / "test" / "M").glob("*.png"))[:2]:
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    rows = predict(best_ckpt(trained_run), folder, tmp_path / "preds.csv", num_workers=0, accelerator="cpu",
-                   precision="32-true", cam=True)
+    rows = predict(best_ckpt(trained_run), folder, tmp_path / "preds.csv", threshold=0.5, num_workers=0,
+                   accelerator="cpu", precision="32-true", cam=True)
     by_name = {Path(r["path"]).name: r for r in rows}
     assert "not a readable image" in by_name["corrupt.png"]["error"] and by_name["corrupt.png"]["pred_label"] == ""
     good = [r for r in rows if not r["error"]]

@@ -31,7 +31,8 @@ def spool(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(trained_run: Path, spool: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(best_ckpt(trained_run), tmp_path_factory.mktemp("serve"), "max_upload_mb=2",
+    # threshold=0.5: train.py's checkpoints carry no evaluated point, and threshold=auto stops for them (#24)
+    with running_server(best_ckpt(trained_run), tmp_path_factory.mktemp("serve"), "max_upload_mb=2", "threshold=0.5",
                         "trainer.precision=32-true", "max_batch_size=4", "batch_timeout=0.05",
                         env={"TMPDIR": str(spool)}) as url:
         yield url
@@ -55,8 +56,9 @@ def test_health_and_one_image_match_bcc_predict(server: str, trained_run: Path, 
     [row] = response.json()
     assert row["name"] == image.name and set(row) == {"name", "prob_malignant", "label", "threshold"}
     assert row["label"] == ("malignant" if row["prob_malignant"] >= row["threshold"] else "benign")
-    # the same probability and threshold as bcc-predict on the same file (both fp32, threshold=auto)
-    [expected] = predict(best_ckpt(trained_run), image, tmp_path / "p.csv", precision="32-true", accelerator="cpu")
+    # the same probability and threshold as bcc-predict on the same file (both fp32, threshold=0.5)
+    [expected] = predict(best_ckpt(trained_run), image, tmp_path / "p.csv", threshold=0.5, precision="32-true",
+                         accelerator="cpu")
     assert row["prob_malignant"] == pytest.approx(expected["prob_malignant"], abs=1e-5)
     assert row["threshold"] == pytest.approx(expected["threshold"])
 

@@ -57,7 +57,7 @@ def test_upload_shows_label_and_heat_map(browser: Any, trained_run: Path, demo_r
     from selenium.webdriver.support.ui import WebDriverWait
 
     image = sorted((demo_root / "test" / "M").glob("*.png"))[0]
-    with running_server(best_ckpt(trained_run), tmp_path) as url:
+    with running_server(best_ckpt(trained_run), tmp_path, "threshold=0.5") as url:
         browser.get(f"{url}/")
         wait = WebDriverWait(browser, WAIT)
         wait.until(lambda b: b.find_element(By.ID, "model").text.startswith("Model:"))

@@ -1,5 +1,5 @@
-"""predict and export share one operating point (threshold=auto|number|metrics.json) with its temperature;
-evaluation's calibrate=temperature; TTA spread and the referral curve."""
+"""predict and export share one operating point (threshold=auto: the point the checkpoint carries | number |
+metrics.json) with its temperature; evaluation's calibrate=temperature; TTA spread and the referral curve."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import torch
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.imageio import load_rgb
 from bcc_lightning.data.preprocess import to_pixels
-from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
+from bcc_lightning.models.checkpoint import DEPLOYMENT_KEY, load_checkpoint, read_checkpoint, write_deployable
 from bcc_lightning.models.export import run_exported
 from bcc_lightning.reports.evaluation import EvalSettings, evaluate
-from bcc_lightning.reports.operating_point import NO_EVALUATION, resolve_operating_point
+from bcc_lightning.reports.operating_point import resolve_operating_point
 from bcc_lightning.tasks import export as export_task
 from bcc_lightning.tasks.predict import predict
 from bcc_lightning.utils.errors import UserError
@@ -29,9 +29,9 @@ def best_ckpt(run: Path) -> Path:
     return Path(json.loads((run / "metrics.json").read_text())["checkpoint"])
 
 
-def copy_run(ckpt: Path, run: Path, scale: float = 1.0) -> Path:
-    """The checkpoint in a run layout of its own (<run>/checkpoints/x.ckpt); scale multiplies the last head layer,
-    i.e. every logit, to make an over-confident model."""
+def copy_run(ckpt: Path, run: Path, scale: float = 1.0, point: dict | None = None) -> Path:
+    """A copy of the checkpoint (<run>/checkpoints/model.ckpt); scale multiplies the last head layer, i.e. every
+    logit, to make an over-confident model; `point` is written into it as bcc-eval's save_to does."""
     target = run / "checkpoints" / "model.ckpt"
     target.parent.mkdir(parents=True)
     checkpoint = read_checkpoint(ckpt)
@@ -40,7 +40,12 @@ def copy_run(ckpt: Path, run: Path, scale: float = 1.0) -> Path:
         for key in (last, last[: -len("weight")] + "bias"):
             if key in checkpoint["state_dict"]:
                 checkpoint["state_dict"][key] = checkpoint["state_dict"][key] * scale
-    torch.save(checkpoint, target)
+    if point is None:
+        torch.save(checkpoint, target)
+    else:
+        source = run / "source.ckpt"
+        torch.save(checkpoint, source)
+        write_deployable(source, checkpoint, point, target)
     return target
 
 
@@ -56,22 +61,29 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.open()))
 
 
-def test_auto_uses_the_runs_evaluation_and_a_number_wins(trained_run: Path, demo_root: Path,
-                                                         tmp_path: Path) -> None:
-    ckpt = copy_run(best_ckpt(trained_run), tmp_path / "run")
+def test_auto_uses_the_point_the_checkpoint_carries_and_a_number_wins(trained_run: Path, demo_root: Path,
+                                                                        tmp_path: Path) -> None:
     folder = images(demo_root, tmp_path / "in")
-    # No evaluation beside the checkpoint: 0.5, and it says so.
-    rows = predict(ckpt, folder, tmp_path / "none.csv", num_workers=0, accelerator="cpu", precision="32-true")
-    assert {r["threshold"] for r in rows} == {0.5} and rows[0]["threshold_method"] == NO_EVALUATION
-    assert resolve_operating_point("auto", None) == (0.5, {"threshold": 0.5, "method": NO_EVALUATION,
-                                                           "chosen_on": None})
-    (tmp_path / "run" / "test").mkdir()
-    (tmp_path / "run" / "test" / "metrics.json").write_text(json.dumps({"operating_point": {
-        "threshold": 0.37, "method": "youden", "chosen_on": "val", "temperature": 2.0}}))
+    # No point in the checkpoint: a clear stop that says how to get one, not a silent 0.5.
+    plain = copy_run(best_ckpt(trained_run), tmp_path / "plain")
+    with pytest.raises(UserError, match="carries no evaluated operating point"):
+        predict(plain, folder, tmp_path / "none.csv", num_workers=0, accelerator="cpu", precision="32-true")
+    with pytest.raises(UserError, match="threshold=auto reads the operating point from the checkpoint"):
+        resolve_operating_point("auto", None)
+    # An evaluation beside the checkpoint is not read: nothing depends on where a file lies.
+    (tmp_path / "plain" / "test").mkdir()
+    (tmp_path / "plain" / "test" / "metrics.json").write_text(json.dumps({"operating_point": {"threshold": 0.37}}))
+    with pytest.raises(UserError, match="save_to=model.ckpt"):
+        resolve_operating_point("auto", plain)
+    point = {"threshold": 0.37, "method": "youden", "chosen_on": "val", "temperature": 2.0, "tta": False}
+    ckpt = copy_run(best_ckpt(trained_run), tmp_path / "run", point=point)
+    assert read_checkpoint(ckpt)[DEPLOYMENT_KEY]["source_checkpoint_sha256"]
+    assert "optimizer_states" not in read_checkpoint(ckpt)  # the deployable copy carries no training state
     auto = predict(ckpt, folder, tmp_path / "auto.csv", num_workers=0, accelerator="cpu", precision="32-true")
     written = read_rows(tmp_path / "auto.csv")
     assert {float(r["threshold"]) for r in written} == {0.37}
     assert "youden" in written[0]["threshold_method"] and "T = 2" in written[0]["threshold_method"]
+    assert str(ckpt) in written[0]["threshold_method"]
     fixed = predict(ckpt, folder, tmp_path / "fixed.csv", threshold=0.3, num_workers=0, accelerator="cpu",
                     precision="32-true")
     assert {r["threshold"] for r in fixed} == {0.3} and fixed[0]["threshold_method"] == "fixed"
@@ -80,20 +92,18 @@ def test_auto_uses_the_runs_evaluation_and_a_number_wins(trained_run: Path, demo
     assert [r["prob_malignant"] for r in auto] == pytest.approx(1 / (1 + np.exp(-logits / 2)), abs=1e-5)
     # export: auto picks up the same point, a number still wins.
     sidecar = export_task.run(compose_config("export", [f"ckpt={ckpt}", f"out={tmp_path / 'm.onnx'}"]))
-    assert sidecar["threshold"] == 0.37 and sidecar["temperature"] == 2.0
+    assert sidecar["threshold"] == 0.37 and sidecar["temperature"] == 2.0 and sidecar["tta_views"] == 1
     assert sidecar["operating_point"]["method"] == "youden" and sidecar["operating_point"]["source"]
-    plain = export_task.run(compose_config("export", [f"ckpt={ckpt}", f"out={tmp_path / 'p.onnx'}", "threshold=0.3",
-                                                      "check=false"]))
-    assert plain["threshold"] == 0.3 and plain["temperature"] == 1.0
+    plain_export = export_task.run(compose_config("export", [f"ckpt={ckpt}", f"out={tmp_path / 'p.onnx'}",
+                                                             "threshold=0.3", "check=false"]))
+    assert plain_export["threshold"] == 0.3 and plain_export["temperature"] == 1.0
     with pytest.raises(UserError, match="neither a number"):
         resolve_operating_point("youden", ckpt)
 
 
 def test_exported_probability_equals_predicts(trained_run: Path, demo_root: Path, tmp_path: Path) -> None:
-    ckpt = copy_run(best_ckpt(trained_run), tmp_path / "run")
-    (tmp_path / "run" / "test").mkdir()
-    (tmp_path / "run" / "test" / "metrics.json").write_text(json.dumps({"operating_point": {
-        "threshold": 0.4, "method": "f1", "chosen_on": "val", "temperature": 1.7}}))
+    point = {"threshold": 0.4, "method": "f1", "chosen_on": "val", "temperature": 1.7, "tta": False}
+    ckpt = copy_run(best_ckpt(trained_run), tmp_path / "run", point=point)
     folder = images(demo_root, tmp_path / "in")
     rows = predict(ckpt, folder, tmp_path / "p.csv", num_workers=0, accelerator="cpu", precision="32-true")
     export_task.run(compose_config("export", [f"ckpt={ckpt}", f"out={tmp_path / 'm.pt'}", "format=torchscript"]))
@@ -131,9 +141,9 @@ def test_temperature_calibration_travels_to_predict(trained_run: Path, demo_root
     md = (outdir / "report.md").read_text()
     assert "positive (malignant) class, 10 equal-width bins" in md and "](calibration_before_after.png)" in md
     assert "](referral_curve.png)" in md and (outdir / "referral_curve.png").stat().st_size > 0
-    # predict with threshold=auto finds this evaluation beside the checkpoint and applies its T.
-    rows = predict(ckpt, root / "test" / "M", tmp_path / "p.csv", num_workers=0, accelerator="cpu",
-                   precision="32-true")
+    # predict with this evaluation's metrics.json applies its T.
+    rows = predict(ckpt, root / "test" / "M", tmp_path / "p.csv", threshold=str(outdir / "metrics.json"),
+                   num_workers=0, accelerator="cpu", precision="32-true")
     evaluated = {r["path"]: float(r["prob_malignant"]) for r in read_rows(outdir / "predictions.csv")}
     for row in rows:
         assert row["threshold"] == point["threshold"]
