@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,14 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from bcc_lightning.callbacks.history import History
+from bcc_lightning.callbacks.preemption import Preemption, StopSignals
 from bcc_lightning.callbacks.seeding import EpochSeeder
 from bcc_lightning.data.audit import audit_gate, audit_workers
 from bcc_lightning.data.augment import AugmentConfig
@@ -32,8 +36,8 @@ from bcc_lightning.reports.card import write_card
 from bcc_lightning.reports.evaluation import EvalSettings, evaluate, predict_split_csv
 from bcc_lightning.reports.report import write_metrics_json
 from bcc_lightning.utils.config import check_config, log, run_dir, to_dict
-from bcc_lightning.utils.device import pick_device, resolve_precision
-from bcc_lightning.utils.errors import UserError
+from bcc_lightning.utils.device import check_accelerator, pick_device, resolve_precision
+from bcc_lightning.utils.errors import Stopped, UserError
 
 
 def _fmt(value: Any) -> str:
@@ -106,9 +110,14 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logg
         options["benchmark"] = not options.get("deterministic")
     if progress_bar_kind(cfg.callbacks.get("progress_bar", "auto")) == "none":
         options["enable_progress_bar"] = False
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # Our SIGUSR1 handler stops at an epoch boundary that resumes exactly (callbacks/preemption.py); Lightning's
+        # auto-requeue would write a mid-epoch hpc checkpoint instead. The job script requeues (README).
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     try:
         return L.Trainer(**options, callbacks=callbacks, logger=loggers, default_root_dir=str(outdir),
-                         plugins=[AtomicCheckpointIO()])
+                         plugins=plugins)
     except (TypeError, ValueError) as exc:
         raise UserError(f"Bad trainer option: {exc}. trainer.* keys are passed to lightning.Trainer.") from exc
 
@@ -159,6 +168,7 @@ def resume_path(cfg: DictConfig, outdir: Path) -> str | None:
 def validate_config(cfg: DictConfig) -> None:
     """Mistakes that would otherwise surface minutes into a run."""
     check_config(cfg)
+    check_accelerator(cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("devices"))
     unfreeze = cfg.model.get("unfreeze_at_epoch")
     if unfreeze is not None and not cfg.model.get("freeze_backbone"):
         raise UserError("model.unfreeze_at_epoch needs model.freeze_backbone=true (nothing is frozen to unfreeze).")
@@ -251,11 +261,18 @@ def record_in_trackers(cfg: DictConfig, loggers: list[Logger], outdir: Path) -> 
 
 
 def run(cfg: DictConfig) -> float | None:
-    """Train, test the best checkpoint, write metrics.json; return the best monitored value for sweepers."""
-    if cfg.get("probe"):  # experiment=linear_probe: a frozen backbone's embeddings and a linear head, same outputs
-        from bcc_lightning.tasks import probe
+    """Train, test the best checkpoint, write metrics.json; return the best monitored value for sweepers.
 
-        return probe.run(cfg)
+    SIGTERM or SIGUSR1 stops the run cleanly (callbacks/preemption.py): `Stopped`, exit status 128 + the signal."""
+    with StopSignals() as signals:
+        if cfg.get("probe"):  # experiment=linear_probe: a frozen backbone's embeddings and a linear head
+            from bcc_lightning.tasks import probe
+
+            return probe.run(cfg)
+        return _train(cfg, signals)
+
+
+def _train(cfg: DictConfig, signals: StopSignals) -> float | None:
     outdir = run_dir()
     validate_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
@@ -264,8 +281,9 @@ def run(cfg: DictConfig) -> float | None:
     model, datamodule, data_info = build(cfg, outdir)
     leakage = audit_data(cfg, datamodule)  # data.audit=error stops here, before any weights are trained
     callbacks, checkpoint = build_callbacks(cfg, outdir)
+    preemption = Preemption(signals)
     loggers = build_loggers(cfg, outdir)
-    trainer = build_trainer(cfg, callbacks, loggers or False, outdir)
+    trainer = build_trainer(cfg, [*callbacks, preemption], loggers or False, outdir)
     log.info("Backbone %s at %d px, initialisation %s, precision %s, run directory %s", cfg.model.name,
              model.preprocess.img_size, initialisation_text(model.hparams.initialisation), trainer.precision, outdir)
     for logger in loggers:
@@ -274,7 +292,15 @@ def run(cfg: DictConfig) -> float | None:
 
     # torch.compile: worth it on GPUs for long runs; checkpoints keep the plain module's parameter names.
     fit_model = torch.compile(model) if cfg.get("compile") else model
-    trainer.fit(fit_model, datamodule=datamodule, ckpt_path=resume_path(cfg, outdir))
+    try:
+        trainer.fit(fit_model, datamodule=datamodule, ckpt_path=resume_path(cfg, outdir))
+    except (SIGTERMException, Stopped) as exc:  # Lightning's own stop after a batch, or ours before the loops ran
+        signum = exc.signum if isinstance(exc, Stopped) else (signals.signum or signal.SIGTERM)
+        raise Stopped(signum, preemption.summary(trainer, signum, outdir)) from None
+    except SystemExit as exc:  # Lightning turns Ctrl+C into exit status 1; the entry point's own message and 130
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
 
     result = test_best(cfg, model, datamodule, checkpoint, trainer, loggers, outdir, leakage)
     record_in_trackers(cfg, loggers, outdir)

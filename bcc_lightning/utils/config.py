@@ -185,3 +185,87 @@ def check_config(cfg: DictConfig) -> None:
     if problems:
         raise UserError("Invalid setting" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems)
                         + ". Fix the value on the command line (key=value) or in the config file.")
+
+
+# ------------------------------------------------------------------------------------------- unknown keys
+_PREFIX = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~"}
+
+
+def _single_value_overrides(overrides: list[str]) -> list[str] | None:
+    """The command line's overrides with each sweep (`-m model=a,b`) reduced to its first value, so that one compose
+    checks every key; interval sweeps (Optuna) are left out. None when Hydra cannot parse them (it says why)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return None
+    single = []
+    for override in parsed:
+        if not override.is_sweep_override():
+            single.append(override.input_line)
+            continue
+        try:
+            first = next(iter(override.sweep_string_iterator()))
+        except Exception:
+            continue
+        package = f"@{override.package}" if override.package else ""
+        single.append(f"{_PREFIX.get(override.type.name, '')}{override.key_or_group}{package}={first}")
+    return single
+
+
+def unknown_key_message(config_name: str, overrides: list[str]) -> str | None:
+    """When an override names a key that `config_name` lacks (Hydra: "Key 'max_epoch' is not in struct"), one
+    paragraph naming the close matches at that level (`trainer.max_epochs`); None when the overrides compose, or
+    fail for another reason (Hydra's own message says it then)."""
+    import difflib
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    single = _single_value_overrides(overrides)
+    if single is None:
+        return None
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name=config_name):
+        try:
+            compose(config_name, overrides=single)
+            return None
+        except ConfigCompositionException as exc:
+            found = re.match(r"Could not override '([^']+)'", str(exc))
+            if not found or not isinstance(exc.__cause__, (ConfigAttributeError, ConfigKeyError)):
+                return None
+            bad = found.group(1)
+        rest = [o for o in single if _override_key(o) != bad]
+        try:
+            base = compose(config_name, overrides=rest)
+        except Exception:
+            return None
+    value = next((o.split("=", 1)[1] for o in single if _override_key(o) == bad and "=" in o), "VALUE")
+    parts = bad.split(".")
+    node: Any = base
+    for depth, part in enumerate(parts):
+        if isinstance(node, DictConfig) and part in node:
+            node = node[part]
+            continue
+        level = ".".join(parts[:depth])
+        keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+        if depth == 0:  # a group name typed wrong (modle=...) is a top-level key too
+            keys = sorted(set(keys) | {p.name for p in config_dir().iterdir() if p.is_dir()} - {"hydra"})
+        matches = difflib.get_close_matches(part, keys, n=3, cutoff=0.6)
+        where = f"under {level}" if level else f"at the top of the {config_name} config"
+        if matches:
+            fixes = [".".join([*parts[:depth], m, *parts[depth + 1:]]) for m in matches]
+            advice = "Did you mean " + " or ".join(fixes) + "?"
+        else:
+            shown = ", ".join(keys[:25]) + (", ..." if len(keys) > 25 else "")
+            advice = f"The keys {where} are: {shown}."
+        return (f"Unknown key {bad} ({part!r} is not a key {where}). {advice} To add a new key on purpose, write "
+                f"+{bad}={value}.")
+    return None
+
+
+def _override_key(override: str) -> str:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key.split("@", 1)[0]

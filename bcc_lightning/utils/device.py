@@ -23,6 +23,33 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
     return "32-true"
 
 
+def check_accelerator(accelerator: Any, devices: Any = None) -> None:
+    """Raise a UserError when `trainer.accelerator` (and `trainer.devices`) asks for hardware this machine lacks,
+    before Lightning does so with a long traceback."""
+    from bcc_lightning.utils.errors import UserError
+
+    accelerator = str(accelerator)
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hint = f" CUDA_VISIBLE_DEVICES is {visible!r}." if visible is not None else ""
+        raise UserError(f"trainer.accelerator={accelerator} but PyTorch sees no CUDA GPU on this machine (torch "
+                        f"{torch.__version__}, built {build}).{hint} Use trainer.accelerator=auto (a GPU when there "
+                        f"is one, else the CPU) or trainer.accelerator=cpu, or install a CUDA build of PyTorch that "
+                        f"matches the driver (`nvidia-smi` shows it).")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise UserError("trainer.accelerator=mps but Apple's Metal backend is not available here (it needs an Apple "
+                        "silicon Mac and a PyTorch built with MPS). Use trainer.accelerator=auto or "
+                        "trainer.accelerator=cpu.")
+    wants_cuda = accelerator in ("gpu", "cuda")
+    if wants_cuda and isinstance(devices, int) and not isinstance(devices, bool):
+        count = torch.cuda.device_count()
+        if devices > count:
+            raise UserError(f"trainer.devices={devices} but this machine has {count} CUDA GPU"
+                            f"{'' if count == 1 else 's'}. Use trainer.devices={count} or fewer, or "
+                            f"trainer.devices=auto.")
+
+
 def pick_device(accelerator: str = "auto") -> torch.device:
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return torch.device("cuda")

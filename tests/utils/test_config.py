@@ -24,3 +24,45 @@ def test_config_mistakes_caught_before_work(demo_root: Path, tmp_path: Path, mon
     with pytest.raises(UserError, match=message):
         training.run(tiny_train_config(demo_root, override.split()))
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(("task", "override", "suggestion"), [
+    ("train", "trainer.max_epoch=3", "Did you mean trainer.max_epochs?"),
+    ("train", "trainr.max_epochs=3", "Did you mean trainer.max_epochs?"),
+    ("train", "data.augment.hflp=0.5", "data.augment.hflip"),
+    ("eval", "thresold=youden", "Did you mean threshold?"),
+    ("predict", "trainer.acelerator=cpu", "Did you mean trainer.accelerator?"),
+    ("serve", "prot=8001", "port"),
+])
+def test_unknown_key_gets_the_close_match(task: str, override: str, suggestion: str) -> None:
+    from bcc_lightning.utils.config import unknown_key_message
+
+    message = unknown_key_message(task, [override])
+    assert message is not None and suggestion in message
+    assert f"+{override}" in message  # how to add a new key on purpose
+
+
+def test_known_keys_and_sweeps_get_no_message() -> None:
+    from bcc_lightning.utils.config import unknown_key_message
+
+    assert unknown_key_message("train", ["trainer.max_epochs=3", "model=mobilenetv2,densenet121"]) is None
+    message = unknown_key_message("train", ["model=mobilenetv2,densenet121", "optimizer.lrr=1e-3,1e-4"])
+    assert message is not None and "optimizer.lr?" in message
+
+
+def test_entry_point_prints_one_paragraph_for_a_typo(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bcc_lightning.tasks import entry
+
+    monkeypatch.setattr("sys.argv", ["train.py", "trainer.max_epoch=3"])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            entry.main("train")
+    finally:
+        GlobalHydra.instance().clear()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "Did you mean trainer.max_epochs?" in err.replace("\n", " ")
+    assert "Traceback" not in err and "not in struct" not in err  # Hydra's own lines are replaced
