@@ -400,3 +400,34 @@ def test_augment_before_split_is_caught_by_the_audit_and_content_resplit_is_clea
     clean = audit_splits(resplit, cache_dir=False, workers=0)
     assert clean.summary()["clean"], clean.rows
     assert verdict(clean).startswith("No copies") and verdict(clean).endswith(f"across splits among {kept} images.")
+
+
+def test_shifted_zoomed_cropped_copies_and_overlapping_tiles_stay_in_one_split(tmp_path: Path) -> None:
+    """Issue 25, item 5 (prepare's side): dedup_near merges copies under an affine map and overlapping views, with
+    the audit's detector, so the default split keeps each family in one split; min_overlap is checked."""
+    import numpy as np
+
+    from tests.data.test_duplicates import affine, crop, slide
+
+    raw = tmp_path / "raw"
+    families = {}
+    for i in range(8):
+        cls = "BM"[i % 2]
+        big = slide(480, 240, seed=200 + i)
+        field = big.crop((0, 0, 320, 240))
+        (raw / cls).mkdir(parents=True, exist_ok=True)
+        field.save(raw / cls / f"field{i}.png")
+        members = {f"{cls}/field{i}.png"}
+        if i < 3:  # a shifted, a zoomed and a cropped copy, and a tile overlapping the field by two thirds
+            copies = {"shifted": affine(field, np.eye(2), (0.15, -0.1)), "zoomed": affine(field, np.eye(2) / 1.4),
+                      "cropped": crop(field, 0.4, (0.2, 0.8), False), "tile": big.crop((107, 0, 427, 240))}
+            for name, image in copies.items():
+                image.save(raw / cls / f"{name}{i}.png")
+                members.add(f"{cls}/{name}{i}.png")
+        families[f"{cls}/field{i}.png"] = members
+    summary = run_prepare(raw, tmp_path / "out", ratios=(0.5, 0.25, 0.25))
+    near = summary["near_duplicate_clusters"]
+    assert near["count"] == 3 and near["largest"] == 5 and near["overlap_pairs"] >= 3 and near["copy_pairs"] >= 3
+    _assert_families_together(tmp_path / "out", families)
+    with pytest.raises(UserError, match="min_overlap must be in"):
+        run_prepare(raw, tmp_path / "bad", min_overlap=0.0)

@@ -145,7 +145,8 @@ def _copies_single_threaded(described: Any, find_copies: Callable[[Any], list]) 
 
 def merge_near_duplicates(sources: list[Source], settings: PrepareSettings,
                           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Merge every cluster of near-duplicate sources (rotated/flipped/grayscale/resized copies) into one group.
+    """Merge every cluster of near-duplicate sources (copies under any similarity or affine map, and overlapping views
+    sharing at least settings.min_overlap of either image) into one group.
 
     Union-find over both relations, the group from `group=` and the copy clusters, so a copy that links two patients'
     groups joins them too. Each source is decoded once (in settings.workers processes). Returns the summary's
@@ -157,7 +158,8 @@ def merge_near_duplicates(sources: list[Source], settings: PrepareSettings,
     described = describe_files([s.path for s in sources], workers=workers, progress=progress)
     index = {path: i for i, path in enumerate(described.paths)}
     rows = [index.get(str(s.path)) for s in sources]  # None: unreadable here; pass 2 rejects it
-    labels = clusters(len(described), _copies_single_threaded(described, find_copies))
+    matches = _copies_single_threaded(described, lambda d: find_copies(d, min_overlap=settings.min_overlap))
+    labels = clusters(len(described), matches)
     members: dict[int, list[Source]] = defaultdict(list)
     for s, row in zip(sources, rows):
         if row is not None:
@@ -183,4 +185,10 @@ def merge_near_duplicates(sources: list[Source], settings: PrepareSettings,
     return {"count": len(found), "largest": sizes[0] if sizes else 0, "images_in_clusters": sum(sizes),
             "sizes": {str(k): v for k, v in sorted(Counter(sizes).items())}, "mixed_label": mixed[:50],
             "mixed_label_count": len(mixed),
+            # pairs behind the clusters: copies (one image wholly within the other) and overlapping views
+            "copy_pairs": sum(1 for m in matches if getattr(m, "kind", "copy") == "copy"),
+            "overlap_pairs": sum(1 for m in matches if getattr(m, "kind", "copy") == "overlap"),
+            # near-uniform images (background, pen marks) are never matched, so never merged: reported apart
+            "blank": sorted(s.rel for s, row in zip(sources, rows) if row is not None and described.blank[row])[:50],
+            "blank_count": int(sum(bool(described.blank[row]) for row in rows if row is not None)),
             "unreadable": len(described.errors)}

@@ -39,9 +39,12 @@ class PrepareSettings:
     # assigned to one of K folds (whole groups, stratified); train.py data.fold=k then validates on fold k.
     folds: int = 0
     holdout_test: bool = True
-    # Near-duplicate copies (rotated, flipped, grayscale, resized...) of one source are merged into one group, so they
-    # never land in two splits or folds. group=content uses only this relation (each image is otherwise its own group).
+    # Near-duplicate copies of one source (rotated, flipped, grayscale, resized; shifted, zoomed, cropped, sheared) and
+    # overlapping views sharing at least min_overlap of either image are merged into one group, so they never land in
+    # two splits or folds: the audit's own detector and threshold (keep min_overlap <= the audit's). group=content
+    # uses only this relation (each image is otherwise its own group).
     dedup_near: bool = True
+    min_overlap: float = 0.5
 
     def min_groups(self) -> int:
         """Groups a class needs so that every part of the split (or every fold) can hold one."""
@@ -59,6 +62,9 @@ class PrepareSettings:
         if self.group not in GROUPINGS:
             raise UserError(f"group must be auto (patients from a manifest, names or folders), image, breakhis, "
                             f"pattern (with group_pattern=REGEX) or content; got {self.group!r}.")
+        if not 0.0 < self.min_overlap <= 1.0:
+            raise UserError(f"min_overlap must be in (0, 1] (got {self.min_overlap}): the share of either image's area "
+                            f"two views must show in common to be merged into one group (0.5: half).")
         if self.group == "content" and not self.dedup_near:
             raise UserError("group=content groups images by their near-duplicate copies, so it needs dedup_near=true; "
                             "drop dedup_near=false, or use group=image.")
@@ -102,4 +108,5 @@ class PrepareSettings:
             resize=None if cfg.resize is None else int(cfg.resize), format=str(cfg.format),
             jpg_quality=int(cfg.jpg_quality), workers=workers, overwrite=bool(cfg.overwrite), folds=int(cfg.folds),
             holdout_test=bool(cfg.holdout_test), dedup_near=bool(cfg.get("dedup_near", True)),
+            min_overlap=float(cfg.get("min_overlap", 0.5)),
         )

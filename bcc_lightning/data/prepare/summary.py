@@ -104,8 +104,14 @@ def format_table(summary: dict[str, Any]) -> str:
                  f"{summary['conflicts']}); {summary['images_per_s']} source images/s")
     near = summary.get("near_duplicate_clusters")
     if near:
+        pairs = (f"; {near['copy_pairs']} copy and {near['overlap_pairs']} overlapping-view pairs"
+                 if "overlap_pairs" in near else "")
         lines.append(f"near-duplicate clusters {near['count']} ({near['images_in_clusters']} images, largest "
-                     f"{near['largest']}; {near['mixed_label_count']} with both labels): each kept in one group")
+                     f"{near['largest']}; {near['mixed_label_count']} with both labels{pairs}): each kept in one "
+                     f"group")
+        if near.get("blank_count"):
+            lines.append(f"{near['blank_count']} blank image(s) (background, pen marks) are never matched, so never "
+                         f"merged: see near_duplicate_clusters.blank in summary.json")
     grouping = summary.get("grouping")
     if grouping:
         lines.append(f"groups: {grouping['text']}")
