@@ -267,16 +267,22 @@ def infer_groups(rels: Sequence[str], root: str | Path | None = None, min_groups
                 groups[token] = name
     named = sum(1 for rel in rels if views[rel] in ids)
     in_folders = sum(1 for rel in rels if views[rel] in folders)
-    if scheme and ids:
+    # The rule named is the one that covers most images (at least half); a stray match never names the whole folder.
+    if scheme and named * 2 >= len(rels):
         others = len(rels) - named
         evidence.insert(0, f"{named:,} of {len(rels):,} images named by {scheme.label}"
                         + (f"; {others:,} others grouped by {level or 'image'}" if others else ""))
         unit, rule, source = scheme.unit, scheme.key, scheme.label
-    elif folders:
+    elif folders and (named + in_folders) * 2 >= len(rels):
+        rest_n = len(rels) - in_folders - named
         evidence.insert(0, f"{in_folders:,} of {len(rels):,} images in {level}"
-                        + (f"; {len(rels) - in_folders:,} others grouped by image" if in_folders < len(rels)
-                           else ""))
+                        + (f"; {named:,} named by {scheme.label}" if named and scheme else "")
+                        + (f"; {rest_n:,} others grouped by image" if rest_n else ""))
         unit, rule, source = "folder", "folder", level
+    elif named or in_folders:
+        evidence.insert(0, f"only {named + in_folders:,} of {len(rels):,} images carry a patient or slide (known "
+                        f"names or folders); the others are one group each")
+        unit, rule, source = "image", "image", "too few images say who the patient is"
     else:
         evidence.insert(0, "no manifest groups, no known name scheme (" + ", ".join(s.label for s in SCHEMES)
                         + ") and no patient or slide folders below the class folders")

@@ -75,6 +75,9 @@ def test_nothing_suggests_more_than_one_image() -> None:
     # Magnification folders straight under the class folder, or too few folders to split, are not patients.
     mags = [f"{c}/{m}X/{i}.png" for c in "BM" for m in (40, 100, 200, 400) for i in range(3)]
     assert infer_groups(mags).rule == "image"
+    # One stray name that happens to look like a barcode does not make the folder "grouped by patient".
+    stray = infer_groups([*flat, "B/TCGA-A2-A0T2-01Z_x.png"])
+    assert stray.rule == "image" and stray.by_image and "only 1 of 13 images" in stray.evidence[0]
     two = [f"{c}/batch{b}/{i}.png" for c in "BM" for b in range(2) for i in range(5)]
     grouping = infer_groups(two, min_groups=3)
     assert grouping.rule == "image" and any("too few folders" in line for line in grouping.evidence)
