@@ -1,12 +1,22 @@
 """Benchmark of bcc_lightning.data.duplicates on synthetic cytology slides.
 
+--suite geometric (default): copies made by shifts (2-25 %), zooms (0.5-2x), anisotropic zoom, crops (80-25 % of
+the area, resized back or as cut), shears (11.5 and 20 degrees), free rotations, flips, the Keras ImageDataGenerator
+combination with fill nearest/reflect/constant, and tiles of one slide overlapping 95-50 %, all of 700x460 sources
+cut from wider slides; hard negatives are the tile touching each source (no shared tissue), every field of the
+other slides, and blank tiles. Prints recall per transform, every flagged pair checked against the slides, the
+negative pairs counted, describe throughput and matching time.
+
+--suite disc: the original suite below.
+
 Sources are tiles cut from synthetic H&E/cytology "slides" (tiles of one slide overlap < 50 %: hard negatives);
 each source gets copies made by random flips, rotations, fills, grayscale, resizing, re-encoding and tone changes.
 Reports recall per operation, precision over all flagged pairs, the score margin used to calibrate the module's
 thresholds, describe throughput, matching time at 5k/20k/35k images and false alarms on the demo generator.
 
-    python benchmarks/near_duplicates.py                      # full run (~3-4 min on 2 cores)
-    python benchmarks/near_duplicates.py --sources 100 --quick
+    python benchmarks/near_duplicates.py                      # geometric suite
+    python benchmarks/near_duplicates.py --slides 8 --blanks 4 --quick
+    python benchmarks/near_duplicates.py --suite disc --sources 100 --quick
 """
 
 from __future__ import annotations
@@ -309,7 +319,7 @@ def throughput(args: argparse.Namespace, folder: Path) -> dict:
             slide.crop((x, y, x + 700, y + 460)).save(path, quality=90)
             paths.append(path)
     paths = paths[:args.throughput_images]
-    out = {"images": len(paths), "size": "700x460 JPEG q90"}
+    out = {"images": len(paths), "size": "700x460 JPEG q90", "workers": args.workers}
     for workers in (0, args.workers):
         t0 = time.perf_counter()
         result = dup.describe_files(paths, workers=workers)
@@ -373,6 +383,219 @@ def demo_false_alarms(folder: Path) -> dict:
             "pairs_checked": len(scores), "made_by": how}
 
 
+# ----------------------------------------------------------------------------------------------- geometric copies
+# Copies that share tissue under an affine map (issue 25): each source tile (700x460 by default) is cut from a wider
+# synthetic slide; every transform below makes one copy of it, and tiles cut next to it (no shared tissue) and the
+# other slides' fields (same stains, same generator) are the hard negatives.
+FILL = {"nearest": 1, "reflect": 2, "constant": 0}  # cv2.BORDER_REPLICATE, BORDER_REFLECT, BORDER_CONSTANT
+
+
+def warp(image: Image.Image, linear: np.ndarray, shift: tuple[float, float] = (0.0, 0.0),
+         fill: str = "nearest") -> Image.Image:
+    """Keras-style warp about the centre: output pixel p shows input pixel linear @ (p - c) + c + shift * size."""
+    import cv2
+
+    w, h = image.size
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    inverse = np.hstack([linear, (centre - linear @ centre + np.array(shift) * (w, h))[:, None]])
+    return Image.fromarray(cv2.warpAffine(np.asarray(image), inverse, (w, h),
+                                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=FILL[fill]))
+
+
+def _rot(degrees: float) -> np.ndarray:
+    r = math.radians(degrees)
+    return np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
+
+
+def _shear(radians: float) -> np.ndarray:
+    return np.array([[1.0, -math.sin(radians)], [0.0, math.cos(radians)]])
+
+
+def keras_combo(image: Image.Image, fill: str, rng: np.random.Generator) -> Image.Image:
+    """ImageDataGenerator(rotation_range=20, width/height_shift_range=0.1, zoom_range=0.2, shear_range=0.2,
+    horizontal_flip=True, fill_mode=fill): the same draws and composition (rotation, shift, shear, zoom about the
+    centre; shear taken as 0.2 rad, the stronger of Keras' two readings)."""
+    linear = _rot(rng.uniform(-20, 20)) @ _shear(rng.uniform(-0.2, 0.2)) @ np.diag(rng.uniform(0.8, 1.2, 2))
+    out = warp(image, linear, tuple(rng.uniform(-0.1, 0.1, 2)), fill)
+    return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else out
+
+
+def _shifted(image: Image.Image, fraction: float, rng: np.random.Generator) -> Image.Image:
+    a = rng.uniform(0, 2 * math.pi)
+    return warp(image, np.eye(2), (fraction * math.cos(a), fraction * math.sin(a)), "nearest")
+
+
+def _crop(image: Image.Image, area: float, resize_back: bool, rng: np.random.Generator) -> Image.Image:
+    w, h = image.size
+    cw, ch = round(w * math.sqrt(area)), round(h * math.sqrt(area))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    out = image.crop((x, y, x + cw, y + ch))
+    return out.resize((w, h), Image.BICUBIC) if resize_back else out
+
+
+GEOMETRIC = {
+    **{f"shift {p} %": (lambda im, rng, p=p: _shifted(im, p / 100, rng)) for p in (2, 5, 10, 20, 25)},
+    **{f"zoom {z}": (lambda im, rng, z=z: warp(im, np.eye(2) / z)) for z in (0.5, 0.8, 0.9, 0.95, 1.05, 1.1, 1.2, 2)},
+    "anisotropic zoom (0.8-1.25 per axis)": lambda im, rng: warp(im, np.diag(1 / rng.uniform(0.8, 1.25, 2))),
+    "crop 80 %, resized back": lambda im, rng: _crop(im, 0.8, True, rng),
+    "crop 80 %, as cut": lambda im, rng: _crop(im, 0.8, False, rng),
+    "crop 50 %, resized back": lambda im, rng: _crop(im, 0.5, True, rng),
+    "crop 25 %, resized back": lambda im, rng: _crop(im, 0.25, True, rng),
+    "crop 25 %, as cut": lambda im, rng: _crop(im, 0.25, False, rng),
+    "shear 11.5°": lambda im, rng: warp(im, _shear(math.radians(11.5) * rng.choice([-1, 1]))),
+    "shear 20°": lambda im, rng: warp(im, _shear(math.radians(20) * rng.choice([-1, 1]))),
+    "free rotation (any fill)": lambda im, rng: rotate(im, rng.uniform(5, 175) * rng.choice([-1, 1]),
+                                                       str(rng.choice(list(FILL))), rng),
+    "flip / 90° turns": lambda im, rng: im.transpose(DIHEDRAL[str(rng.choice(list(DIHEDRAL)))]),
+    **{f"Keras combination, fill {f}": (lambda im, rng, f=f: keras_combo(im, f, rng)) for f in FILL},
+}
+TILE_OVERLAPS = (95, 90, 75, 50)  # % of the area two tiles of one slide share
+
+
+def _blank(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    """Glass background with noise and a faint gradient, sometimes a pen stroke: must never match anything."""
+    base = np.array([236, 232, 238]) + rng.normal(0, 5, 3)
+    ramp = np.linspace(-4, 4, w)[None, :, None] * rng.uniform(-1, 1)
+    canvas = base + ramp + rng.normal(0, 2.0, (h, w, 3))
+    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    if rng.random() < 0.5:
+        pts = np.cumsum(rng.normal(0, 60, (4, 2)), axis=0) + (w / 2, h / 2)
+        ImageDraw.Draw(image).line([tuple(p) for p in pts], fill=(40, 70, 160), width=int(rng.integers(3, 7)))
+    return image
+
+
+def _geometric_job(args: tuple[int, int, int, int]) -> list[dict]:
+    """One slide three tiles wide: a source tile in the middle column, its copies, tiles overlapping it (cut to the
+    left), the tile touching it on the right (hard negative). Every image is re-encoded as JPEG q90 and described."""
+    seed, index, tw, th = args
+    rng = np.random.default_rng([seed, abs(index), 7 if index >= 0 else 8])
+    if index < 0:  # blank tiles
+        return [{"slide": index, "op": "blank", "rect": None, "descriptor": dup.describe(_encode(_blank(tw, th, rng),
+                                                                                                   "JPEG", 90))}]
+    slide = make_slide(3 * tw, th + th // 2, rng)
+    x0, y0 = tw, int(rng.integers(0, th // 2 + 1))
+    source = slide.crop((x0, y0, x0 + tw, y0 + th))
+    rect = (x0, y0, x0 + tw, y0 + th)
+    records = [{"slide": index, "op": "source", "rect": rect, "image": source}]
+    for name, make in GEOMETRIC.items():
+        records.append({"slide": index, "op": name, "rect": rect, "image": make(source, rng)})
+    for p in TILE_OVERLAPS:
+        dx = round((1 - p / 100) * tw)  # shared area (tw - dx) * th = p % of the tile
+        records.append({"slide": index, "op": f"tiles overlapping {p} %", "rect": (x0 - dx, y0, x0 - dx + tw, y0 + th),
+                        "image": slide.crop((x0 - dx, y0, x0 - dx + tw, y0 + th))})
+    right = (x0 + tw, y0, x0 + 2 * tw, y0 + th)
+    records.append({"slide": index, "op": "adjacent tile", "rect": right, "image": slide.crop(right)})
+    for r in records:
+        r["descriptor"] = dup.describe(_encode(r.pop("image"), "JPEG", 90))
+    return records
+
+
+def _shares_tissue(a: dict, b: dict) -> bool:
+    """Whether two images show common tissue (by the slide rectangles they were cut from)."""
+    if a["slide"] != b["slide"] or a["rect"] is None or b["rect"] is None:
+        return False
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a["rect"], b["rect"]
+    return min(ax1, bx1) > max(ax0, bx0) and min(ay1, by1) > max(ay0, by0)
+
+
+def geometric(args: argparse.Namespace) -> dict:
+    """The audit's question on synthetic slides: the copies and overlapping tiles (the "test split") searched against
+    the sources, the adjacent tiles and the blank tiles (the "train split"), as find_copies(query, reference) does
+    for bcc-audit; then the train split within itself (sources against adjacent tiles). Recall per transform: the
+    copy matched with its source. Every flagged pair is checked against the slide geometry."""
+    jobs = [(args.seed, s, args.geo_w, args.geo_h) for s in range(args.slides)]
+    jobs += [(args.seed, -1 - b, args.geo_w, args.geo_h) for b in range(args.blanks)]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool:
+        records = [r for batch in pool.map(_geometric_job, jobs, chunksize=1) for r in batch]
+    gen_s = time.perf_counter() - t0
+    is_ref = [r["op"] in ("source", "adjacent tile", "blank") for r in records]
+    query_rows = [i for i, ref in enumerate(is_ref) if not ref]
+    ref_rows = [i for i, ref in enumerate(is_ref) if ref]
+    query = dup.DescriptorSet.from_descriptors([records[i]["descriptor"] for i in query_rows])
+    reference = dup.DescriptorSet.from_descriptors([records[i]["descriptor"] for i in ref_rows])
+    t0 = time.perf_counter()
+    across = dup.find_copies(query, reference)
+    match_s = time.perf_counter() - t0
+    within = dup.find_copies(reference)
+    flagged = {(query_rows[m.query_index], ref_rows[m.reference_index]): m for m in across}
+    flagged |= {(ref_rows[m.query_index], ref_rows[m.reference_index]): m for m in within}
+    false_pairs = [(i, j) for i, j in flagged if not _shares_tissue(records[i], records[j])]
+
+    source_of = {r["slide"]: i for i, r in enumerate(records) if r["op"] == "source"}
+    hits: dict[str, list[bool]] = defaultdict(list)
+    overlap_error = []
+    for i in query_rows:
+        r = records[i]
+        m = flagged.get((i, source_of[r["slide"]]))
+        hits[r["op"]].append(m is not None)
+        if m is not None and r["op"].startswith("tiles overlapping"):
+            overlap_error.append(m.overlap - int(r["op"].split()[2]) / 100)
+
+    # Hard negatives: every pair the two searches saw that shares no tissue -- each copy against the other slides'
+    # look-alike fields, its slide's adjacent tile and the blank tiles; each source against the other sources, the
+    # adjacent tiles and the blanks. The candidate search saw them all; none may be flagged.
+    n_negative = sum(not _shares_tissue(records[i], records[j]) for i in query_rows for j in ref_rows)
+    n_negative += sum(not _shares_tissue(records[i], records[j]) for a, i in enumerate(ref_rows)
+                      for j in ref_rows[a + 1:])
+    n_adjacent = sum(records[j]["op"] == "adjacent tile" and records[i]["slide"] == records[j]["slide"]
+                     for i in query_rows + ref_rows for j in ref_rows if i != j)
+    blank_ref = np.array([records[i]["op"] == "blank" for i in ref_rows])
+
+    # Matching time on growing subsets of slides (the set's own images: real keypoint statistics). The copies are
+    # dense here (30 per source), so verification dominates; see the README for a folder of distinct images.
+    timing = []
+    slides = sorted({r["slide"] for r in records if r["slide"] >= 0})
+    for share in (0.25, 0.5, 1.0):
+        keep = set(slides[:max(1, round(share * len(slides)))])
+        q = query.subset([a for a, i in enumerate(query_rows) if records[i]["slide"] in keep])
+        ref = reference.subset([a for a, i in enumerate(ref_rows) if records[i]["slide"] in keep])
+        t0 = time.perf_counter()
+        local = dup.local_candidates(q, ref)
+        t1 = time.perf_counter()
+        found = dup.find_copies(q, ref)
+        t2 = time.perf_counter()
+        timing.append({"images": len(q) + len(ref), "local_candidates": len(local), "local_search_s": round(t1 - t0, 2),
+                       "find_copies_s": round(t2 - t1, 2), "matches": len(found)})
+    return {
+        "images": len(records), "slides": args.slides, "blank_tiles": args.blanks,
+        "tile": f"{args.geo_w}x{args.geo_h}", "generate_and_describe_s": round(gen_s, 1),
+        "find_copies_s": round(match_s, 2),
+        "recall": {op: float(np.mean(v)) for op, v in hits.items()}, "recall_n": {op: len(v) for op, v in hits.items()},
+        "flagged_pairs": len(flagged), "false_pairs": len(false_pairs),
+        "precision": (len(flagged) - len(false_pairs)) / max(1, len(flagged)),
+        "false_pair_examples": [[records[i]["op"], records[j]["op"], flagged[(i, j)].transform]
+                                for i, j in false_pairs[:10]],
+        "negative_pairs": n_negative, "adjacent_tile_pairs": n_adjacent,
+        "blank_flagged_as_blank": int(reference.blank[blank_ref].sum()),
+        "tissue_flagged_as_blank": int(reference.blank[~blank_ref].sum() + query.blank.sum()),
+        "tile_overlap_error_max": float(np.max(np.abs(overlap_error))) if overlap_error else None,
+        "matching": timing,
+        "bytes_per_image_local": int((query.kp_xy.nbytes + query.kp_desc.nbytes + query.kp_desc_mirror.nbytes)
+                                     / max(1, len(query))),
+    }
+
+
+def geometric_table(geo: dict, tp: dict | None) -> str:
+    lines = ["| transform (copy vs its source) | recall | n |", "|---|---:|---:|"]
+    for op, value in geo["recall"].items():
+        lines.append(f"| {op} | {value:.3f} | {geo['recall_n'][op]} |")
+    lines.append(f"| precision, all {geo['flagged_pairs']} flagged pairs | {geo['precision']:.4f} | "
+                 f"{geo['false_pairs']} false |")
+    lines.append(f"| false pairs among hard negatives (other slides, adjacent tiles, blank) | {geo['false_pairs']} | "
+                 f"{geo['negative_pairs']:,} pairs ({geo['adjacent_tile_pairs']} adjacent-tile) |")
+    lines.append(f"| blank tiles reported blank / tissue tiles called blank | {geo['blank_flagged_as_blank']} of "
+                 f"{geo['blank_tiles']} / {geo['tissue_flagged_as_blank']} | |")
+    if tp:
+        parallel = tp["images_per_s_workers_" + str(tp["workers"])]
+        lines.append(f"| describe {tp['size']}, images/s, 1 process / {tp['workers']} processes | "
+                     f"{tp['images_per_s_workers_0']} / {parallel} | {tp['images']} |")
+    for row in geo["matching"]:
+        lines.append(f"| find_copies, test against train, {row['images']} images: local search / all (s) | "
+                     f"{row['local_search_s']} / {row['find_copies_s']} | {row['local_candidates']} candidates |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------- report
 def table(result: dict) -> str:
     acc = result["accuracy"]
@@ -407,9 +630,16 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sources", type=int, default=500, help="source tiles (default 500)")
-    parser.add_argument("--tiles", type=int, default=5, help="tiles cut from each slide (default 5)")
-    parser.add_argument("--copies", type=int, default=6, help="copies per source (default 6)")
+    parser.add_argument("--suite", choices=["geometric", "disc", "all"], default="geometric",
+                        help="geometric: shifted/zoomed/cropped/sheared copies and overlapping tiles (default); "
+                             "disc: the rotation/flip/grayscale/resize suite that calibrated MATCH_THRESHOLD")
+    parser.add_argument("--slides", type=int, default=40, help="geometric: slides, one source tile each")
+    parser.add_argument("--blanks", type=int, default=20, help="geometric: blank tiles (background, pen marks)")
+    parser.add_argument("--geo-w", type=int, default=700)
+    parser.add_argument("--geo-h", type=int, default=460)
+    parser.add_argument("--sources", type=int, default=500, help="disc: source tiles (default 500)")
+    parser.add_argument("--tiles", type=int, default=5, help="disc: tiles cut from each slide (default 5)")
+    parser.add_argument("--copies", type=int, default=6, help="disc: copies per source (default 6)")
     parser.add_argument("--tile-w", type=int, default=350)
     parser.add_argument("--tile-h", type=int, default=230)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -417,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--match-sizes", type=int, nargs="*", default=[5000, 20000, 35000])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="skip throughput, matching time and the demo check")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "near_duplicates_bench.json")
+    parser.add_argument("--out", type=Path, default=None, help="JSON of the results (default docs/...json)")
     args = parser.parse_args(argv)
 
     result: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -425,27 +655,38 @@ def main(argv: list[str] | None = None) -> int:
                                 "numpy": np.__version__, "processor": platform.processor() or platform.machine()},
                     "module": {"THUMB": dup.THUMB, "RINGS": dup.RINGS, "ANGLES": dup.ANGLES, "ORDERS": dup.ORDERS,
                                "FEATURE_DIM": dup.FEATURE_DIM, "TOP_K": dup.TOP_K,
-                               "MATCH_THRESHOLD": dup.MATCH_THRESHOLD}}
+                               "MATCH_THRESHOLD": dup.MATCH_THRESHOLD, "MIN_OVERLAP": dup.MIN_OVERLAP}}
     t0 = time.perf_counter()
-    result["accuracy"] = acc = accuracy(args)
-    print(f"accuracy: {acc['images']} images in {time.perf_counter() - t0:.0f} s", flush=True)
-    if not args.quick:
-        with tempfile.TemporaryDirectory() as tmp:
-            result["demo"] = demo_false_alarms(Path(tmp))
-            result["throughput"] = throughput(args, Path(tmp))
-        result["matching"] = matching_time(args.match_sizes, args.seed)
-    cal = acc["calibration"]
-    negatives = [cal["hard_negative_score_max"]] + ([result["demo"]["max_pair_score"]] if "demo" in result else [])
-    # The module's MATCH_THRESHOLD is set to this midpoint of the measured gap (copies vs everything else).
-    result["suggested_threshold"] = round((cal["true_score_min"] + max(negatives)) / 2, 3)
+    if args.suite in ("geometric", "all"):
+        result["geometric"] = geometric(args)
+        print(f"geometric: {result['geometric']['images']} images in {time.perf_counter() - t0:.0f} s", flush=True)
+        if not args.quick:
+            with tempfile.TemporaryDirectory() as tmp:
+                result["throughput"] = throughput(args, Path(tmp))
+        print(geometric_table(result["geometric"], result.get("throughput")))
+        print("false pairs:", json.dumps(result["geometric"]["false_pair_examples"], ensure_ascii=False))
+    if args.suite in ("disc", "all"):
+        result["accuracy"] = acc = accuracy(args)
+        print(f"accuracy: {acc['images']} images in {time.perf_counter() - t0:.0f} s", flush=True)
+        if not args.quick:
+            with tempfile.TemporaryDirectory() as tmp:
+                result["demo"] = demo_false_alarms(Path(tmp))
+                result.setdefault("throughput", throughput(args, Path(tmp)))
+            result["matching"] = matching_time(args.match_sizes, args.seed)
+        cal = acc["calibration"]
+        negatives = [cal["hard_negative_score_max"]] + ([result["demo"]["max_pair_score"]] if "demo" in result else [])
+        # The module's MATCH_THRESHOLD is set to this midpoint of the measured gap (copies vs everything else).
+        result["suggested_threshold"] = round((cal["true_score_min"] + max(negatives)) / 2, 3)
+        print(table(result))
+        print(f"suggested threshold (midpoint of the gap): {result['suggested_threshold']}")
+        print("worst true pairs:", json.dumps(acc["worst_true_pairs"], ensure_ascii=False))
     result["total_s"] = round(time.perf_counter() - t0, 1)
-    print(table(result))
-    print(f"suggested threshold (midpoint of the gap): {result['suggested_threshold']}")
-    print("worst true pairs:", json.dumps(acc["worst_true_pairs"], ensure_ascii=False))
     if not args.quick:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
-        print(f"wrote {args.out}")
+        out = args.out or REPO / "docs" / ("near_duplicates_bench.json" if args.suite == "disc"
+                                           else f"near_duplicates_{args.suite}_bench.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+        print(f"wrote {out}")
     return 0
 
 
