@@ -17,6 +17,7 @@ Rules, in order (the first that says something wins; manifest groups that only r
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -47,14 +48,20 @@ class Scheme:
     folder: str | None = None
 
     def match(self, parts: Sequence[str]) -> str | None:
-        """The id from the file name (last part), else from the nearest folder that matches."""
-        if self.file and (m := re.search(self.file, Path(parts[-1]).stem)):
+        """The id from the file name (last part, without its extension), else from the nearest folder that matches."""
+        file, folder = _compiled(self.file), _compiled(self.folder)
+        if file and (m := file.search(parts[-1].rsplit(".", 1)[0])):
             return m.group(1)
-        if self.folder:
+        if folder:
             for part in reversed(parts[:-1]):
-                if m := re.search(self.folder, part):
+                if m := folder.search(part):
                     return m.group(1)
         return None
+
+
+@functools.cache
+def _compiled(pattern: str | None) -> re.Pattern | None:
+    return None if pattern is None else re.compile(pattern)
 
 
 SCHEMES = (
@@ -144,10 +151,11 @@ def _below_class(parts: Sequence[str]) -> tuple[int | None, tuple[str, ...]]:
 def _by_scheme(rels: Sequence[str]) -> tuple[Scheme | None, dict[str, str]]:
     """The scheme that names the most images, and the id it gives each of them."""
     best: tuple[Scheme | None, dict[str, str]] = (None, {})
+    split = [(rel, rel.split("/")) for rel in rels]
     for scheme in SCHEMES:
         found = {}
-        for rel in rels:
-            gid = scheme.match(rel.split("/"))
+        for rel, parts in split:
+            gid = scheme.match(parts)
             if gid:
                 found[rel] = gid
         if len(found) > len(best[1]):
