@@ -2,7 +2,14 @@
 
     python benchmarks/statistics_coverage.py [--quick]
 
-Prints Markdown tables and writes docs/statistics_bench.json. Fixed seeds; about 2-4 minutes on 2 cores.
+Prints Markdown tables and writes docs/statistics_bench.json. Fixed seeds; about 5 CPU-minutes on one core (25 minutes
+of wall time on a shared 2-core machine under load).
+
+Sections: fold-level coverage (Student t, Nadeau-Bengio), test-set coverage (independent and clustered images),
+type-I error of the comparison tests under a null with patient effects (image-level and clustered DeLong and
+McNemar, the clustered paired bootstrap), coverage with 3-40 groups and for proportions near 0 and 1, bounded fold
+intervals (raw, clipped and logit t), timings. Each rate is a mean over replicates: its Monte-Carlo standard error
+is sqrt(rate (1 - rate) / replicates), printed with the tables.
 """
 
 from __future__ import annotations
@@ -161,6 +168,134 @@ def simulate_test_sets(sims: int, rng: np.random.Generator, resamples: int) -> d
     return {d: {k: float(np.mean(v)) for k, v in rows.items()} for d, rows in out.items()}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Clustered data: comparison tests under the null, few groups, proportions near 0 and 1, bounded fold intervals
+# ---------------------------------------------------------------------------------------------------------------
+
+SEPARATION, CUT, PATIENT_SD, IMAGE_SD = 1.5, 0.75, 0.6, 0.8  # patient 0.6^2 + image 0.8^2 = unit variance
+
+
+def null_comparison(reps: int, rng: np.random.Generator, resamples: int) -> dict[str, float]:
+    """Two equally good models with patient effects of their own (40 patients x 12 images, labels per patient):
+    the share of 5 % tests that reject. The models share a patient component too, so they are correlated."""
+    patients, per = 40, 12
+    groups = np.repeat(np.arange(patients), per)
+    rejected: dict[str, list[bool]] = {}
+    for s in range(reps):
+        y = (rng.random(patients) < 0.4).astype(int)[groups]
+        if y.min() == y.max():
+            continue
+        shared = rng.normal(0, 0.4, patients)[groups]
+        scores = [SEPARATION * y + shared + rng.normal(0, 0.45, patients)[groups] + rng.normal(0, IMAGE_SD, len(y))
+                  for _ in range(2)]
+        a, b = (expit(v - CUT) for v in scores)
+        ca, cb = (a >= 0.5) == (y == 1), (b >= 0.5) == (y == 1)
+        tests = {"DeLong (images independent)": S.delong_test(y, a, b),
+                 "clustered DeLong (Obuchowski 1997)": S.clustered_delong_test(y, a, b, groups),
+                 "McNemar (images independent)": S.mcnemar_test(ca, cb),
+                 "clustered McNemar (Durkalski 2003)": S.clustered_mcnemar_test(ca, cb, groups)}
+        for name, res in tests.items():
+            rejected.setdefault(name, []).append(res.p_value is not None and res.p_value < 0.05)
+        for metric in ("auroc", "accuracy"):
+            diff = S.paired_bootstrap_diff(metric, y, a, b, groups=groups, n_resamples=resamples, seed=s)
+            rejected.setdefault(f"paired cluster bootstrap, {metric} (0 outside the 95 % interval)", []).append(
+                diff.defined and not diff.low <= 0 <= diff.high)
+    return {k: float(np.mean(v)) for k, v in rejected.items()} | {"replicates": len(rejected[next(iter(rejected))])}
+
+
+def few_groups(reps: int, rng: np.random.Generator, resamples: int) -> dict[str, dict[str, Any]]:
+    """Coverage with 3-40 patients of 12 images (malignant and benign patients alternate): the percentile cluster
+    bootstrap against the few-cluster methods (design-effect Wilson with Korn-Graubard df; Obuchowski logit t)."""
+    per = 12
+    sens, spec = stats.norm.sf(CUT - SEPARATION), stats.norm.cdf(CUT)
+    true_auc = stats.norm.cdf(SEPARATION / np.sqrt(2))
+    out: dict[str, dict[str, Any]] = {}
+    for n_groups in (3, 5, 10, 20, 40):
+        groups = np.repeat(np.arange(n_groups), per)
+        y = (np.arange(n_groups) % 2 == 0).astype(int)[groups]  # 3 groups: 2 malignant, 1 benign
+        prevalence = y.mean()
+        truth = {"accuracy": prevalence * sens + (1 - prevalence) * spec, "sensitivity": sens, "auroc": true_auc}
+        hits: dict[str, list[bool]] = {}
+        defined: dict[str, list[bool]] = {}
+        for s in range(reps):
+            score = SEPARATION * y + rng.normal(0, PATIENT_SD, n_groups)[groups] + rng.normal(0, IMAGE_SD, len(y))
+            p = expit(score - CUT)
+            pred = p >= 0.5
+            malignant = y == 1
+            rows = {
+                "accuracy: percentile cluster bootstrap": S.bootstrap_ci("accuracy", y, p, groups,
+                                                                         n_resamples=resamples, seed=s),
+                "accuracy: design-effect Wilson (Korn-Graubard)": S.clustered_proportion_interval(pred == malignant,
+                                                                                                   groups),
+                "sensitivity: percentile cluster bootstrap": S.bootstrap_ci("sensitivity", y, p, groups,
+                                                                            n_resamples=resamples, seed=s),
+                "sensitivity: design-effect Wilson (Korn-Graubard)": S.clustered_proportion_interval(
+                    pred[malignant], groups[malignant]),
+                "auroc: percentile cluster bootstrap": S.bootstrap_ci("auroc", y, p, groups, n_resamples=resamples,
+                                                                      seed=s),
+                "auroc: Obuchowski, logit t": S.clustered_auroc_interval(y, p, groups),
+            }
+            for name, ci in rows.items():
+                metric = name.split(":")[0]
+                defined.setdefault(name, []).append(ci.defined)
+                if ci.defined:
+                    hits.setdefault(name, []).append(covered(ci.low, ci.high, truth[metric]))
+        out[f"{n_groups} groups"] = {name: {"coverage": float(np.mean(hits[name])) if hits.get(name) else None,
+                                            "defined": float(np.mean(v))} for name, v in defined.items()}
+    return out
+
+
+def extreme_proportions(reps: int, rng: np.random.Generator, resamples: int) -> dict[str, dict[str, Any]]:
+    """Coverage of sensitivity near 0 and 1: independent images (Wilson) and 20 / 40 malignant patients x 12 images
+    (percentile cluster bootstrap against the design-effect Wilson)."""
+    out: dict[str, dict[str, Any]] = {}
+    for truth in (0.02, 0.98):
+        cut = SEPARATION - stats.norm.ppf(truth)  # P(score >= cut | malignant) = truth
+        rows: dict[str, list[bool]] = {}
+        for s in range(reps):
+            score = SEPARATION + rng.normal(0, 1, 240)
+            k = int(np.sum(score >= cut))
+            w = S.wilson_interval(k, 240)
+            rows.setdefault("240 independent images: Wilson", []).append(covered(w.low, w.high, truth))
+            for patients in (20, 40):
+                groups = np.repeat(np.arange(patients), 240 // patients)
+                score = SEPARATION + rng.normal(0, PATIENT_SD, patients)[groups] + rng.normal(0, IMAGE_SD, 240)
+                y = np.r_[np.ones(240, int), np.zeros(2, int)]  # two benign images so the sample has both classes
+                p = expit(np.r_[score, -5.0, -5.0] - cut)
+                g = np.r_[groups, patients, patients + 1]
+                boot = S.bootstrap_ci("sensitivity", y, p, g, n_resamples=resamples, seed=s)
+                dew = S.clustered_proportion_interval(score >= cut, groups)
+                rows.setdefault(f"{patients} patients x {240 // patients} images: percentile cluster bootstrap",
+                                []).append(covered(boot.low, boot.high, truth))
+                rows.setdefault(f"{patients} patients x {240 // patients} images: design-effect Wilson",
+                                []).append(covered(dew.low, dew.high, truth))
+        out[f"sensitivity {truth}"] = {k: float(np.mean(v)) for k, v in rows.items()}
+    return out
+
+
+def bounded_folds(reps: int, rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """Fold-level intervals of a mean accuracy near 1: how often the raw t interval leaves [0, 1], and coverage of
+    the raw, clipped and logit-scale t intervals (independent folds, binomial test folds)."""
+    out: dict[str, dict[str, float]] = {}
+    for folds, n_test, truth in ((3, 40, 0.95), (5, 40, 0.95), (5, 100, 0.98), (5, 400, 0.85)):
+        rows: dict[str, list[bool]] = {}
+        for _ in range(reps):
+            values = rng.binomial(n_test, np.clip(truth + rng.normal(0, 0.01, folds), 0, 1)) / n_test
+            raw, clipped = S.t_interval(values), S.t_interval(values, bounds=(0.0, 1.0))
+            logit = S.logit_t_interval(values, n_test)
+            rows.setdefault("raw t leaves [0, 1]", []).append(raw.defined and (raw.low < 0 or raw.high > 1))
+            rows.setdefault("no interval (all folds equal)", []).append(not clipped.defined)
+            rows.setdefault("raw t coverage", []).append(covered(raw.low, raw.high, truth))
+            rows.setdefault("clipped t coverage", []).append(covered(clipped.low, clipped.high, truth))
+            rows.setdefault("logit t coverage", []).append(covered(logit.low, logit.high, truth))
+        out[f"{folds} folds x {n_test} images, accuracy {truth}"] = {k: float(np.mean(v)) for k, v in rows.items()}
+    return out
+
+
+def mc_error(rate: float, reps: int) -> float:
+    return float(np.sqrt(rate * (1 - rate) / max(reps, 1)))
+
+
 def timed(fn: Any, repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -204,6 +339,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "statistics_bench.json"))
     args = parser.parse_args()
     fold_sets, test_sims, resamples = (200, 50, 500) if args.quick else (2000, 500, 1000)
+    null_reps, group_reps, extreme_reps = (100, 40, 40) if args.quick else (1000, 400, 400)
     start = time.perf_counter()
     rng = np.random.default_rng(20240601)
     folds: dict[str, Any] = {}
@@ -214,6 +350,10 @@ def main() -> int:
     folds["5-fold CV of a nearest-centroid classifier"] = {"coverage": cov, "truth": truth,
                                                            "observed_fold_correlation": rho}
     test_cov = simulate_test_sets(test_sims, rng, resamples)
+    null = null_comparison(null_reps, rng, 500)
+    groups = few_groups(group_reps, rng, 500)
+    extreme = extreme_proportions(extreme_reps, rng, 500)
+    bounded = bounded_folds(fold_sets, rng)
     times = timings(rng)
     elapsed = time.perf_counter() - start
 
@@ -227,6 +367,31 @@ def main() -> int:
               "| design | interval | coverage |", "|---|---|---|"]
     for design, rows in test_cov.items():
         lines += [f"| {design} | {k} | {v:.1%} |" for k, v in rows.items()]
+    reps = int(null["replicates"])
+    lines += ["", f"## Type-I error at the 5 % level, no true difference (40 patients x 12 images, patient effects "
+              f"of each model; {reps} replicates, Monte-Carlo SE {mc_error(0.05, reps):.1%} at 5 %)", "",
+              "| test | rejects |", "|---|---|"]
+    lines += [f"| {k} | {v:.1%} |" for k, v in null.items() if k != "replicates"]
+    lines += ["", f"## 95 % intervals with few groups (patients x 12 images, {group_reps} replicates: Monte-Carlo SE "
+              f"{mc_error(0.95, group_reps):.1%} at 95 %; 'defined' = share of samples that gave an interval)", "",
+              "| interval | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+    for name in next(iter(groups.values())):
+        cells = []
+        for row in groups.values():
+            c = row[name]
+            cells.append("–" if c["coverage"] is None else f"{c['coverage']:.1%}"
+                         + ("" if c["defined"] == 1 else f" ({c['defined']:.0%} defined)"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"## Proportions near 0 and 1 ({extreme_reps} replicates, Monte-Carlo SE "
+              f"{mc_error(0.95, extreme_reps):.1%})", "", "| truth | interval | coverage |", "|---|---|---|"]
+    for truth, rows in extreme.items():
+        lines += [f"| {truth} | {k} | {v:.1%} |" for k, v in rows.items()]
+    lines += ["", f"## Fold intervals of a bounded metric ({fold_sets:,} simulated sweeps each)", "",
+              "| design | raw t leaves [0, 1] | no interval (all equal) | raw t | clipped t | logit t |",
+              "|---|---|---|---|---|---|"]
+    for design, r in bounded.items():
+        lines.append(f"| {design} | {r['raw t leaves [0, 1]']:.1%} | {r['no interval (all folds equal)']:.1%} | "
+                     f"{r['raw t coverage']:.1%} | {r['clipped t coverage']:.1%} | {r['logit t coverage']:.1%} |")
     lines += ["", "## Timings (best of 3 where repeated; seconds)", "", "| operation | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in times.items()]
     lines += ["", f"Total run time {elapsed:.0f} s on {os.cpu_count()} CPUs."]
@@ -234,9 +399,15 @@ def main() -> int:
     result = {"command": "python benchmarks/statistics_coverage.py" + (" --quick" if args.quick else ""),
               "seed": 20240601, "fold_sets": fold_sets, "test_sets": test_sims, "resamples": resamples,
               "fold_sizes": {"n_train": N_TRAIN_FOLD, "n_test": N_TEST_FOLD, "folds": FOLDS},
-              "fold_coverage": folds, "test_set_coverage": test_cov, "timings_s": times,
-              "total_s": elapsed, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                              "numpy": np.__version__, "scipy": scipy.__version__}}
+              "fold_coverage": folds, "test_set_coverage": test_cov,
+              "null_comparison": {"replicates": reps, "monte_carlo_se_at_5pct": mc_error(0.05, reps),
+                                  "rejection_rate": {k: v for k, v in null.items() if k != "replicates"}},
+              "few_groups": {"replicates": group_reps, "coverage": groups},
+              "extreme_proportions": {"replicates": extreme_reps, "coverage": extreme},
+              "bounded_fold_intervals": {"replicates": fold_sets, "rates": bounded},
+              "timings_s": times, "total_s": elapsed,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "numpy": np.__version__, "scipy": scipy.__version__}}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -367,7 +367,9 @@ def aggregate_tables(result: dict[str, Any]) -> tuple[str, str]:
             writer.writerow([name, entry["runs"], entry["protocol"], key, st["mean"], st["std"], st["ci_low"],
                              st["ci_high"], st["ci_method"], corrected.get("low"), corrected.get("high"),
                              corrected.get("method", st.get("corrected_unavailable", ""))])
-            cell = f"{st['mean']:.3f} ± {st['std']:.3f} [{_num(st['ci_low'])}, {_num(st['ci_high'])}]"
+            cell = f"{st['mean']:.3f} ± {st['std']:.3f} " + (
+                f"[{_num(st['ci_low'])}, {_num(st['ci_high'])}]" if st["ci_low"] is not None
+                else f"(no CI: {st.get('ci_reason') or 'undefined'})")
             if corrected:
                 cell += f" {{{_num(corrected.get('low'))}, {_num(corrected.get('high'))}}}"
             cells.append(cell)

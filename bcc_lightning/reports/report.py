@@ -15,7 +15,7 @@ from bcc_lightning.reports.plots import (
     roc_figure,
     save_figure,
 )
-from bcc_lightning.reports.statistics import MIN_GROUPS, metric_intervals
+from bcc_lightning.reports.statistics import MIN_GROUPS, MIN_GROUPS_FEW, metric_intervals
 from bcc_lightning.utils.atomic_io import write_json, write_text
 
 SYNTHETIC_NOTE = "SYNTHETIC DEMO DATA: these numbers say nothing about real microscopy images."
@@ -103,10 +103,12 @@ def _fmt(value: Any, reason: str | None = None) -> str:
 
 
 def unreliable_text(interval: dict[str, Any]) -> str:
-    """' — unreliable: N groups (< 10)' for an interval behind too few groups, else ''."""
+    """' — unreliable: N group(s) ...' for an interval behind too few groups for its method to cover, else ''."""
     if not interval.get("unreliable") or interval.get("low") is None:
         return ""
-    return f" — **unreliable: {interval.get('n_groups')} group(s), fewer than {MIN_GROUPS}**"
+    return (f" — **unreliable: {interval.get('n_groups')} group(s), too few for this method to cover 95 % "
+            f"(percentile cluster bootstrap: {MIN_GROUPS}, Wilson with design effect and Obuchowski: "
+            f"{MIN_GROUPS_FEW})**")
 
 
 def _ci(interval: dict[str, Any] | None) -> str:

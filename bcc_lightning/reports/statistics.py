@@ -11,8 +11,8 @@ and `clustered_auroc_interval` (Obuchowski's variance, logit scale, t quantile).
 Every result names the method that produced it. Undefined numbers are None, with a `reason`; a fallback that was
 taken (e.g. BCa -> percentile) is recorded in `note`. Every interval records how many groups stand behind it
 (`n_groups`; per class in details["groups"] where the metric is class-conditional); with fewer than MIN_GROUPS
-groups it is marked `unreliable`. An interval never has zero width: where the data cannot move a number (one group,
-a perfect separation) the interval is None with the reason.
+groups (MIN_GROUPS_FEW for the few-cluster methods) it is marked `unreliable`. An interval never has zero width:
+where the data cannot move a number (one group, a perfect separation) the interval is None with the reason.
 """
 
 from __future__ import annotations
@@ -42,10 +42,13 @@ _UNDEFINED = {"sensitivity": "no malignant images", "specificity": "no benign im
               "auroc": "needs both classes", "auprc": "no malignant images", "accuracy": "no images",
               "brier": "no images", "ece": "no images"}
 _CELL_BUDGET = 4_000_000  # resamples x images per chunk: bounds memory at ~100 MB whatever n is
-# Below this many groups the percentile cluster bootstrap undercovers (benchmarks/statistics_coverage.py: about
-# 70 % at 3 groups, 85 % at 5, 90 % at 10, 93 % at 20 for a nominal 95 %), so such intervals are marked unreliable
-# and, where one exists, a method built for few clusters is used instead.
-MIN_GROUPS = 10
+# Below MIN_GROUPS groups the percentile cluster bootstrap undercovers (benchmarks/statistics_coverage.py, nominal
+# 95 %, patients x 12 images: accuracy 74 / 83 / 87 / 92 / 95 % at 3 / 5 / 10 / 20 / 40 groups, AUROC 38 / 68 / 82 /
+# 91 / 93 %), so its intervals are marked unreliable there. The few-cluster methods (the design-effect Wilson with
+# Korn-Graubard df, Obuchowski's AUROC variance with a t quantile) covered 92-100 % from 5 groups on, so theirs are
+# marked unreliable only below MIN_GROUPS_FEW.
+MIN_GROUPS = 20
+MIN_GROUPS_FEW = 5
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Interval:
     note: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     n_groups: int | None = None  # groups (patients) behind the interval; None when images are the units
-    unreliable: bool = False  # fewer than MIN_GROUPS groups: read the interval as a rough guide only
+    unreliable: bool = False  # too few groups for the method to cover (MIN_GROUPS, MIN_GROUPS_FEW): a rough guide
 
     @property
     def defined(self) -> bool:
@@ -649,8 +652,8 @@ def metric_intervals(labels: Any, probs: Any, threshold: float = 0.5, groups: An
     Independent images (no groups): Wilson for accuracy, sensitivity, specificity, precision and NPV; BCa
     bootstrap for F1, AUROC, AUPRC, Brier and ECE. With groups (images of one patient are alike, so Wilson and the
     image bootstrap come out too narrow): the proportions get `clustered_proportion_interval` (Wilson with the
-    design effect, which holds with few groups and stays non-degenerate at 0 and 1); AUROC with fewer than
-    MIN_GROUPS groups gets `clustered_auroc_interval`; the rest the percentile cluster bootstrap. Balanced accuracy
+    design effect, which holds with few groups and stays non-degenerate at 0 and 1); AUROC gets
+    `clustered_auroc_interval` (Obuchowski); the rest the percentile cluster bootstrap. Balanced accuracy
     is always the MOVER combination of the sensitivity and specificity intervals (`mover_mean`), so a model that
     calls every image malignant does not get a zero-width [0.5, 0.5].
 
@@ -678,11 +681,10 @@ def metric_intervals(labels: Any, probs: Any, threshold: float = 0.5, groups: An
         for name, (hit, den) in masks.items():
             interval = clustered_proportion_interval(hit[den], codes[den], level)
             result[name] = replace(interval, reason=_UNDEFINED[name]) if not den.any() else interval
-        if 0 < min(per_class.values()) and n_groups < MIN_GROUPS and result["auroc"].estimate is not None:
-            few = clustered_auroc_interval(y, p if ranks is None else ranks[0], codes, level)
-            result["auroc"] = replace(few, note="; ".join(filter(None, [
-                few.note, f"fewer than {MIN_GROUPS} groups: Obuchowski's variance with a t quantile instead of "
-                          "the percentile cluster bootstrap, which undercovers with few groups"])))
+        if min(per_class.values()) > 0:
+            # Obuchowski's variance covered 95-97 % from 10 to 40 groups where the percentile cluster bootstrap
+            # covered 82-93 % (benchmarks/statistics_coverage.py), so it replaces the bootstrap for AUROC.
+            result["auroc"] = clustered_auroc_interval(y, p if ranks is None else ranks[0], codes, level)
         for name in ("f1", "auroc", "auprc", "brier", "ece"):
             interval = result[name]
             smallest = min(per_class.values()) if _CLASS_OF[name] == "both" else n_groups
@@ -691,7 +693,8 @@ def metric_intervals(labels: Any, probs: Any, threshold: float = 0.5, groups: An
                 interval = replace(interval, low=None, high=None,
                                    reason=f"only {smallest} {'' if which == 'all' else which + ' '}group(s): "
                                           "resampling cannot move the number, so there is no interval")
-            result[name] = replace(interval, n_groups=smallest, unreliable=smallest < MIN_GROUPS,
+            minimum = MIN_GROUPS_FEW if interval.method.startswith("Obuchowski") else MIN_GROUPS
+            result[name] = replace(interval, n_groups=smallest, unreliable=smallest < minimum,
                                    details={**interval.details, "groups": per_class})
         for name in masks:
             result[name] = replace(result[name], details={**result[name].details, "groups": per_class})
@@ -752,7 +755,7 @@ def clustered_proportion_interval(successes: Any, groups: Any, level: float = 0.
     details.update(design_effect=deff, n_effective=n_eff)
     low, high = (0.0 if p == 0 else max(0.0, centre - half)), (1.0 if p == 1 else min(1.0, centre + half))
     return Interval(p, low, high, level, method, n, details=details,
-                    n_groups=n_groups, unreliable=n_groups < MIN_GROUPS)
+                    n_groups=n_groups, unreliable=n_groups < MIN_GROUPS_FEW)
 
 
 def mover_mean(first: Interval, second: Interval, level: float = 0.95) -> Interval:
@@ -815,7 +818,7 @@ def clustered_auroc_interval(labels: Any, probs: Any, groups: Any, level: float 
     codes, n_groups = _group_codes(groups, len(y))
     method = f"Obuchowski clustered AUROC variance over {n_groups} groups, logit scale, t quantile"
     i10, i01 = len(np.unique(codes[y == 1])), len(np.unique(codes[y == 0]))
-    common = {"n_groups": min(i10, i01), "unreliable": min(i10, i01) < MIN_GROUPS,
+    common = {"n_groups": min(i10, i01), "unreliable": min(i10, i01) < MIN_GROUPS_FEW,
               "details": {"groups": {"benign": i01, "malignant": i10}}}
     if i10 == 0 or i01 == 0:
         return Interval(None, None, None, level, method, len(y), reason=_UNDEFINED["auroc"], **common)

@@ -221,8 +221,9 @@ def test_metric_intervals_methods_and_undefined():
     grouped = S.metric_intervals(y, p, groups=np.arange(400) // 4, n_resamples=300)
     for name in ("accuracy", "sensitivity", "specificity", "precision", "npv"):
         assert grouped[name].method.startswith("Wilson score with the design effect over"), name
-    for name in ("f1", "auroc", "auprc", "brier", "ece"):
+    for name in ("f1", "auprc", "brier", "ece"):
         assert grouped[name].method.startswith("percentile cluster"), name
+    assert grouped["auroc"].method.startswith("Obuchowski")
     assert all(v.n_groups is not None and not v.unreliable for v in grouped.values())
     assert all(v.n_groups is None for v in res.values())
 
@@ -401,7 +402,7 @@ def test_clustered_proportion_interval_is_wilson_on_the_effective_size():
     single = S.clustered_proportion_interval(np.ones(10), np.zeros(10))
     assert single.estimate == 1.0 and single.low is None and "one group" in single.reason and single.unreliable
     few = S.clustered_proportion_interval(hits[:40], groups[:40])
-    assert few.n_groups == 4 and few.unreliable
+    assert few.n_groups == 4 and few.unreliable and not res.unreliable
 
 
 def test_every_image_called_malignant_gets_real_intervals():
@@ -426,7 +427,8 @@ def test_one_benign_group_gives_no_specificity_interval_and_no_interval_has_zero
     spec = res["specificity"]
     assert spec.estimate is not None and spec.low is None and "one group" in spec.reason and spec.n_groups == 1
     assert res["auroc"].low is None and "1 benign group" in res["auroc"].reason
-    assert res["sensitivity"].n_groups == 9 and res["sensitivity"].unreliable
+    assert res["sensitivity"].n_groups == 9 and not res["sensitivity"].unreliable  # holds from 5 groups on
+    assert res["f1"].n_groups == 10 and res["f1"].unreliable  # the percentile bootstrap needs 20
     assert res["accuracy"].details["groups"] == {"benign": 1, "malignant": 9}
     for inputs in ((y, p, groups), (y, y.astype(float), groups), (y, y.astype(float), None)):
         for name, ci in S.metric_intervals(*inputs[:2], groups=inputs[2], n_resamples=200).items():
@@ -437,9 +439,11 @@ def test_one_benign_group_gives_no_specificity_interval_and_no_interval_has_zero
 def test_few_groups_use_obuchowski_for_auroc_and_are_marked_unreliable():
     y, p, _, groups = clustered(6, 10, 28)
     res = S.metric_intervals(y, p, groups=groups, n_resamples=300)
-    assert res["auroc"].method.startswith("Obuchowski") and res["auroc"].unreliable
-    assert "fewer than 10 groups" in res["auroc"].note
+    smaller = min(len(set(groups[y == 0])), len(set(groups[y == 1])))
+    assert res["auroc"].method.startswith("Obuchowski") and res["auroc"].n_groups == smaller < S.MIN_GROUPS_FEW
+    assert res["auroc"].unreliable and res["accuracy"].n_groups == 6 and not res["accuracy"].unreliable
     assert res["f1"].unreliable and res["f1"].n_groups == 6
+    assert 0 < res["auroc"].low < res["auroc"].estimate < res["auroc"].high < 1
 
 
 def test_bounded_t_intervals_and_equal_values():
