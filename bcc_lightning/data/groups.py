@@ -172,16 +172,19 @@ def _by_folder(rels: Sequence[str], min_groups: int) -> tuple[dict[str, str], st
     depth = max((len(p) for _, p in info.values()), default=0)
     notes: list[str] = []
     for d in range(depth - 1, -1, -1):
-        covered = {rel: (lab, p[:d + 1]) for rel, (lab, p) in info.items() if len(p) > d}
-        if len(covered) * 2 < len(rels):
+        deep = {rel: (lab, p) for rel, (lab, p) in info.items() if len(p) > d}
+        if len(deep) * 2 < len(rels):
             continue  # most images are not this deep: not a level of this folder's layout
-        units = set(covered.values())
-        names = {u[1][-1] for u in units}
-        generic = sorted(n for n in names if _CATEGORY_FOLDER.match(n))
+        generic = sorted({p[d] for _, p in deep.values() if _CATEGORY_FOLDER.match(p[d])})
         if generic:
             notes.append(f"level {d + 1} below the class folder holds {', '.join(map(repr, generic[:4]))}: "
                          f"magnifications or containers, not patients")
             continue
+        # A unit is its path without magnification/container folders: B/40X/p1 and B/100X/p1 are one patient.
+        covered = {rel: (lab, tuple(x for x in p[:d + 1] if not _CATEGORY_FOLDER.match(x)))
+                   for rel, (lab, p) in deep.items()}
+        units = set(covered.values())
+        names = {u[1][-1] for u in units}
         sizes = Counter(covered.values())
         per_class = Counter(lab for lab, _ in units)
         level = f"level {d + 1} below the class folder"
@@ -192,7 +195,7 @@ def _by_folder(rels: Sequence[str], min_groups: int) -> tuple[dict[str, str], st
         if max(sizes.values()) < 2:
             continue  # one image per folder says nothing more than one group per image
         short = [f"{SHORT_NAMES[lab] if lab is not None else '?'} {per_class.get(lab, 0)}" for lab in (0, 1)]
-        if any(per_class.get(lab, 0) < min_groups for lab in (0, 1)):
+        if any(n < min_groups for n in per_class.values()):
             notes.append(f"{level} gives too few folders to split ({', '.join(short)}; at least {min_groups} per "
                          f"class needed)")
             continue

@@ -65,6 +65,10 @@ def test_patient_folders_below_the_class_folder() -> None:
     grouping = infer_groups(deep)
     assert grouping.rule == "folder" and grouping.count == 8 and grouping.groups[deep[0]] == "B/A/caseB0"
     assert any("'100X', '40X'" in line for line in grouping.evidence)
+    # Magnifications above the patient folders: one patient across magnifications is still one group.
+    above = [f"{c}/{m}X/case{c}{p}/{i}.png" for c in "BM" for m in (40, 100) for p in range(4) for i in range(2)]
+    grouping = infer_groups(above)
+    assert grouping.rule == "folder" and grouping.count == 8 and grouping.groups[above[0]] == "B/caseB0"
 
 
 def test_nothing_suggests_more_than_one_image() -> None:
