@@ -212,3 +212,17 @@ def test_the_embedding_cache_key_follows_the_recipe(tmp_path: Path, zoo: dict[st
     plain = {"name": "mobilenetv2", "source": "timm", "arch": None, "model_args": {}, "pooling": None}
     assert embedding_recipe(plain) == {}  # configs without a recipe keep the keys their caches were written under
     assert key(plain) == embeddings_key([image], "mobilenetv2", "sha", {"img_size": 224})
+
+
+def test_transformers_weights_of_another_shape_are_refused(hf_cache: Path, zoo: dict[str, dict[str, Any]]) -> None:
+    """transformers would only warn and leave the unmatched tensors random; the family refuses."""
+    from bcc_lightning.utils.errors import UserError
+
+    model = shallow(zoo["phikon"], hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    published = build_backbone(model["name"], source="transformers", options={**model, "model_args": {
+        **model["model_args"], "num_hidden_layers": 2}}).encoder.model
+    published.save_pretrained(str(_fake_snapshot(hf_cache, "owkin/phikon")), safe_serialization=True)
+    build_backbone(model["name"], pretrained=True, source="transformers", options=model)  # extra tensors: fine
+    with pytest.raises(UserError, match="do not fit model.arch=vit"):
+        build_backbone(model["name"], pretrained=True, source="transformers",
+                       options={**model, "model_args": {**model["model_args"], "num_hidden_layers": 3}})

@@ -138,13 +138,21 @@ class TransformersFamily(BackboneFamily):
             log.info("Loading %s weights from %s", name, weights)
             try:
                 # The snapshot folder, read by transformers itself: it knows how its own names changed across versions.
-                model = transformers.AutoModel.from_pretrained(str(weights.parent), config=config,
-                                                               local_files_only=True, use_safetensors=None)
+                model, info = transformers.AutoModel.from_pretrained(
+                    str(weights.parent), config=config, local_files_only=True, output_loading_info=True)
             except Exception as exc:
                 raise UserError(f"Cannot load backbone '{name}' from {weights.parent} ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:300] if str(exc) else ''}). The files may be incomplete "
                                 f"or of another architecture than model.arch={config.model_type}: download them "
                                 f"again.") from exc
+            # transformers only warns about tensors the file lacks and leaves them random: refuse that here.
+            missing = sorted(str(k) for k in info.get("missing_keys") or () if not str(k).startswith("pooler."))
+            missing += sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
+            if missing:
+                raise UserError(f"The weights of backbone '{name}' in {weights.parent} do not fit model.arch="
+                                f"{config.model_type} with model.model_args as configured: {len(missing)} tensors "
+                                f"are missing or of another shape (e.g. {', '.join(missing[:3])}). Check the preset "
+                                f"against the repo's config.json, or download the files again.")
         else:
             model = transformers.AutoModel.from_config(config)
         return TransformersEncoder(model), str(config.model_type)
