@@ -6,17 +6,29 @@ Needs Debian's chromium + chromium-driver and selenium. Without them the test is
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bcc_lightning.serving.page import PAGE_HTML
 from tests.serving import best_ckpt, running_server
 
 WAIT = 90  # seconds for a prediction with Grad-CAM on a busy CPU
+# Names a spreadsheet would run as formulas: the page's CSV keeps them text (a leading '); numbers stay numbers.
+HOSTILE_ROWS = [{"name": "=HYPERLINK(1).png", "label": "benign", "prob_malignant": 0.25, "threshold": 0.5,
+                 "uncertainty": "", "error": ""},
+                {"name": "+a,b.png", "label": "", "prob_malignant": "", "threshold": "", "uncertainty": "",
+                 "error": '-x "q"'},
+                {"name": "@x.png", "label": "", "prob_malignant": "", "threshold": "", "uncertainty": "",
+                 "error": "\tcmd"}]
+HOSTILE_CSV = ("name,label,prob_malignant,threshold,uncertainty,error\n'=HYPERLINK(1).png,benign,0.25,0.5,,\n"
+               "\"'+a,b.png\",,,,,\"'-x \"\"q\"\"\"\n'@x.png,,,,,'\tcmd\n")
 
 
 def _require(condition: bool, reason: str) -> None:
@@ -51,6 +63,19 @@ def browser() -> Iterator[Any]:
         session.quit()
 
 
+def test_csv_neutralises_formulas_in_node() -> None:
+    """The page's CSV code run by Node.js where it is installed (the browser test runs it in Chromium)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed; test_upload_shows_label_and_heat_map checks the CSV in Chromium")
+    script = PAGE_HTML.split("<script>")[1].split("</script>")[0]
+    functions = script[script.index("function quote"):script.index("csvButton.addEventListener")]
+    program = functions + f"process.stdout.write(csvText({json.dumps(HOSTILE_ROWS)}));"
+    result = subprocess.run([node, "-e", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == HOSTILE_CSV
+
+
 def test_upload_shows_label_and_heat_map(browser: Any, trained_run: Path, demo_root: Path,
                                          tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
@@ -61,6 +86,9 @@ def test_upload_shows_label_and_heat_map(browser: Any, trained_run: Path, demo_r
         browser.get(f"{url}/")
         wait = WebDriverWait(browser, WAIT)
         wait.until(lambda b: b.find_element(By.ID, "model").text.startswith("Model:"))
+        # the demo run was trained on synthetic data, as /model records: the page says so
+        assert "SYNTHETIC" in browser.find_element(By.ID, "synthetic").text
+        assert browser.execute_script(f"return csvText({json.dumps(HOSTILE_ROWS)})") == HOSTILE_CSV
         browser.find_element(By.ID, "files").send_keys(str(image))
         label = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "td.label"))[0]
         assert label.text in ("benign", "malignant")
