@@ -66,14 +66,18 @@ def run(cfg: DictConfig) -> None:
     port = _number(cfg, "port", 0, integer=True)
     if port > 65535:
         raise UserError(f"port must be between 0 and 65535 (got {port}).")
-    from bcc_lightning.serving.api import ServeSettings, build_server  # litserve only loads for this task
+    from bcc_lightning.serving.api import ServeSettings, build_server, run_server  # litserve loads for this task only
 
     settings = ServeSettings(
         ckpt=str(ckpt), point=dict(point), threshold_method=point_label(point), tta=tta,
         cam=bool(cfg.cam), cam_layer=cfg.get("cam_layer"),
         max_batch_size=_number(cfg, "max_batch_size", 1, integer=True),
         batch_timeout=_number(cfg, "batch_timeout", 0), workers=_number(cfg, "workers", 1, integer=True),
-        max_upload_mb=_number(cfg, "max_upload_mb", 0.001), accelerator=str(cfg.trainer.accelerator),
+        max_upload_mb=_number(cfg, "max_upload_mb", 0.001),
+        max_image_megapixels=_number(cfg, "max_image_megapixels", 0.001),
+        max_aspect_ratio=_number(cfg, "max_aspect_ratio", 1), max_request_megapixels=_number(
+            cfg, "max_request_megapixels", 0.001), max_batch_megapixels=_number(cfg, "max_batch_megapixels", 0.001),
+        worker_restarts=_number(cfg, "worker_restarts", 0, integer=True), accelerator=str(cfg.trainer.accelerator),
         precision=cfg.trainer.precision, timeout=_number(cfg, "timeout", 1), fast=_serve_fast(cfg))
     host = {"localhost": "127.0.0.1"}.get(str(cfg.host), str(cfg.host))
     if host not in ("127.0.0.1", "0.0.0.0", "::"):
@@ -83,9 +87,8 @@ def run(cfg: DictConfig) -> None:
     server = build_server(settings)
     print(f"Serving {ckpt} at http://{host}:{port}/ (threshold {threshold:.4f}, {settings.threshold_method}; "
           f"{'TTA: 8 views' if tta else 'no TTA'}; "
-          f"batches of up to {settings.max_batch_size} requests). Ctrl+C stops.", flush=True)
-    server.run(host=host, port=port, num_api_servers=1, generate_client_file=False,
-               log_level=str(cfg.get("log_level", "warning")))
+          f"batches of up to {settings.max_batch_size} requests). Ctrl+C or SIGTERM stops.", flush=True)
+    run_server(server, host, port, log_level=str(cfg.get("log_level", "warning")))
 
 
 if __name__ == "__main__":
