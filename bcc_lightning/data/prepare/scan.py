@@ -126,7 +126,7 @@ def assign_groups(sources: list[Source], settings: PrepareSettings, rejected: li
                         f"(see rejected.csv for the names).")
     groups = {s.rel: s.group for s in kept}
     if settings.group == "breakhis":
-        return kept, Grouping(groups, "breakhis", "patient", "BreakHis names (group=breakhis)")
+        return kept, Grouping(groups, "breakhis", "patient", "BreakHis names, group=breakhis")
     return kept, Grouping(groups, "pattern", "group", f"group_pattern {pattern.pattern!r}")
 
 
