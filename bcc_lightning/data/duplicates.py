@@ -24,6 +24,7 @@ Thresholds are calibrated by ``benchmarks/near_duplicates.py`` (see ``docs/near_
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -58,7 +59,7 @@ COPY_OVERLAP = 0.9  # ... and from which one lies (almost) wholly within the oth
 GRAY_SATURATION = 0.02  # mean (max-min)/255 chroma below which an image counts as grayscale
 
 FEATURE_DIM = 2 * RINGS + GLOBAL_ORDERS * RINGS
-_GRID = [THUMB, RINGS, ANGLES, MIN_ORDER, ORDERS, FEATURE_DIM, "orb", lf.N_FEATURES, lf.MAX_PIXELS,
+_GRID = [THUMB, RINGS, ANGLES, MIN_ORDER, ORDERS, FEATURE_DIM, "orb-frames", lf.N_FEATURES, lf.MAX_PIXELS,
          lf.FAST_THRESHOLD]  # stored with saved sets; a mismatch means recompute
 
 
@@ -196,6 +197,7 @@ class DescriptorSet:
     kp_desc: np.ndarray | None = None  # uint8 (T, 32)
     kp_desc_mirror: np.ndarray | None = None  # uint8 (T, 32)
     texture: np.ndarray | None = None  # float32 (N,)
+    kp_frame: np.ndarray | None = None  # float32 (T, 2): log2 keypoint size, angle (degrees)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -208,9 +210,10 @@ class DescriptorSet:
         """Local features of row i."""
         if self.kp_offsets is None:
             empty = np.zeros((0, lf.DESCRIPTOR_BYTES), np.uint8)
-            return lf.LocalFeatures(np.zeros((0, 2), np.float32), empty, empty, 1.0)
+            return lf.LocalFeatures(np.zeros((0, 2), np.float32), empty, empty, 1.0, np.zeros((0, 2), np.float32))
         a, b = int(self.kp_offsets[i]), int(self.kp_offsets[i + 1])
-        return lf.LocalFeatures(self.kp_xy[a:b], self.kp_desc[a:b], self.kp_desc_mirror[a:b], float(self.texture[i]))
+        return lf.LocalFeatures(self.kp_xy[a:b], self.kp_desc[a:b], self.kp_desc_mirror[a:b], float(self.texture[i]),
+                                self.kp_frame[a:b])
 
     @property
     def blank(self) -> np.ndarray:
@@ -245,6 +248,7 @@ class DescriptorSet:
             kp_desc=np.concatenate([f.desc for f in local] or [empty]) if has_local else None,
             kp_desc_mirror=np.concatenate([f.desc_mirror for f in local] or [empty]) if has_local else None,
             texture=np.array([f.texture for f in local], np.float32) if has_local else None,
+            kp_frame=np.concatenate([f.frame for f in local] or [np.zeros((0, 2), np.float32)]) if has_local else None,
         )
 
     @classmethod
@@ -266,7 +270,8 @@ class DescriptorSet:
                    kp_xy=np.concatenate([s.kp_xy for s in sets]) if local else None,
                    kp_desc=np.concatenate([s.kp_desc for s in sets]) if local else None,
                    kp_desc_mirror=np.concatenate([s.kp_desc_mirror for s in sets]) if local else None,
-                   texture=np.concatenate([s.texture for s in sets]) if local else None)
+                   texture=np.concatenate([s.texture for s in sets]) if local else None,
+                   kp_frame=np.concatenate([s.kp_frame for s in sets]) if local else None)
 
     def subset(self, rows: Sequence[int]) -> DescriptorSet:
         """The given rows, in that order (errors are not carried)."""
@@ -279,6 +284,7 @@ class DescriptorSet:
             out.kp_offsets = np.r_[0, np.cumsum([len(p) for p in pieces], dtype=np.int64)].astype(np.int64)
             out.kp_xy, out.kp_desc = self.kp_xy[take], self.kp_desc[take]
             out.kp_desc_mirror, out.texture = self.kp_desc_mirror[take], self.texture[rows]
+            out.kp_frame = self.kp_frame[take]
         return out
 
     def complex_coeffs(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
@@ -317,7 +323,7 @@ class DescriptorSet:
                        errors=dict(zip(data["error_paths"].tolist(), data["error_messages"].tolist())), **local)
 
 
-_LOCAL_FIELDS = ("kp_offsets", "kp_xy", "kp_desc", "kp_desc_mirror", "texture")
+_LOCAL_FIELDS = ("kp_offsets", "kp_xy", "kp_desc", "kp_desc_mirror", "texture", "kp_frame")
 
 
 def _describe_path(path: str) -> tuple[Descriptor | None, str | None]:
@@ -345,7 +351,11 @@ def describe_files(paths: Iterable[str | Path], workers: int | None = None,
         iterator: Iterable[tuple[Descriptor | None, str | None]] = map(_describe_path, names)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded_opencv)
+        # Not fork: a child forked while OpenCV's (or torch's) thread pool holds a lock in the parent hangs on its
+        # first call into that library. forkserver starts workers from a clean process (spawn where unavailable).
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded_opencv,
+                                   mp_context=multiprocessing.get_context(method))
         # Chunks amortise the inter-process round trip; a descriptor is ~2 KB so results are cheap to send back.
         iterator = pool.map(_describe_path, names, chunksize=max(1, min(64, len(names) // (8 * workers))))
     try:
@@ -491,7 +501,8 @@ def local_candidates(query: DescriptorSet, reference: DescriptorSet | None = Non
     owner = np.repeat(np.arange(n), np.diff(both.kp_offsets))
     usable = ~both.blank[owner]  # blank images never vote
     side = None if same else np.r_[np.zeros(len(query), np.int64), np.ones(len(ref), np.int64)]
-    pairs, votes = lf.vote_pairs(both.kp_desc[usable], both.kp_desc_mirror[usable], owner[usable], n, side)
+    pairs, votes = lf.vote_pairs(both.kp_desc[usable], both.kp_desc_mirror[usable], owner[usable], n, side,
+                                 frame=both.kp_frame[usable])
     pairs = lf.select_candidates(pairs, votes)
     if not same and len(pairs):
         pairs[:, 1] -= len(query)  # pairs run (query row, len(query) + reference row) since query rows come first

@@ -45,11 +45,17 @@ MIN_KEYPOINTS = 24
 TABLES = 10
 KEY_BYTES = 3
 BUCKET_CAP = 24
+# Each colliding descriptor pair predicts the map's scale (ratio of keypoint sizes) and rotation (difference of
+# keypoint angles); votes are counted per (scale, rotation) bin and a pair scores its fullest bin. Look-alike
+# texture collides in every bin, the same tissue under one map piles up in one (Lowe's Hough step).
+SCALE_BIN = 0.5  # log2 units: half an octave
+ANGLE_BIN = 30.0  # degrees
 MIN_VOTES = 3
 MAX_CANDIDATES = 12  # per image, strongest by votes
 
 # Verification.
-RATIO = 0.85  # Lowe's ratio on Hamming distances (binary descriptors need a looser ratio than SIFT's 0.8)
+RATIO = 0.8  # Lowe's ratio on Hamming distances
+MAX_DISTANCE = 64  # of 256 bits: a farther nearest neighbour is no correspondence whatever the ratio
 RANSAC_FRACTION = 0.008  # reprojection threshold as a fraction of the query's diagonal
 MIN_INLIERS = 14
 MIN_INLIER_RATIO = 0.15  # inliers among ratio-test matches
@@ -68,6 +74,7 @@ class LocalFeatures:
     desc: np.ndarray  # uint8 (K, 32)
     desc_mirror: np.ndarray  # uint8 (K, 32): the same keypoints described in the left-right mirrored image
     texture: float  # fraction of textured cells, 0..1
+    frame: np.ndarray | None = None  # float32 (K, 2): log2 of the keypoint's size (original pixels), angle (deg)
 
     @property
     def blank(self) -> bool:
@@ -109,7 +116,7 @@ def extract(luma: np.ndarray) -> LocalFeatures:
     keypoints, desc = orb.detectAndCompute(work, None)
     if desc is None or not keypoints:
         empty = np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
-        return LocalFeatures(np.zeros((0, 2), np.float32), empty, empty, texture)
+        return LocalFeatures(np.zeros((0, 2), np.float32), empty, empty, texture, np.zeros((0, 2), np.float32))
     # ORB is not mirror-invariant: describe the same keypoints in the mirrored image too (no second detection, a
     # third of the cost), so a flipped copy matches its source's descriptors.
     width = work.shape[1]
@@ -122,7 +129,8 @@ def extract(luma: np.ndarray) -> LocalFeatures:
     xy = np.array([k.pt for k in keypoints], dtype=np.float32)
     # Pixel centres: work coordinate u covers original (u + 0.5) / scale - 0.5.
     xy = (xy + 0.5) * np.array([w / size[0], h / size[1]], np.float32) - 0.5
-    return LocalFeatures(xy, np.ascontiguousarray(desc, dtype=np.uint8), desc_mirror, texture)
+    frame = np.array([(math.log2(max(k.size, 1e-3) * w / size[0]), k.angle) for k in keypoints], np.float32)
+    return LocalFeatures(xy, np.ascontiguousarray(desc, dtype=np.uint8), desc_mirror, texture, frame)
 
 
 # ----------------------------------------------------------------------------------------------- candidates
@@ -136,23 +144,32 @@ def _keys(desc: np.ndarray, table: int) -> np.ndarray:
 
 
 def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_images: int,
-               side: np.ndarray | None = None, tables: int = TABLES) -> tuple[np.ndarray, np.ndarray]:
+               side: np.ndarray | None = None, tables: int = TABLES,
+               frame: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Image pairs that share hashed descriptors: (M, 3) rows a < b, mirrored (0/1), and their vote counts.
 
     desc, desc_mirror: (T, 32) plain and mirrored descriptors of all images stacked; owner: (T,) image of each row.
     A plain descriptor colliding with a mirrored one votes for a mirrored pair (one image a flip of the other).
+    frame: (T, 2) log2 size and angle of each keypoint: votes then count in the pair's fullest (scale, rotation) bin.
     side: per image 0/1 to keep only pairs across two sets (query vs reference), None for all pairs. One sort per
-    table; pairs within a bucket are found by comparing each sorted row with the next d rows, d < BUCKET_CAP.
+    table; pairs within a bucket are found by comparing each sorted row with the next d rows, d < 2 * BUCKET_CAP.
     """
     n = len(desc)
     stacked = np.concatenate([desc, desc_mirror])
     images = np.concatenate([owner, owner]).astype(np.int64)
     flags = np.repeat(np.array([0, 1], np.int64), n)
+    if frame is None:
+        frame = np.zeros((n, 2), np.float32)
+    log_size = np.concatenate([frame[:, 0], frame[:, 0]]).astype(np.float32)
+    angle = np.concatenate([frame[:, 1], (180.0 - frame[:, 1]) % 360.0]).astype(np.float32)
+    n_angle = int(round(360 / ANGLE_BIN))
+    n_bins = 16 * n_angle  # scale bins: log2 ratio -8..+7 octaves (clipped)
     codes = []
     for table in range(tables):
         key = _keys(stacked, table)
         order = np.argsort(key, kind="stable")
         key, img, flag = key[order], images[order], flags[order]
+        size_s, angle_s = log_size[order], angle[order]
         start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         count = np.diff(np.r_[start, len(key)])
         small = np.repeat(count <= 2 * BUCKET_CAP, count)  # each descriptor is in the table twice (plain, mirror)
@@ -166,14 +183,26 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
             keep = (a != b) & ((fa & fb) == 0)  # mirror against mirror repeats plain against plain
             if side is not None:
                 keep &= side[a] != side[b]
+            i, j = same[keep], same[keep] + d
             a, b, m = a[keep], b[keep], (fa ^ fb)[keep]
-            codes.append((np.minimum(a, b) * n_images + np.maximum(a, b)) * 2 + m)
+            # The map's scale and rotation as seen from the smaller image index to the larger one.
+            swap = a > b
+            first, second = np.where(swap, j, i), np.where(swap, i, j)
+            scale_bin = np.clip(np.round((size_s[second] - size_s[first]) / SCALE_BIN), -8, 7).astype(np.int64) + 8
+            angle_bin = (np.floor(((angle_s[second] - angle_s[first]) % 360.0) / ANGLE_BIN).astype(np.int64)
+                         % n_angle)
+            pair = (np.minimum(a, b) * n_images + np.maximum(a, b)) * 2 + m
+            codes.append(pair * n_bins + scale_bin * n_angle + angle_bin)
     if not codes:
         return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
     # A descriptor pair colliding in several tables votes once per table: closer descriptors weigh more.
     code, votes = np.unique(np.concatenate(codes), return_counts=True)
-    pair = code // 2
-    return np.stack([pair // n_images, pair % n_images, code % 2], axis=1), votes
+    pair = code // n_bins
+    first = np.r_[0, np.flatnonzero(np.diff(pair)) + 1]
+    votes = np.maximum.reduceat(votes, first)  # the fullest (scale, rotation) bin of each pair and orientation
+    pair = pair[first]
+    images_pair = pair // 2
+    return np.stack([images_pair // n_images, images_pair % n_images, pair % 2], axis=1), votes
 
 
 def select_candidates(pairs: np.ndarray, votes: np.ndarray, min_votes: int = MIN_VOTES,
@@ -242,14 +271,15 @@ def verify_pair(query: LocalFeatures, reference: LocalFeatures, query_size: tupl
         return None
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
     knn = matcher.knnMatch(query.desc_mirror if mirrored else query.desc, reference.desc, k=2)
-    good = [m[0] for m in knn if len(m) == 2 and m[0].distance < RATIO * m[1].distance and m[0].distance < 80]
+    good = [m[0] for m in knn
+            if len(m) == 2 and m[0].distance < RATIO * m[1].distance and m[0].distance < MAX_DISTANCE]
     if len(good) < MIN_INLIERS:
         return None
     dst = query.xy[[m.queryIdx for m in good]]
     src = reference.xy[[m.trainIdx for m in good]]
     diagonal = math.hypot(*query_size)
     matrix, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_FRACTION * diagonal,
-                                        maxIters=2000, confidence=0.995, refineIters=10)
+                                        maxIters=1000, confidence=0.995, refineIters=10)
     if matrix is None:
         return None
     inlier = mask.ravel().astype(bool)
