@@ -16,9 +16,10 @@ from bcc_lightning.tasks import train as training
 from bcc_lightning.utils.errors import Stopped
 from tests.conftest import DETERMINISTIC, REPO, history_rows, run_in, subprocess_env, tiny_train_config
 
-# 28 training images in batches of 4: 7 batches an epoch.
-BASE = [*DETERMINISTIC, "trainer.max_epochs=2", "trainer.enable_model_summary=false"]
-BATCHES = 7
+# 3 training batches of 4 images an epoch, and one validation batch: the least that shows an epoch boundary.
+BASE = [*DETERMINISTIC, "trainer.max_epochs=2", "trainer.enable_model_summary=false", "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1"]
+BATCHES = 3
 
 
 def stop_at(epoch: int, batch: int, signum: int | None = None, marker: Path | None = None) -> list[str]:
@@ -57,24 +58,41 @@ def test_stop_signals_outside_fit_stop_at_once(signum: int) -> None:
     assert signal.getsignal(signum) == before  # the previous handler is back
 
 
-# SIGTERM in the second epoch resumes from the end of the first; SIGUSR1 in the first epoch from the start of training.
-@pytest.mark.parametrize(("signum", "epoch"), [(signal.SIGTERM, 1), (signal.SIGUSR1, 0)])
-def test_signal_mid_epoch_then_resume_gives_identical_weights(demo_root: Path, tmp_path: Path, straight: Path,
-                                                              signum: int, epoch: int) -> None:
+def _stop_and_check(demo_root: Path, run: Path, signum: int, epoch: int) -> None:
     with pytest.raises(Stopped) as stopped:
-        run_in(tmp_path, training.run, tiny_train_config(demo_root, [*BASE, *stop_at(epoch, 2, signum)]))
+        run_in(run, training.run, tiny_train_config(demo_root, [*BASE, *stop_at(epoch, 1, signum)]))
     assert stopped.value.exit_code == 128 + signum
     message = stopped.value.message
-    assert f"Stopped by {signal.Signals(signum).name} in epoch {epoch} after batch 3 of {BATCHES}" in message
-    assert f"resume=true hydra.run.dir={tmp_path}" in message
+    assert f"Stopped by {signal.Signals(signum).name} in epoch {epoch} after batch 2 of {BATCHES}" in message
+    assert f"resume=true hydra.run.dir={run}" in message
     assert ("the start of training" if epoch == 0 else f"the end of epoch {epoch - 1}") in message
-    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == epoch * BATCHES  # the epoch boundary, not the batch where the signal came
-    assert not (tmp_path / "metrics.json").exists()
+    assert not (run / "metrics.json").exists()
 
-    run_in(tmp_path, training.run, tiny_train_config(demo_root, [*BASE, "resume=true"]))
-    assert_same_weights(weights(straight), weights(tmp_path))
-    assert history_rows(straight) == history_rows(tmp_path)
+
+def _resume_and_compare(demo_root: Path, run: Path, straight: Path) -> None:
+    run_in(run, training.run, tiny_train_config(demo_root, [*BASE, "resume=true"]))
+    assert_same_weights(weights(straight), weights(run))
+    assert history_rows(straight) == history_rows(run)
+
+
+def test_sigterm_mid_epoch_then_resume_gives_identical_weights(demo_root: Path, tmp_path: Path,
+                                                               straight: Path) -> None:
+    """SIGTERM in the second epoch: last.ckpt holds the end of the first; resume redoes the second."""
+    _stop_and_check(demo_root, tmp_path, signal.SIGTERM, 1)
+    _resume_and_compare(demo_root, tmp_path, straight)
+
+
+def test_sigusr1_in_the_first_epoch_keeps_the_start_as_resume_point(demo_root: Path, tmp_path: Path) -> None:
+    _stop_and_check(demo_root, tmp_path, signal.SIGUSR1, 0)
+
+
+@pytest.mark.slow
+def test_sigusr1_in_the_first_epoch_then_resume_gives_identical_weights(demo_root: Path, tmp_path: Path,
+                                                                        straight: Path) -> None:
+    _stop_and_check(demo_root, tmp_path, signal.SIGUSR1, 0)
+    _resume_and_compare(demo_root, tmp_path, straight)
 
 
 def test_last_checkpoint_follows_every_epoch(straight: Path) -> None:
@@ -105,11 +123,11 @@ def _sigterm_when_marked(cmd: list[str], marker: Path, cwd: Path) -> subprocess.
 
 def test_sigterm_to_train_py_exits_143_without_traceback(demo_root: Path, tmp_path: Path) -> None:
     run, marker = tmp_path / "run", tmp_path / "marker"
-    result = _sigterm_when_marked(_train_cmd(demo_root, run, stop_at(1, 2, marker=marker)), marker, tmp_path)
+    result = _sigterm_when_marked(_train_cmd(demo_root, run, stop_at(1, 1, marker=marker)), marker, tmp_path)
     assert result.returncode == 143, result.stderr[-3000:]
     assert "Traceback" not in result.stderr + result.stdout
     paragraph = " ".join(result.stderr.split())
-    assert f"Stopped by SIGTERM in epoch 1 after batch 3 of {BATCHES}." in paragraph
+    assert f"Stopped by SIGTERM in epoch 1 after batch 2 of {BATCHES}." in paragraph
     assert f"{run / 'checkpoints' / 'last.ckpt'} holds the end of epoch 0" in paragraph
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == BATCHES
@@ -122,7 +140,7 @@ def test_sigterm_then_resume_in_subprocesses_matches_an_uninterrupted_run(demo_r
     done = subprocess.run(_train_cmd(demo_root, straight_run, []), env=subprocess_env(), cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    stopped = _sigterm_when_marked(_train_cmd(demo_root, run, stop_at(1, 4, marker=marker)), marker, tmp_path)
+    stopped = _sigterm_when_marked(_train_cmd(demo_root, run, stop_at(1, 1, marker=marker)), marker, tmp_path)
     assert stopped.returncode == 143 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
     resumed = subprocess.run(_train_cmd(demo_root, run, ["resume=true"]), env=subprocess_env(), cwd=tmp_path,
                              capture_output=True, text=True, timeout=600)

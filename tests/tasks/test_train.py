@@ -157,3 +157,20 @@ def test_cudnn_autotuning_unless_deterministic(tmp_path: Path, deterministic: bo
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = False
+
+
+def test_slurm_requeue_left_to_the_job_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under SLURM, Lightning's auto-requeue (a mid-epoch hpc checkpoint on SIGUSR1) is off: ours stops at an epoch
+    boundary instead (callbacks/preemption.py)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "123", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}.items():
+        monkeypatch.setenv(key, value)
+    cfg = compose_config("train", ["logger=none", "trainer.accelerator=cpu"])
+    try:
+        trainer = training.build_trainer(cfg, [], False, tmp_path)
+    finally:
+        torch.backends.cudnn.benchmark = False
+    environment = trainer._accelerator_connector.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is False
