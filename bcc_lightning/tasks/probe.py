@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from bcc_lightning.data.cache import default_cache_dir
 from bcc_lightning.data.datamodule import BCCDataModule, ImageFolderDataset
-from bcc_lightning.data.embeddings import embeddings_key, open_or_compute
+from bcc_lightning.data.embeddings import embedding_recipe, embeddings_key, open_or_compute
 from bcc_lightning.data.layout import SPLITS, read_manifest
 from bcc_lightning.models.checkpoint import load_checkpoint
 from bcc_lightning.models.module import BCCClassifier
@@ -79,7 +79,7 @@ def embed_splits(model: BCCClassifier, datamodule: BCCDataModule, cache: Any, de
     for split in splits:
         samples = datamodule.samples(split)
         key = embeddings_key([p for p, _ in samples], str(model.hparams.model["name"]), fingerprint,
-                             model.preprocess.to_dict())
+                             model.preprocess.to_dict(), recipe=embedding_recipe(model.hparams.model))
         start = time.perf_counter()
         features, status = open_or_compute(cache_dir, split, key, len(samples),
                                            lambda s=split: _batches(model, datamodule, s, device), log=log.info)
