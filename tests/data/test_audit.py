@@ -174,3 +174,26 @@ def test_shifted_zoomed_cropped_sheared_copies_are_named(tmp_path: Path) -> None
     run_prepare(root, resplit, group="content")
     clean = audit_splits(resplit, cache_dir=False, workers=0)
     assert clean.summary()["clean"], clean.rows
+
+
+def test_error_gate_stops_on_an_overlapping_view(tmp_path: Path) -> None:
+    from bcc_lightning.utils.errors import UserError
+
+    root = tmp_path / "data"
+    big = slide(720, 300, seed=70)
+    files = {"train/B/left.png": big.crop((0, 0, 300, 300)), "train/M/other.png": slide(300, 300, seed=71),
+             "val/B/far.png": big.crop((420, 0, 720, 300)),  # touches neither tile's tissue
+             "val/M/other.png": slide(300, 300, seed=72), "test/M/other.png": slide(300, 300, seed=73),
+             "test/B/middle.png": big.crop((120, 0, 420, 300))}  # shares 60 % of its area with train/B/left.png
+    for rel, image in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        image.save(root / rel)
+    result = audit_splits(root, cache_dir=False, workers=0)
+    (row,) = result.rows
+    assert (row["path"], row["copy_of"], row["kind"]) == ("test/B/middle.png", "train/B/left.png", "overlap")
+    assert row["overlap"] == pytest.approx(0.6, abs=0.05) and "1 overlapping views" in verdict(result)
+    with pytest.raises(UserError, match="have a copy in train.*data.audit=error"):
+        audit.audit_gate("error", root, None, workers=0, cache_setting=str(tmp_path / "cache"))
+    assert audit_splits(root, cache_dir=False, workers=0, min_overlap=0.7).summary()["clean"]
+    with pytest.raises(UserError, match="min_overlap"):
+        audit_splits(root, cache_dir=False, workers=0, min_overlap=1.5)
