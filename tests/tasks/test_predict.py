@@ -184,3 +184,17 @@ def test_referral_curve_refers_the_most_uncertain_first() -> None:
     points = referral_curve(labels, probs, 0.5, -np.abs(probs - 0.5), fractions=(0.0, 0.5))
     assert points[0]["accuracy"] == 0.5 and points[0]["sensitivity"] == 0.5
     assert points[1] == {"referred_fraction": 0.5, "kept": 2, "accuracy": 1.0, "sensitivity": 1.0}
+
+
+def test_an_old_checkpoint_works_with_a_number_and_says_why_auto_cannot(tmp_path: Path) -> None:
+    """tests/fixtures/old_checkpoint (written before the package was reorganised, evaluated beside nothing)."""
+    from tests.conftest import REPO
+
+    fixture = REPO / "tests" / "fixtures" / "old_checkpoint"
+    with pytest.raises(UserError, match=r"older version of bcc-lightning.*save_to=model\.ckpt"):
+        predict(fixture / "model.ckpt", fixture / "data" / "test", tmp_path / "p.csv", num_workers=0,
+                accelerator="cpu")
+    rows = predict(fixture / "model.ckpt", fixture / "data" / "test", tmp_path / "p.csv", threshold=0.5,
+                   num_workers=0, accelerator="cpu", precision="32-true")
+    assert rows and all(r["threshold"] == 0.5 and not r["error"] for r in rows)
+    assert not list(fixture.rglob("*.csv.*")) and (fixture / "model.ckpt").is_file()  # the user's files untouched
