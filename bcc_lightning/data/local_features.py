@@ -51,7 +51,7 @@ BUCKET_CAP = 24
 SCALE_BIN = 0.5  # log2 units: half an octave
 ANGLE_BIN = 30.0  # degrees
 MIN_VOTES = 3
-MAX_CANDIDATES = 12  # per image, strongest by votes
+MAX_CANDIDATES = 16  # per image, strongest by votes
 
 # Verification.
 RATIO = 0.8  # Lowe's ratio on Hamming distances
@@ -61,6 +61,7 @@ MIN_INLIERS = 14
 MIN_INLIER_RATIO = 0.15  # inliers among ratio-test matches
 SCALE_RANGE = (0.3, 3.4)  # singular values of the linear part: zoom 0.5-2x and crops to 25 % area fit inside
 MAX_ANISOTROPY = 2.5  # ratio of singular values: anisotropic zoom and 20 degree shear stay well below
+MAX_SHEAR = 30.0  # degrees, of the QR decomposition: a 20 degree shear measures ~20, Keras' combination <= ~17
 MIN_SPREAD = 0.04  # inliers' convex hull as a fraction of the query area: a map resting on a corner is no proof
 
 _SEED_KEYS = 1234
@@ -290,6 +291,8 @@ def verify_pair(query: LocalFeatures, reference: LocalFeatures, query_size: tupl
     if not (SCALE_RANGE[0] <= singular[1] and singular[0] <= SCALE_RANGE[1]) or singular[0] > MAX_ANISOTROPY * \
             singular[1]:
         return None
+    if abs(describe_map(matrix, query_size, reference_size)["shear"]) > MAX_SHEAR:
+        return None  # a chance fit on look-alike texture bends the map far more than any augmentation does
     hull = cv2.convexHull(dst[inlier].astype(np.float32))
     if cv2.contourArea(hull) < MIN_SPREAD * query_size[0] * query_size[1]:
         return None
