@@ -63,7 +63,9 @@ class StopSignals:
         if first:
             self.signum = signum
         if self.trainer is None:
-            raise Stopped(signum)
+            raise Stopped(signum, f"Stopped by {signal.Signals(signum).name} outside the training loop (preparing "
+                                  f"or evaluating). Files already written are complete; checkpoints/last.ckpt, if "
+                                  f"there is one, resumes with resume=true.")
         connector = getattr(self.trainer, "_signal_connector", None)
         if connector is not None and hasattr(connector, "received_sigterm"):
             connector.received_sigterm = True  # the flag Lightning's loops check after each batch
