@@ -74,8 +74,9 @@ class Scored:
         return None if spread is None else spread.numpy().astype(np.float64)
 
 
-def _predict_split(model: BCCClassifier, datamodule: BCCDataModule, split: str, device: torch.device,
-                   precision: Any, tta: bool, fast: Any = "auto") -> Scored:
+def predict_split(model: BCCClassifier, datamodule: BCCDataModule, split: str, device: torch.device,
+                  precision: Any, tta: bool, fast: Any = "auto") -> Scored:
+    """One split's paths, labels and per-view logits from the model (never augmented); compare uses it too."""
     dataset = datamodule.dataset(split)
     loader = datamodule.loader(split)
     logits = predict_view_logits(model, (images for images, _ in loader), device, precision, tta, fast=fast,
@@ -99,7 +100,7 @@ def parse_threshold(value: Any) -> float | str:
                         f"threshold=sensitivity@0.95.") from None
 
 
-def _groups(root: Path, paths: list[Path]) -> list[str] | None:
+def manifest_groups(root: Path, paths: list[Path]) -> list[str] | None:
     """Each image's group (patient) from manifest.csv, or None unless every image has one."""
     group_of = group_of_paths(root)
     if not group_of:
@@ -138,7 +139,7 @@ def group_metrics(root: Path, paths: list[Path], labels: np.ndarray, probs: np.n
 
     group_threshold: on the group scores; default the image threshold (any, mean) or 0.5 (majority).
     """
-    groups = _groups(root, paths)
+    groups = manifest_groups(root, paths)
     if groups is None or len(set(groups)) == len(groups):
         return None  # no groups, or one image per group: identical to the image-level numbers
     group_labels, scores = group_scores(groups, labels, probs, rule, threshold)
@@ -230,8 +231,8 @@ def _fit_on_val(labels: np.ndarray, probs: np.ndarray, method: str, what: str) -
                         f"classes.") from None
 
 
-def _operating_point(model: BCCClassifier, datamodule: BCCDataModule, settings: EvalSettings,
-                     device: torch.device) -> _OperatingPoint:
+def operating_point_on_val(model: BCCClassifier, datamodule: BCCDataModule, settings: EvalSettings,
+                           device: torch.device) -> _OperatingPoint:
     """The threshold and how it was chosen: a method is always fitted on val, never on the evaluated split.
 
     With calibrate=temperature, T is fitted on the val logits first and the threshold is chosen on the calibrated
@@ -244,7 +245,7 @@ def _operating_point(model: BCCClassifier, datamodule: BCCDataModule, settings: 
                         f"{' and calibrate=null' if calibrate else ''}).")
     if isinstance(method, float) and not calibrate:
         return _OperatingPoint(method, "fixed", {"threshold": method, "method": "fixed", "chosen_on": None})
-    val = _predict_split(model, datamodule, "val", device, settings.precision, settings.tta, settings.fast)
+    val = predict_split(model, datamodule, "val", device, settings.precision, settings.tta, settings.fast)
     paths, val_labels = val.paths, val.labels
     temperature = _fit_temperature(val_labels, val.logits) if calibrate else 1.0
     val_probs = val.probs(temperature)
@@ -268,7 +269,7 @@ def _operating_point(model: BCCClassifier, datamodule: BCCDataModule, settings: 
         point.method += f"; temperature T = {temperature:.3f} fitted on the validation split"
     if isinstance(method, float):
         return point
-    groups = _groups(datamodule.root, paths)
+    groups = manifest_groups(datamodule.root, paths)
     if groups is not None and len(set(groups)) < len(groups):
         # The group rule turns image scores into group scores on another scale: choose its own threshold there.
         group_labels, scores = group_scores(groups, val_labels, val_probs, settings.group_rule, chosen.threshold)
@@ -327,14 +328,14 @@ def evaluate(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, sett
         raise UserError(f"group_rule must be one of {', '.join(GROUP_RULES)} (got {settings.group_rule!r}): 'any' "
                         f"calls a patient malignant if any image is, 'mean' averages the probabilities, "
                         f"'majority' counts images.")
-    point = _operating_point(model, datamodule, settings, device)
+    point = operating_point_on_val(model, datamodule, settings, device)
     threshold, temperature = point.threshold, point.temperature
 
-    scored = _predict_split(model, datamodule, split, device, settings.precision, settings.tta, settings.fast)
+    scored = predict_split(model, datamodule, split, device, settings.precision, settings.tta, settings.fast)
     paths, labels, probs, spread = scored.paths, scored.labels, scored.probs(temperature), scored.spread(temperature)
     if len(labels) == 0:
         raise UserError(f"No images in {root}/{split}.")
-    groups = _groups(root, paths)
+    groups = manifest_groups(root, paths)
     # Images of one patient are alike: resample whole patients, or the intervals come out too narrow.
     metrics, figures = write_metric_files(outdir, labels, probs, threshold, split, synthetic,
                                           groups if groups is not None and len(set(groups)) < len(groups) else None,
@@ -415,7 +416,7 @@ def _to_tensorboard(writer: Any, split: str, metrics: dict[str, Any], figures: d
 def predict_split_csv(model: BCCClassifier, datamodule: BCCDataModule, split: str, out: Path,
                       accelerator: str = "auto", precision: Any = "auto") -> Path:
     """predictions.csv of one split (the validation fold of cross-validation runs: used for model selection)."""
-    scored = _predict_split(model, datamodule, split, pick_device(accelerator), precision, False)
+    scored = predict_split(model, datamodule, split, pick_device(accelerator), precision, False)
     resolved = datamodule.root.resolve()
     return write_predictions(out, prediction_rows([p.resolve().relative_to(resolved).as_posix()
                                                    for p in scored.paths], scored.probs().tolist(), 0.5,

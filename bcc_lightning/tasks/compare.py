@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.models.checkpoint import load_checkpoint
-from bcc_lightning.reports.evaluation import EvalSettings, _groups, _operating_point, _predict_split
+from bcc_lightning.reports.evaluation import EvalSettings, manifest_groups, operating_point_on_val, predict_split
 from bcc_lightning.reports.metrics import compute_metrics
 from bcc_lightning.reports.plots import compare_roc_figure, save_figure
 from bcc_lightning.reports.statistics import (
@@ -72,8 +72,8 @@ def _score(name: str, ckpt_value: Any, cfg: DictConfig) -> _Scores:
                                num_workers=cfg.data.num_workers, fold=fold, gpu=device.type == "cuda")
     settings = EvalSettings(split=cfg.split, threshold=cfg.threshold, tta=bool(cfg.tta), accelerator=accelerator,
                             precision=cfg.trainer.precision)
-    point = _operating_point(model, datamodule, settings, device)
-    scored = _predict_split(model, datamodule, cfg.split, device, settings.precision, settings.tta)
+    point = operating_point_on_val(model, datamodule, settings, device)
+    scored = predict_split(model, datamodule, cfg.split, device, settings.precision, settings.tta)
     return _Scores(name, ckpt, datamodule.root, scored.paths, scored.labels, scored.probs(), point.threshold,
                    point.method, point.info)
 
@@ -233,7 +233,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _check_same_images(a, b, cfg.split)
     if len(a.labels) == 0:
         raise UserError(f"No images in {a.root}/{cfg.split}.")
-    groups = _groups(a.root, a.paths)
+    groups = manifest_groups(a.root, a.paths)
     # Images of one patient are alike: resample whole patients, or the intervals come out too narrow.
     groups = groups if groups is not None and len(set(groups)) < len(groups) else None
     result = compare_scores(a.labels, a.probs, b.probs, a.threshold, b.threshold, groups, n_resamples,
