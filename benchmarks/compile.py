@@ -19,17 +19,17 @@ from typing import Any
 
 import torch
 
-from bcc_lightning.tasks.bench import _model, _sync, train_step_fn
+from bcc_lightning.training.speed import bench_model, sync_device, train_step_fn
 from bcc_lightning.utils.config import config_dir
 from bcc_lightning.utils.device import pick_device, resolve_precision
 
 
 def _timed(step: Callable[[Any], None], batch: Any, steps: int, device: torch.device) -> float:
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     for _ in range(steps):
         step(batch)
-    _sync(device)
+    sync_device(device)
     return batch[0].shape[0] * steps / (time.perf_counter() - start)
 
 
@@ -39,18 +39,18 @@ def measure(name: str, batch_size: int, steps: int, repeats: int, device: torch.
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose("bench", [f"model={name}", f"data.batch_size={batch_size}"])
     precision = resolve_precision("auto", "gpu" if device.type == "cuda" else "cpu")
-    eager, compiled = _model(cfg, True), _model(cfg, True)
+    eager, compiled = bench_model(cfg, True), bench_model(cfg, True)
     compiled.backbone = torch.compile(compiled.backbone)
     size = eager.preprocess.img_size
     batch = (torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device),
              torch.randint(0, 2, (batch_size,), device=device).float())
     eager_step, compiled_step = train_step_fn(eager, device, precision), train_step_fn(compiled, device, precision)
     eager_step(batch)
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     compiled_step(batch)  # the first call compiles the forward and the backward
     compiled_step(batch)
-    _sync(device)
+    sync_device(device)
     first_two = time.perf_counter() - start
     rates: dict[str, list[float]] = {"eager": [], "compiled": []}
     for _ in range(repeats):

@@ -12,7 +12,7 @@ import statistics
 import torch
 from hydra import compose, initialize_config_dir
 
-from bcc_lightning.tasks.bench import _model, model_step_rate
+from bcc_lightning.training.speed import bench_model, model_step_rate
 from bcc_lightning.utils.config import config_dir
 
 
@@ -26,7 +26,7 @@ def main() -> None:
     for name in options.models:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
             cfg = compose("bench", [f"model={name}", "warmup=1", f"steps={options.steps}"])
-        models = {"bf16-mixed": _model(cfg, True), "32-true": _model(cfg, True)}
+        models = {"bf16-mixed": bench_model(cfg, True), "32-true": bench_model(cfg, True)}
         rates: dict[str, list[float]] = {precision: [] for precision in models}
         for _ in range(options.repeats):
             for precision, model in models.items():

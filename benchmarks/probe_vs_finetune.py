@@ -32,7 +32,7 @@ from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.demo import generate, is_demo_root
 from bcc_lightning.models.backbones import resolve_preprocess
 from bcc_lightning.models.module import BCCClassifier
-from bcc_lightning.tasks.probe import embed_splits
+from bcc_lightning.training.probe import embed_splits
 
 VIT = "vit_small_patch16_224"
 

@@ -30,12 +30,17 @@ CONFIGS = {
 SHIFT = (1.35, 0.55, 1.0)
 
 
-def restain(src: Path, dst: Path) -> None:
-    from bcc_lightning.data.stain import _HED_FROM_RGB, _RGB_FROM_HED
+# Ruifrok & Johnston's haematoxylin, eosin and DAB optical-density vectors (rows normalised): the stain basis that
+# data/stain.py's HED jitter uses, restated here so that the shift is defined independently of the code under test.
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
+RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
+HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 
+
+def restain(src: Path, dst: Path) -> None:
     pixels = torch.from_numpy(__import__("numpy").asarray(Image.open(src).convert("RGB"))).double()
     od = -torch.log(pixels.clamp(min=1) / 255)
-    out = 255 * torch.exp(-((od @ _HED_FROM_RGB) * torch.tensor(SHIFT, dtype=torch.float64)) @ _RGB_FROM_HED)
+    out = 255 * torch.exp(-((od @ HED_FROM_RGB) * torch.tensor(SHIFT, dtype=torch.float64)) @ RGB_FROM_HED)
     dst.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(out.clamp(0, 255).round().byte().numpy()).save(dst)
 

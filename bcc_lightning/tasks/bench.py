@@ -7,6 +7,7 @@ Lightning, a plain PyTorch loop with the same model/data/settings, a naive fp32 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import random
 import resource
@@ -15,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import lightning as L
@@ -26,9 +28,11 @@ from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.demo import generate_raw
 from bcc_lightning.models.inference import predict_batches
 from bcc_lightning.models.module import BCCClassifier
+from bcc_lightning.training import assemble
+from bcc_lightning.training.speed import bench_model, model_step_rate, sync_device, train_step_fn
 from bcc_lightning.utils.atomic_io import write_json
 from bcc_lightning.utils.config import check_config, run_dir, to_dict
-from bcc_lightning.utils.device import autocast_for, pick_device, resolve_num_workers, resolve_precision
+from bcc_lightning.utils.device import pick_device, resolve_num_workers, resolve_precision
 from bcc_lightning.utils.errors import UserError
 
 
@@ -41,17 +45,6 @@ def _rates(runs: dict[str, Callable[[], tuple[int, float]]], repeats: int) -> di
             images, seconds = run()
             rates[name].append(images / seconds)
     return rates
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _model(cfg: DictConfig, channels_last: bool) -> BCCClassifier:
-    torch.manual_seed(0)
-    model = {**to_dict(cfg.model), "pretrained": False, "weights": None, "channels_last": channels_last}
-    return BCCClassifier(model, to_dict(cfg.optimizer), load_weights=False)
 
 
 def _prepare_data(cfg: DictConfig, workdir: Path) -> Path:
@@ -123,48 +116,16 @@ def loader_rate(dm: BCCDataModule, cfg: DictConfig,
     return images, seconds
 
 
-def train_step_fn(model: BCCClassifier, device: torch.device, precision: Any) -> Callable[[Any], None]:
-    model.to(device).train()
-    optimizer = model.configure_optimizers()  # the optimizer Lightning gets: same groups, same settings
-
-    def step(batch: Any) -> None:
-        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        with autocast_for(device, precision):
-            logits = model(images).float()
-        loss = model.loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def model_step_rate(model: BCCClassifier, cfg: DictConfig, device: torch.device, precision: Any) -> tuple[int, float]:
-    step = train_step_fn(model, device, precision)
-    # uint8 pixels, as the loader delivers them (the model normalises on its device).
-    size = model.preprocess.img_size
-    batch = (torch.randint(0, 256, (cfg.data.batch_size, 3, size, size), dtype=torch.uint8, device=device),
-             torch.randint(0, 2, (cfg.data.batch_size,), device=device).float())
-    for _ in range(cfg.warmup):
-        step(batch)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(cfg.steps):
-        step(batch)
-    _sync(device)
-    return cfg.data.batch_size * cfg.steps, time.perf_counter() - start
-
-
 def tensor_inference_rate(model: BCCClassifier, cfg: DictConfig, device: torch.device,
                           precision: Any) -> tuple[int, float]:
     """Inference images/s on uint8 tensors in memory (validation's compute floor)."""
     size = model.preprocess.img_size
     batch = torch.randint(0, 256, (cfg.data.batch_size, 3, size, size), dtype=torch.uint8, device=device)
     predict_batches(model, [batch] * cfg.warmup, device, precision)
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     predict_batches(model, [batch] * cfg.steps, device, precision)
-    _sync(device)
+    sync_device(device)
     return cfg.data.batch_size * cfg.steps, time.perf_counter() - start
 
 
@@ -174,13 +135,13 @@ def plain_loop_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, de
     iterator = _cycle(dm.train_dataloader())
     for _ in range(cfg.warmup):
         step(next(iterator))
-    _sync(device)
+    sync_device(device)
     start, images = time.perf_counter(), 0
     for _ in range(cfg.steps):
         batch = next(iterator)
         step(batch)
         images += batch[0].shape[0]
-    _sync(device)
+    sync_device(device)
     return images, time.perf_counter() - start
 
 
@@ -196,10 +157,10 @@ class _Timer(L.Callback):
         if self.seen > self.warmup:
             self.images += batch[0].shape[0]
         if self.seen == self.warmup:
-            _sync(module.device)
+            sync_device(module.device)
             self.start = time.perf_counter()
         elif self.seen == self.last:
-            _sync(module.device)
+            sync_device(module.device)
             self.end = time.perf_counter()
 
 
@@ -220,10 +181,10 @@ def inference_rate(model: BCCClassifier, dm: BCCDataModule, cfg: DictConfig, dev
                    precision: Any) -> tuple[int, float]:
     batches = list(_batches(_cycle(dm.loader("train")), cfg.warmup + cfg.steps))
     predict_batches(model, [b[0] for b in batches[: cfg.warmup]], device, precision)
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     predict_batches(model, [b[0] for b in batches[cfg.warmup:]], device, precision)
-    _sync(device)
+    sync_device(device)
     return sum(b[0].shape[0] for b in batches[cfg.warmup:]), time.perf_counter() - start
 
 
@@ -270,7 +231,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     workers = resolve_num_workers(cfg.data.num_workers, gpu)
     with tempfile.TemporaryDirectory(prefix="bcc_bench_") as tmp:
         root = _prepare_data(cfg, Path(tmp))
-        model = _model(cfg, bool(cfg.model.channels_last))
+        model = bench_model(cfg, bool(cfg.model.channels_last))
         if cfg.compile:
             model.backbone = torch.compile(model.backbone)
 
@@ -297,7 +258,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         runs[FULL] = lambda: lightning_rate(model, dm, cfg, device, precision)
         runs[PLAIN] = lambda: plain_loop_rate(model, dm, cfg, device, precision)
         if cfg.naive:
-            naive = _model(cfg, channels_last=False)
+            naive = bench_model(cfg, channels_last=False)
             runs[NAIVE] = lambda: plain_loop_rate(naive, dm, cfg, device, "32-true")
         runs[INFERENCE] = lambda: inference_rate(model, dm, cfg, device, precision)
         samples = {**build, **_rates(runs, int(cfg.repeats))}
@@ -346,11 +307,11 @@ class _EpochClock(L.Callback):
         self.marks: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: Any) -> None:
-        _sync(module.device)
+        sync_device(module.device)
         self.marks.append(time.perf_counter())
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
-        _sync(module.device)
+        sync_device(module.device)
         self.marks.append(time.perf_counter())
 
     @property
@@ -388,14 +349,12 @@ def _train_config(cfg: DictConfig, root: Path, cache: Any, epochs: int, workers:
 
 def train_py_epochs(cfg: DictConfig, root: Path, cache: Any, outdir: Path, workers: Any = None) -> list[float]:
     """Seconds per epoch of train.py's fit (everything but the final test report)."""
-    from bcc_lightning.tasks import train as train_task
-
     train_cfg = _train_config(cfg, root, cache, int(cfg.epochs), workers)
     L.seed_everything(0)
-    model, datamodule, _ = train_task.build(train_cfg, outdir)
-    callbacks, _ = train_task.build_callbacks(train_cfg, outdir)
+    model, datamodule, _ = assemble.build(train_cfg, outdir)
+    callbacks, _ = assemble.build_callbacks(train_cfg, outdir)
     clock = _EpochClock()
-    trainer = train_task.build_trainer(train_cfg, [*callbacks, clock], train_task.build_loggers(train_cfg, outdir),
+    trainer = assemble.build_trainer(train_cfg, [*callbacks, clock], assemble.build_loggers(train_cfg, outdir),
                                        outdir)
     trainer.fit(model, datamodule=datamodule)
     return clock.epochs
@@ -404,13 +363,13 @@ def train_py_epochs(cfg: DictConfig, root: Path, cache: Any, outdir: Path, worke
 def plain_loop_epochs(cfg: DictConfig, root: Path, channels_last: bool, precision: Any, workers: int,
                       device: torch.device) -> list[float]:
     """A hand-written loop over the same data: train, then validate, per epoch (no logging, no checkpoints)."""
-    model = _model(cfg, channels_last)
+    model = bench_model(cfg, channels_last)
     dm = BCCDataModule(root, model.preprocess, batch_size=cfg.data.batch_size, num_workers=workers,
                        augment=AugmentConfig(), gpu=device.type == "cuda")
     step = train_step_fn(model, device, precision)
     times = []
     for epoch in range(int(cfg.epochs)):
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(epoch)
@@ -418,7 +377,7 @@ def plain_loop_epochs(cfg: DictConfig, root: Path, channels_last: bool, precisio
         for batch in loader:
             step(batch)
         predict_batches(model, (images for images, _ in dm.val_dataloader()), device, precision)
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -443,7 +402,7 @@ def handwritten_loop_epochs(cfg: DictConfig, root: Path, precision: Any, workers
     from torchvision import datasets
     from torchvision import transforms as T
 
-    model = _model(cfg, channels_last=True)
+    model = bench_model(cfg, channels_last=True)
     pre = model.preprocess
     tail = [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
     size = (pre.img_size, pre.img_size)
@@ -458,32 +417,51 @@ def handwritten_loop_epochs(cfg: DictConfig, root: Path, precision: Any, workers
     step = train_step_fn(model, device, precision)
     times = []
     for _ in range(int(cfg.epochs)):
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         model.train()
         for images, labels in train:
             step((images, labels.float()))
         predict_batches(model, (images for images, _ in val), device, precision)
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - start)
     return times
+
+
+KERAS_PEER = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_keras.py"
+
+
+def keras_peer() -> ModuleType:
+    """benchmarks/bench_keras.py, loaded from its path for its recipe table. It is a script that keras_python runs,
+    not part of the package (a task imports no other task, and the wheel ships no peer scripts); loading it is safe,
+    since it imports TensorFlow only when it runs."""
+    if not KERAS_PEER.is_file():
+        raise UserError(f"The Keras peer script {KERAS_PEER} is not here: it lives in the source checkout's "
+                        "benchmarks/ folder, which an installed wheel does not carry. Run bcc-bench with "
+                        "keras_python= from a clone of the repository (pip install -e .), or leave keras_python=null.")
+    spec = importlib.util.spec_from_file_location("bcc_bench_keras_peer", KERAS_PEER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def check_keras_settings(cfg: DictConfig) -> None:
     """Refuses, before anything runs, a Keras comparison that could not be run or would not compare like with
     like (the Keras script trains each backbone at the original's input size)."""
-    from bcc_lightning.tasks.bench_keras import LOADERS, RECIPES
+    peer = keras_peer()
+    recipes, loaders = peer.RECIPES, peer.LOADERS
 
-    if cfg.model.name not in RECIPES:
-        raise UserError(f"The Keras peer knows the original's backbones {', '.join(RECIPES)}; got "
+    if cfg.model.name not in recipes:
+        raise UserError(f"The Keras peer knows the original's backbones {', '.join(recipes)}; got "
                         f"model={cfg.model.name}. Run the comparison with one of them, or leave keras_python=null.")
-    size = RECIPES[cfg.model.name][1]
+    size = recipes[cfg.model.name][1]
     if cfg.model.get("img_size") not in (None, size):
         raise UserError(f"The Keras peer trains {cfg.model.name} at the original's {size} px, but model.img_size="
                         f"{cfg.model.img_size}: the rows would not compare. Leave model.img_size at {size}.")
-    unknown = [loader for loader in cfg.keras_loaders if loader not in LOADERS]
+    unknown = [loader for loader in cfg.keras_loaders if loader not in loaders]
     if unknown:
-        raise UserError(f"keras_loaders may hold {' and '.join(LOADERS)}; got {unknown}.")
+        raise UserError(f"keras_loaders may hold {' and '.join(loaders)}; got {unknown}.")
 
 
 def keras_epochs(cfg: DictConfig, root: Path, loader: str, out: Path) -> list[float]:
@@ -492,8 +470,7 @@ def keras_epochs(cfg: DictConfig, root: Path, loader: str, out: Path) -> list[fl
     import sys
 
     check_keras_settings(cfg)
-    script = Path(__file__).with_name("bench_keras.py")
-    command = [str(cfg.keras_python), str(script), "--root", str(root), "--epochs", str(int(cfg.epochs)),
+    command = [str(cfg.keras_python), str(KERAS_PEER), "--root", str(root), "--epochs", str(int(cfg.epochs)),
                "--batch-size", str(int(cfg.data.batch_size)), "--model", str(cfg.model.name), "--loader", loader,
                "--json", str(out)]
     timeout = float(cfg.get("keras_timeout_s") or 0) or None
@@ -562,7 +539,7 @@ def run_epochs(cfg: DictConfig) -> dict[str, Any]:
                 lambda r, loader=loader: keras_epochs(cfg, root, loader, Path(tmp) / f"keras_{loader}_{r}.json"))
 
         def floor() -> None:
-            model = _model(cfg, bool(cfg.model.channels_last))
+            model = bench_model(cfg, bool(cfg.model.channels_last))
             step = statistics.median(n / s for n, s in (model_step_rate(model, cfg, device, precision)
                                                         for _ in range(int(cfg.repeats))))
             val = statistics.median(n / s for n, s in (tensor_inference_rate(model, cfg, device, precision)

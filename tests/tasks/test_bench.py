@@ -155,7 +155,7 @@ def test_epoch_rounds_alternate_order_and_pool_the_epochs(tmp_path: Path, monkey
                        ("plain_loop_epochs", "plain"), ("keras_epochs", "keras")):
         monkeypatch.setattr(bench, name, recorder(kind))
     floor_rates = iter([10, 20])  # round 1: 10 img/s, round 2: 20 img/s
-    monkeypatch.setattr(bench, "_model", lambda cfg, channels_last: None)
+    monkeypatch.setattr(bench, "bench_model", lambda cfg, channels_last: None)
     monkeypatch.setattr(bench, "model_step_rate", lambda *a: (next(floor_rates), 1.0))
     monkeypatch.setattr(bench, "tensor_inference_rate", lambda *a: (40, 1.0))
     cfg = compose_config("bench", ["mode=epochs", "epochs=2", "epoch_rounds=2", "repeats=1", "n_images=40",

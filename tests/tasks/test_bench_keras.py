@@ -1,4 +1,5 @@
-"""The Keras peer script: bad input and a Python without TensorFlow end in one clear line and exit code 2."""
+"""The Keras peer script (benchmarks/bench_keras.py): bad input and a Python without TensorFlow end in one clear
+line and exit code 2; bcc-bench finds it by path."""
 
 import importlib.util
 import subprocess
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bcc_lightning.tasks import bench_keras
+from bcc_lightning.tasks import bench
 from tests.conftest import make_folder
 
-SCRIPT = Path(bench_keras.__file__)
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_keras.py"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -19,10 +20,16 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_importing_loads_neither_tensorflow_nor_torch() -> None:
     """Linting and test collection import it in the project's Python; bcc-bench runs it in TensorFlow's."""
-    check = ("import sys, bcc_lightning.tasks.bench_keras; "
+    check = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='peer'); "
              "print(sorted(m for m in ('tensorflow', 'torch') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", check, str(SCRIPT)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]"
+
+
+def test_bcc_bench_runs_the_peer_from_benchmarks() -> None:
+    """bcc-bench runs the script by this path and reads its recipe table from it (no task imports it)."""
+    assert bench.KERAS_PEER == SCRIPT and SCRIPT.is_file()
+    assert set(bench.keras_peer().RECIPES) == {"mobilenetv2", "densenet121", "inceptionv3"}
 
 
 @pytest.mark.parametrize("missing", ["root", "val/M"])

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from bcc_lightning.data.layout import MANIFEST, MANIFEST_COLUMNS
-from bcc_lightning.tasks.probe import training_groups
+from bcc_lightning.training.probe import training_groups
 
 
 def _manifest(root: Path, rows: list[dict[str, str]]) -> None:

@@ -13,6 +13,7 @@ from omegaconf import open_dict
 from bcc_lightning.models.checkpoint import load_checkpoint
 from bcc_lightning.tasks import evaluate as evaluation
 from bcc_lightning.tasks import train as training
+from bcc_lightning.training.assemble import build_datamodule
 from tests.conftest import REPO, compose_config, tiny_train_config
 
 
@@ -87,7 +88,7 @@ def test_sanity_check_does_not_leak_into_epoch_zero(demo_root: Path, in_tmp: Pat
     logged = [float(r["val/auroc"]) for r in rows if r.get("val/auroc")]
     assert len(logged) == 1
     model = load_checkpoint(in_tmp / "checkpoints" / "last.ckpt")
-    datamodule = training.build_datamodule(cfg.data, demo_root, model.preprocess)
+    datamodule = build_datamodule(cfg.data, demo_root, model.preprocess)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     fresh = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
     assert logged[0] == pytest.approx(fresh["val/auroc"], abs=1e-6)

@@ -1,7 +1,8 @@
 """The Keras peer of `bcc-bench mode=epochs`: the original project's training recipe in Keras/TensorFlow, timed.
 
-`bcc-bench mode=epochs keras_python=/path/to/python` runs this file as a script in that separate Python, which has
-TensorFlow (the project's own environment does not, and must not). It is standalone on purpose: it imports neither
+`bcc-bench mode=epochs keras_python=/path/to/python` runs this file (benchmarks/bench_keras.py, in a source checkout:
+a peer script, not part of the package) in that separate Python, which has TensorFlow (the project's own
+environment does not, and must not). It is standalone on purpose: it imports neither
 torch nor anything from bcc_lightning, and imports TensorFlow only inside functions, so that importing the module
 without TensorFlow (linting, test collection) works.
 
@@ -18,10 +19,11 @@ The recipe, as the original Keras project trained:
 * `model.fit(train, validation_data=val, epochs=N)`, each epoch timed from `on_epoch_begin` to `on_epoch_end`
   (validation runs before `on_epoch_end`, so it is included, as in bcc-bench's other rows).
 
-Usage: `python bench_keras.py --root ROOT [--epochs 3] [--batch-size 32] [--model mobilenetv2|densenet121|inceptionv3]
-[--loader generator|tfdata] [--json OUT.json] [--threads N] [--seed 0]`. The result (seconds per epoch, the steady
-state = median of the epochs after the first, TF/Keras versions, image counts) goes to `--json`, written atomically,
-and a one-line summary to stdout. Bad input exits with code 2 and a message on stderr.
+Usage: `python benchmarks/bench_keras.py --root ROOT [--epochs 3] [--batch-size 32]
+[--model mobilenetv2|densenet121|inceptionv3] [--loader generator|tfdata] [--json OUT.json] [--threads N]
+[--seed 0]`. The result (seconds per epoch, the steady state = median of the epochs after the first, TF/Keras
+versions, image counts) goes to `--json`, written atomically, and a one-line summary to stdout. Bad input exits with
+code 2 and a message on stderr.
 """
 
 from __future__ import annotations
