@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bcc_lightning.tasks import bench
+from bcc_lightning.utils.errors import UserError
 from tests.conftest import make_folder
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_keras.py"
@@ -30,6 +31,13 @@ def test_bcc_bench_runs_the_peer_from_benchmarks() -> None:
     """bcc-bench runs the script by this path and reads its recipe table from it (no task imports it)."""
     assert bench.KERAS_PEER == SCRIPT and SCRIPT.is_file()
     assert set(bench.keras_peer().RECIPES) == {"mobilenetv2", "densenet121", "inceptionv3"}
+
+
+def test_a_wheel_without_the_peer_is_told_where_it_lives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed wheel carries no benchmarks/: keras_python= then stops with one paragraph, not a traceback."""
+    monkeypatch.setattr(bench, "KERAS_PEER", tmp_path / "benchmarks" / "bench_keras.py")
+    with pytest.raises(UserError, match="source checkout's benchmarks/ folder"):
+        bench.keras_peer()
 
 
 @pytest.mark.parametrize("missing", ["root", "val/M"])
