@@ -256,7 +256,7 @@ def accuracy(args: argparse.Namespace) -> dict:
         recall[name], recall_n[name] = float(np.mean(pooled)), len(pooled)
 
     # Candidate stage alone: how many images of other sources outrank a copy's own source by cosine.
-    q, _ = dup._standardised(data, data, True)
+    q, _ = dup.standardised(data, data, True)
     sims = q @ q.T
     copy_rows = np.array([i for i, r in enumerate(records) if r["op"] != "source"])
     own = sims[copy_rows, [first[source[i]] for i in copy_rows]]

@@ -30,10 +30,7 @@ KNOWN_CYCLES = {
     # (inference). Both imports are function-level; splitting the eager core of inference into its own module ends it.
     frozenset({"bcc_lightning.models.export", "bcc_lightning.models.inference"}),
 }
-KNOWN_PRIVATE = {
-    "bcc_lightning.data.audit reaches bcc_lightning.data.duplicates._GRID",  # the detector's settings, for a cache key
-    "benchmarks.near_duplicates reaches bcc_lightning.data.duplicates._standardised",  # the candidate stage alone
-}
+KNOWN_PRIVATE: set[str] = set()
 PACKAGE = "bcc_lightning"
 DISPATCHER = f"{PACKAGE}.tasks.entry"
 TASKS = f"{PACKAGE}.tasks"

@@ -70,7 +70,7 @@ class AuditResult:
 
 
 def _describe_key(paths: Sequence[Path]) -> str:
-    digest = hashlib.sha256(json.dumps([VERSION, duplicates._GRID, duplicates.MATCH_THRESHOLD],
+    digest = hashlib.sha256(json.dumps([VERSION, duplicates.DESCRIPTOR_GRID, duplicates.MATCH_THRESHOLD],
                                        default=str).encode())
     for path in paths:
         try:

@@ -59,7 +59,7 @@ COPY_OVERLAP = 0.9  # ... and from which one lies (almost) wholly within the oth
 GRAY_SATURATION = 0.02  # mean (max-min)/255 chroma below which an image counts as grayscale
 
 FEATURE_DIM = 2 * RINGS + GLOBAL_ORDERS * RINGS
-_GRID = [THUMB, RINGS, ANGLES, MIN_ORDER, ORDERS, FEATURE_DIM, "orb-frames", lf.N_FEATURES, lf.MAX_PIXELS,
+DESCRIPTOR_GRID = [THUMB, RINGS, ANGLES, MIN_ORDER, ORDERS, FEATURE_DIM, "orb-frames", lf.N_FEATURES, lf.MAX_PIXELS,
          lf.FAST_THRESHOLD]  # stored with saved sets; a mismatch means recompute
 
 
@@ -303,7 +303,7 @@ class DescriptorSet:
                          coeffs=self.coeffs, saturation=self.saturation, sizes=self.sizes, tone=self.tone,
                          error_paths=np.array(list(self.errors), dtype=np.str_),
                          error_messages=np.array(list(self.errors.values()), dtype=np.str_),
-                         grid=np.array([str(g) for g in _GRID]), **local)
+                         grid=np.array([str(g) for g in DESCRIPTOR_GRID]), **local)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -315,7 +315,7 @@ class DescriptorSet:
         """Read a set written by save(); refuses one computed with another grid or other local features."""
         with np.load(path, allow_pickle=False) as data:
             grid = data["grid"].tolist()
-            if grid != [str(g) for g in _GRID]:
+            if grid != [str(g) for g in DESCRIPTOR_GRID]:
                 raise ValueError(f"{path}: descriptors made with grid {grid}; recompute them with this version")
             local = {name: data[name] for name in _LOCAL_FIELDS if name in data}
             return cls(paths=data["paths"].tolist(), vectors=data["vectors"], coeffs=data["coeffs"],
@@ -371,7 +371,7 @@ def describe_files(paths: Iterable[str | Path], workers: int | None = None,
     return DescriptorSet.from_descriptors([d for _, d in good], [name for name, _ in good], errors)
 
 
-def _standardised(query: DescriptorSet, reference: DescriptorSet, same: bool) -> tuple[np.ndarray, np.ndarray]:
+def standardised(query: DescriptorSet, reference: DescriptorSet, same: bool) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors after per-dimension standardisation over both sets, so no single feature dominates cosines."""
     pool = query.vectors if same else np.concatenate([query.vectors, reference.vectors])
     if len(pool) >= 8:
@@ -404,7 +404,7 @@ def candidates(query: DescriptorSet, reference: DescriptorSet | None = None, top
     k = min(top_k, n_ref - 1 if same else n_ref)
     if n_query == 0 or k <= 0:
         return np.zeros((0, 2), dtype=np.int64)
-    q, r = _standardised(query, ref, same)
+    q, r = standardised(query, ref, same)
     q_t, r_t = torch.from_numpy(q), torch.from_numpy(r)
     found = []
     with torch.inference_mode():
