@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,25 +81,33 @@ def _open(source: Source) -> Image.Image:
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
-def read_header(source: Source, budget: ImageBudget = FILE_BUDGET, name: str | None = None) -> ImageHeader:
-    """The header of a file or of bytes, checked against `budget` and Pillow's bomb limit; nothing is decoded.
-    Raises ImageDecodeError (not an image, empty) or ImageTooLargeError (over a budget) saying why."""
-    label = _name(source, name)
+@contextmanager
+def _reading(source: Source, label: str) -> Iterator[Image.Image]:
+    """The opened image, Pillow's bomb warning raised as an error so a huge image cannot exhaust memory; any failure
+    inside (opening, or what the caller does with the image) becomes ImageDecodeError or ImageTooLargeError."""
     try:
         if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
             raise ImageDecodeError(f"{label}: empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with _open(source) as image:
-                header = ImageHeader(str(image.format), image.mode, *image.size)
+                yield image
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"{label}: image too large to decode safely ({exc})") from exc
     except FileNotFoundError as exc:
         raise ImageDecodeError(f"{label}: file not found") from exc
-    except Exception as exc:  # UnidentifiedImageError, or a header Pillow cannot parse
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError...) for bad files.
         raise ImageDecodeError(f"{label}: not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+def read_header(source: Source, budget: ImageBudget = FILE_BUDGET, name: str | None = None) -> ImageHeader:
+    """The header of a file or of bytes, checked against `budget` and Pillow's bomb limit; nothing is decoded.
+    Raises ImageDecodeError (not an image, empty) or ImageTooLargeError (over a budget) saying why."""
+    label = _name(source, name)
+    with _reading(source, label) as image:
+        header = ImageHeader(str(image.format), image.mode, *image.size)
     if header.width < 1 or header.height < 1:
         raise ImageDecodeError(f"{label}: image has no pixels")
     budget.check(header.width, header.height, label)
@@ -143,24 +153,10 @@ def load_rgb(source: Source, budget: ImageBudget = FILE_BUDGET, name: str | None
     """Decode one file (or its bytes) into an 8-bit RGB PIL image, or raise ImageDecodeError saying why it cannot be
     used; ImageTooLargeError, from the header and before decoding, when it is over `budget`."""
     label = _name(source, name)
-    try:
-        if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
-            raise ImageDecodeError(f"{label}: empty file (0 bytes)")
-        with warnings.catch_warnings():
-            # Pillow warns before its bomb limit; treat both as errors so a huge image cannot exhaust memory.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _open(source) as image:
-                budget.check(image.width, image.height, label)  # the header's size: nothing decoded yet
-                image.load()
-                rgb = to_rgb(image)
-    except ImageDecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"{label}: image too large to decode safely ({exc})") from exc
-    except FileNotFoundError as exc:
-        raise ImageDecodeError(f"{label}: file not found") from exc
-    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError...) for bad files.
-        raise ImageDecodeError(f"{label}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    with _reading(source, label) as image:
+        budget.check(image.width, image.height, label)  # the header's size: nothing decoded yet
+        image.load()
+        rgb = to_rgb(image)
     if rgb.width < 1 or rgb.height < 1:
         raise ImageDecodeError(f"{label}: image has no pixels")
     return rgb
