@@ -39,14 +39,6 @@ def fake_hf_cache(cache: Path, repo_id: str = REPO_ID, weights: bool = True) -> 
     return state
 
 
-@pytest.fixture
-def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "hub"
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
 def test_hub_model_builds_offline_from_the_cache(hf_cache: Path) -> None:
     state = fake_hf_cache(hf_cache)
     assert resolve_name(NAME) == NAME

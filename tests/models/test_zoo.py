@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import huggingface_hub
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -132,14 +131,6 @@ def _fake_snapshot(cache: Path, repo: str) -> Path:
     snapshot = folder / "snapshots" / revision
     snapshot.mkdir(parents=True)
     return snapshot
-
-
-@pytest.fixture
-def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "hub"
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
 
 
 def test_virchow2_loads_from_a_fake_hf_cache(hf_cache: Path, zoo: dict[str, dict[str, Any]]) -> None:
