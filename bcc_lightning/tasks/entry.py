@@ -96,6 +96,30 @@ class _HeldStderr:
         return getattr(self.real, name)
 
 
+_HELD: _HeldStderr | None = None  # this process's held stderr while Hydra composes (None in a launcher's job)
+
+
+def _pass_stderr_through() -> None:
+    """The task has started, so Hydra composed the config: stderr passes straight through from now on."""
+    held = _HELD
+    if held is not None:
+        if sys.stderr is held:
+            sys.stderr = held.real
+        held.release()
+
+
+class _Started:
+    """The task as Hydra calls it. A module-level class rather than a closure, because launchers that run jobs in
+    other processes (submitit, for SLURM) pickle it, and a closure would carry the open stderr stream with it."""
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        _pass_stderr_through()
+        return self.task(cfg)
+
+
 def _overrides(config_name: str, argv: list[str]) -> list[str] | None:
     """The command line's overrides, or None when it picks another config (-cn/-cp/-cd) or asks for help."""
     from hydra._internal.utils import get_args_parser
@@ -115,19 +139,13 @@ def main(config_name: str) -> Any:
     if not (configs / f"{config_name}.yaml").is_file():
         sys.exit(f"error: the configs are missing from {configs}; reinstall bcc-lightning (`pip install .` or the "
                  f"wheel) so that its conf/ is installed with it.")
+    global _HELD
     task = guarded(importlib.import_module(f"bcc_lightning.tasks.{TASKS[config_name]}").run)
     real_stderr = sys.stderr
-    held = _HeldStderr(real_stderr)
-
-    def started(cfg: DictConfig) -> Any:
-        if sys.stderr is held:
-            sys.stderr = real_stderr
-        held.release()
-        return task(cfg)
-
+    held = _HELD = _HeldStderr(real_stderr)
     sys.stderr = held
     try:
-        return hydra.main(version_base="1.3", config_path=str(configs), config_name=config_name)(started)()
+        return hydra.main(version_base="1.3", config_path=str(configs), config_name=config_name)(_Started(task))()
     except SystemExit as exc:
         if held.held and exc.code not in (0, None):  # Hydra failed before the task started: composing the config
             overrides = _overrides(config_name, sys.argv[1:])
