@@ -18,6 +18,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from bcc_lightning.models.backbones import recorded_hf_hub_config
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.utils.atomic_io import atomic_write, sha256_file
+from bcc_lightning.utils.config import parse_auto_bool
 from bcc_lightning.utils.errors import UserError
 
 
@@ -131,15 +132,11 @@ def write_deployable(source: Path, checkpoint: dict[str, Any], point: dict[str, 
 
 def parse_tta(value: Any) -> bool | None:
     """tta= of predict, export and serve: True, False, or None for auto (the operating point's own views)."""
-    text = str(value).strip().lower()
-    if value is None or text == "auto":
-        return None
-    if value is True or text == "true":
-        return True
-    if value is False or text == "false":
-        return False
-    raise UserError(f"tta must be auto (the views the operating point was chosen with), true (the 8 flips and "
-                    f"rotations) or false (the image alone); got {value!r}.")
+    try:
+        return parse_auto_bool(value)
+    except ValueError:
+        raise UserError(f"tta must be auto (the views the operating point was chosen with), true (the 8 flips and "
+                        f"rotations) or false (the image alone); got {value!r}.") from None
 
 
 def resolve_tta(requested: Any, point: dict[str, Any]) -> bool:

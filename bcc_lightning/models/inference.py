@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bcc_lightning.utils.config import log
+from bcc_lightning.utils.config import log, parse_auto_bool
 from bcc_lightning.utils.device import autocast_for
 
 
@@ -54,18 +54,15 @@ def _fast_spec() -> Any:
 
 def parse_fast(value: Any) -> bool | str:
     """The `inference.fast` value: True, False or "auto"."""
-    text = str(value).strip().lower()
-    if value is True or text == "true":
-        return True
-    if value is False or text == "false":
-        return False
-    if text == "auto":
-        return "auto"
-    from bcc_lightning.utils.errors import UserError
+    try:
+        choice = parse_auto_bool(value)
+    except ValueError:
+        from bcc_lightning.utils.errors import UserError
 
-    raise UserError(f"inference.fast must be one of {', '.join(FAST_CHOICES)} (got {value!r}): auto runs ONNX "
-                    f"Runtime when at least {FAST_AUTO_MIN_IMAGES} images are scored on a CPU, true always, false "
-                    f"never (the eager PyTorch model).")
+        raise UserError(f"inference.fast must be one of {', '.join(FAST_CHOICES)} (got {value!r}): auto runs ONNX "
+                        f"Runtime when at least {FAST_AUTO_MIN_IMAGES} images are scored on a CPU, true always, false "
+                        f"never (the eager PyTorch model).") from None
+    return "auto" if choice is None else choice
 
 
 def want_fast(fast: Any, n_images: int | None, device: torch.device) -> bool:

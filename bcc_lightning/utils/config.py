@@ -66,6 +66,19 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "1
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
+def parse_auto_bool(value: Any) -> bool | None:
+    """A true/false/auto setting: True, False, or None for auto; ValueError for anything else (the caller says what
+    the setting means)."""
+    text = str(value).strip().lower()
+    if value is True or text == "true":
+        return True
+    if value is False or text == "false":
+        return False
+    if value is None or text == "auto":
+        return None
+    raise ValueError(value)
+
+
 def _whole(value: Any, low: int, allow: tuple[Any, ...] = ()) -> str | None:
     if value in allow:
         return None
