@@ -35,6 +35,7 @@ from torch import nn
 from bcc_lightning.data.labels import CLASS_NAMES
 from bcc_lightning.models.backbones import initialisation_text
 from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
+from bcc_lightning.models.views import TTA_VIEWS, view_logits, view_probabilities
 from bcc_lightning.utils.atomic_io import atomic_write, sha256_file, write_json
 from bcc_lightning.utils.errors import UserError
 
@@ -42,7 +43,6 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUTS = ("float01_nchw", "uint8_nchw", "uint8_nhwc")
 OUTPUTS = ("prob_malignant", "logit")
 OPSET = 17
-TTA_VIEWS = 8
 IN_GRAPH_STAIN = ("reinhard",)
 
 
@@ -116,7 +116,7 @@ class ReinhardNorm(nn.Module):
 
 
 def dihedral(images: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 views in models.inference.dihedral_views' order, from flips and transposes (which ONNX exports)."""
+    """The 8 views in models.views.dihedral_views' order, from flips and transposes (which ONNX exports)."""
     views = []
     rotated = images
     for _ in range(4):
@@ -230,14 +230,13 @@ def run_exported(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
 def eager_reference(model: nn.Module, pixels: torch.Tensor, spec: GraphSpec,
                     stain_norm: dict[str, Any] | None) -> dict[str, np.ndarray]:
     """What predict computes for these uint8 pixels: stain normalisation per image (data.preprocess), the views,
-    the eager model in fp32, and the probability in float64 (models.inference.view_probabilities)."""
+    the eager model in fp32, and the probability in float64 (models.views: the loop predict runs with fast=false)."""
     from bcc_lightning.data.preprocess import apply_stain_norm
-    from bcc_lightning.models.inference import predict_view_logits, view_probabilities
 
     if stain_norm:
         pre = replace(model.preprocess, stain_norm=stain_norm)
         pixels = torch.stack([apply_stain_norm(p, pre) for p in pixels])
-    logits = predict_view_logits(model, [pixels], torch.device("cpu"), "32-true", tta=spec.views > 1, fast=False)
+    logits = view_logits(model, [pixels], torch.device("cpu"), "32-true", tta=spec.views > 1)
     probs = view_probabilities(logits, spec.temperature)[0]
     return {"logit": (logits if spec.views > 1 else logits[:, 0]).numpy(), "prob_malignant": probs.numpy()}
 

@@ -1,36 +1,24 @@
-"""Batched inference shared by evaluation, predict, compare and bench: logits per TTA view, probabilities.
+"""Batched inference shared by evaluation, predict, compare, bench and serving: logits per TTA view, probabilities,
+and the fast path (the forward pass in ONNX Runtime).
 
-With TTA the probability is the mean over the 8 views of sigmoid(logit / T) and the spread is their standard
-deviation; without TTA there is one view, so the probability is sigmoid(logit / T), as in the exported graph.
+The eager loop, the views and the probabilities are models.views' (which the exporter's parity check runs too); this
+module puts the fast path into that loop. It imports the exporter, never the other way round.
 """
 
 from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from bcc_lightning.models.export import GraphSpec, check_parity, export_graph, onnx_session
+from bcc_lightning.models.views import view_logits, view_probabilities
 from bcc_lightning.utils.config import log, parse_auto_bool
-from bcc_lightning.utils.device import autocast_for
-
-
-def dihedral_views(images: torch.Tensor) -> Iterator[torch.Tensor]:
-    """The 8 flips/90-degree rotations of a batch: cells look the same in every orientation."""
-    for k in range(4):
-        rotated = torch.rot90(images, k, dims=(-2, -1))
-        yield rotated
-        yield torch.flip(rotated, dims=(-1,))
-
-
-def _fp32(logits: torch.Tensor) -> torch.Tensor:
-    """Logits in fp32 outside autocast: a bf16 sigmoid collapses probabilities near 0 and 1 into a few values."""
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        return logits.float()
-
+from bcc_lightning.utils.errors import UserError
 
 # ----------------------------------------------------------------------------------------------- fast path
 # `fast` runs the forward pass in ONNX Runtime (fp32) instead of eager PyTorch: on this project's 2-core AVX-512 CPU
@@ -46,9 +34,7 @@ FAST_CHOICES = ("auto", "true", "false")
 FAST_AUTO_MIN_IMAGES = 512
 
 
-def _fast_spec() -> Any:
-    from bcc_lightning.models.export import GraphSpec
-
+def _fast_spec() -> GraphSpec:
     return GraphSpec(input="uint8_nchw", outputs=("logit",))
 
 
@@ -57,8 +43,6 @@ def parse_fast(value: Any) -> bool | str:
     try:
         choice = parse_auto_bool(value)
     except ValueError:
-        from bcc_lightning.utils.errors import UserError
-
         raise UserError(f"inference.fast must be one of {', '.join(FAST_CHOICES)} (got {value!r}): auto runs ONNX "
                         f"Runtime when at least {FAST_AUTO_MIN_IMAGES} images are scored on a CPU, true always, false "
                         f"never (the eager PyTorch model).") from None
@@ -81,8 +65,6 @@ def want_fast(fast: Any, n_images: int | None, device: torch.device) -> bool:
 def onnx_bytes(model: nn.Module, size: int) -> bytes:
     """The fast path's graph: uint8 pixels (N, 3, S, S) in, the logit (N,) out, normalisation inside, fp32. Built by
     the one exporter (models.export), the same code and opset as bcc-export's graph."""
-    from bcc_lightning.models.export import export_graph
-
     if int(model.preprocess.img_size) != size:  # type: ignore[union-attr]
         raise ValueError(f"the model's input size is {model.preprocess.img_size}, not {size}")  # type: ignore[union-attr]
     return export_graph(model, _fast_spec())
@@ -94,8 +76,6 @@ class OnnxRunner:
     passes models.export.check_parity against the eager model before it is used."""
 
     def __init__(self, model: nn.Module, size: int, threads: int | None = None, check: bool = True) -> None:
-        from bcc_lightning.models.export import check_parity, onnx_session
-
         self.size = size
         self.session = onnx_session(onnx_bytes(model, size), threads or torch.get_num_threads())
         if check:
@@ -155,11 +135,10 @@ def _forward(model: nn.Module, runner: OnnxRunner | None, images: torch.Tensor) 
     return model(images), runner
 
 
-@torch.no_grad()
 def predict_view_logits(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device,
                         precision: Any = "auto", tta: bool = False, fast: Any = False,
                         n_images: int | None = None) -> torch.Tensor:
-    """Logits (float32, on CPU) of shape (N, V): V = 8 dihedral views with TTA, else 1.
+    """Logits (float32, on CPU) of shape (N, V): V = 8 dihedral views with TTA, else 1 (models.views.view_logits).
 
     fast: True, False or "auto" (see want_fast; `n_images`, the number of images in `batches`, decides auto). The
     fast path is fp32 whatever `precision` says; batches it cannot take (normalised floats) run eagerly."""
@@ -167,27 +146,15 @@ def predict_view_logits(model: nn.Module, batches: Iterable[torch.Tensor], devic
     runner = None
     if fast is not False and want_fast(fast, None if n_images is None else n_images * (8 if tta else 1), device):
         runner = fast_runner(model)
-    out = []
-    with autocast_for(device, precision):
-        for images in batches:
-            images = images.to(device, non_blocking=True)
-            logits = []
-            for view in (dihedral_views(images) if tta else iter((images,))):
-                view_logits, runner = _forward(model, runner, view)
-                logits.append(_fp32(view_logits))
-            out.append(torch.stack(logits, dim=1))
-            # kept on the device: a copy per batch would make the host wait for every batch
-    return torch.cat(out).cpu() if out else torch.empty(0, 8 if tta else 1)
+    if runner is None:
+        return view_logits(model, batches, device, precision, tta)
+    held = [runner]  # a runner that fails is dropped for the rest of the call
 
+    def forward(view: torch.Tensor) -> torch.Tensor:
+        logits, held[0] = _forward(model, held[0], view)
+        return logits
 
-def view_probabilities(view_logits: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor,
-                                                                                     torch.Tensor | None]:
-    """(probability, spread), float64: mean over views of sigmoid(logit / T), and the views' standard deviation
-    (None for one view). float64 from the logit on: sigmoid of a float32 logit rounds to exactly 1.0 above ~16.7,
-    which would tie the most confident images (and clip their log loss)."""
-    probs = torch.sigmoid(view_logits.double() / float(temperature))
-    spread = probs.std(dim=1, unbiased=False) if probs.shape[1] > 1 else None
-    return probs.mean(dim=1), spread
+    return view_logits(model, batches, device, precision, tta, forward=forward)
 
 
 def predict_batches(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device,

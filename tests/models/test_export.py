@@ -17,8 +17,9 @@ from bcc_lightning.models.export import (
     graph_spec_for,
     onnx_session,
 )
-from bcc_lightning.models.inference import dihedral_views, onnx_bytes, view_probabilities
+from bcc_lightning.models.inference import onnx_bytes
 from bcc_lightning.models.module import BCCClassifier
+from bcc_lightning.models.views import dihedral_views, view_probabilities
 from bcc_lightning.utils.errors import UserError
 
 SIZE = 32
