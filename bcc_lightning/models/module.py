@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import lightning as L
 import torch
+import torchmetrics.classification
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryF1Score,
-    BinaryPrecision,
-    BinaryRecall,
-)
+from torchmetrics.classification import BinaryPrecisionRecallCurve
 
 from bcc_lightning.data.preprocess import Preprocess
 from bcc_lightning.models.backbones import (
@@ -26,18 +22,36 @@ from bcc_lightning.models.backbones import (
 )
 from bcc_lightning.models.finite_loss import FiniteLossGuard
 from bcc_lightning.models.optim import build_optimizer, build_scheduler
+from bcc_lightning.reports.metrics import METRICS
 from bcc_lightning.utils.config import log
 
+# torchmetrics >= 1.8 can rank raw logits (normalization=None); older versions apply a sigmoid to any batch outside
+# [0, 1], which in float32 saturates to exactly 1.0 above a logit of ~16.7 and ties the scores.
+_RAW_LOGITS = "normalization" in inspect.signature(BinaryPrecisionRecallCurve.__init__).parameters
 
-def _metrics(prefix: str) -> MetricCollection:
+
+def _metrics(prefix: str) -> tuple[MetricCollection, MetricCollection]:
+    """The registry's training-time metrics (those with a torchmetric), logged as <prefix><logger name>: one
+    collection fed probabilities (threshold metrics), one fed the logits (ranking metrics such as AUROC)."""
     # validate_args=False: the checks (torch.unique + a Python `if`) stall a GPU once per metric per step, and the
     # labels come from our own folder scan, always 0/1.
-    return MetricCollection(
-        {"acc": BinaryAccuracy(validate_args=False), "precision": BinaryPrecision(validate_args=False),
-         "recall": BinaryRecall(validate_args=False), "f1": BinaryF1Score(validate_args=False),
-         "auroc": BinaryAUROC(validate_args=False)},
-        prefix=prefix,
-    )
+    probs, ranks = {}, {}
+    for spec in METRICS.values():
+        if spec.torchmetric and spec.logger:
+            kind = getattr(torchmetrics.classification, spec.torchmetric)
+            if spec.ranks:
+                ranks[spec.logger] = kind(validate_args=False, **({"normalization": None} if _RAW_LOGITS else {}))
+            else:
+                probs[spec.logger] = kind(validate_args=False)
+    return MetricCollection(probs, prefix=prefix), MetricCollection(ranks, prefix=prefix)
+
+
+def _ranked(logits: torch.Tensor) -> torch.Tensor:
+    """What the ranking metrics get: the logits themselves where torchmetrics ranks them raw; otherwise float64
+    probabilities (saturating only above a logit of ~37), or float32 where the device has no float64 (MPS)."""
+    if _RAW_LOGITS:
+        return logits
+    return torch.sigmoid(logits.double() if logits.device.type != "mps" else logits)
 
 
 class PixelNormalise(nn.Module):
@@ -70,6 +84,8 @@ class BCCClassifier(L.LightningModule):
                  preprocess: dict[str, Any] | None = None, initialisation: dict[str, Any] | None = None,
                  load_weights: bool = True) -> None:
         super().__init__()
+        # `model` is the config's model group, or the hyperparameters of a checkpoint written by an older version
+        # that lacks newer keys (source, channels_last, ...): hence get() with the values those versions implied.
         if preprocess is None:
             preprocess = resolve_preprocess(model).to_dict()
         if initialisation is None and load_weights:
@@ -95,8 +111,10 @@ class BCCClassifier(L.LightningModule):
         self.normalise = PixelNormalise(self.preprocess.mean, self.preprocess.std)
         weight = None if pos_weight is None else torch.tensor([float(pos_weight)])
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
-        self.train_metrics, self.val_metrics = _metrics("train/"), _metrics("val/")
-        self.test_metrics = _metrics("test/")
+        # *_metrics take probabilities, *_rank_metrics the logits (AUROC): see _metrics.
+        self.train_metrics, self.train_rank_metrics = _metrics("train/")
+        self.val_metrics, self.val_rank_metrics = _metrics("val/")
+        self.test_metrics, self.test_rank_metrics = _metrics("test/")
         self.finite_guard = FiniteLossGuard()
         self._train_metrics_logged = False
 
@@ -120,6 +138,7 @@ class BCCClassifier(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.train_metrics.reset()  # Lightning computed last epoch's values when that epoch ended
+        self.train_rank_metrics.reset()
         self._train_metrics_logged = False
         # Derived from the epoch, so that a resumed run is frozen or not exactly as the original was.
         before_unfreeze = self.unfreeze_at_epoch is None or self.current_epoch < self.unfreeze_at_epoch
@@ -143,15 +162,19 @@ class BCCClassifier(L.LightningModule):
             return self.head(features.float()).squeeze(-1)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, probabilities) of one batch; the stage's metrics are updated here."""
         images, labels = batch
         logits = self(images).float()  # loss and metrics in fp32 even under bf16 autocast
         loss = self.loss_fn(logits, labels)
         self.finite_guard.check(loss, (stage, self.current_epoch, self.global_step))
-        return loss, torch.sigmoid(logits.detach())
+        logits, target = logits.detach(), labels.int()
+        probs = torch.sigmoid(logits)
+        getattr(self, f"{stage}_metrics").update(probs, target)
+        getattr(self, f"{stage}_rank_metrics").update(_ranked(logits), target)
+        return loss, probs
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, probs = self._step(batch, "train")
-        self.train_metrics.update(probs, batch[1].int())
+        loss, _ = self._step(batch, "train")
         bs = batch[1].shape[0]
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=bs)
@@ -162,6 +185,7 @@ class BCCClassifier(L.LightningModule):
         # the epoch values against sklearn).
         if not self._train_metrics_logged:
             self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=bs)
+            self.log_dict(self.train_rank_metrics, on_step=False, on_epoch=True, batch_size=bs)
             self._train_metrics_logged = True
         return loss
 
@@ -171,10 +195,10 @@ class BCCClassifier(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.finite_guard.flush()  # the training steps before this validation
         self.val_metrics.reset()
+        self.val_rank_metrics.reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss, probs = self._step(batch, "val")
-        self.val_metrics.update(probs, batch[1].int())
+        loss, _ = self._step(batch, "val")
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch[1].shape[0],
                  sync_dist=True)  # averaged over every rank's shard under DDP
 
@@ -182,23 +206,25 @@ class BCCClassifier(L.LightningModule):
         self.finite_guard.flush()
         # The sanity check's few batches must not count towards epoch 0: compute nothing, just forget them.
         if not self.trainer.sanity_checking:
-            values = self.val_metrics.compute()
+            values = {**self.val_metrics.compute(), **self.val_rank_metrics.compute()}
             self.log_dict(values)
-            self.log("val/acc_prog", values["val/acc"], prog_bar=True, logger=False)
+            self.log("val/acc_prog", values[f"val/{METRICS['accuracy'].logger}"], prog_bar=True, logger=False)
         self.val_metrics.reset()
+        self.val_rank_metrics.reset()
 
     def on_test_epoch_start(self) -> None:
         self.test_metrics.reset()
+        self.test_rank_metrics.reset()
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        loss, probs = self._step(batch, "test")
-        self.test_metrics.update(probs, batch[1].int())
+        loss, _ = self._step(batch, "test")
         self.log("test/loss", loss, on_step=False, on_epoch=True, batch_size=batch[1].shape[0], sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self.finite_guard.flush()
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict({**self.test_metrics.compute(), **self.test_rank_metrics.compute()})
         self.test_metrics.reset()
+        self.test_rank_metrics.reset()
 
     def configure_optimizers(self) -> Any:
         options = dict(self.hparams.optimizer)

@@ -22,12 +22,17 @@ import yaml
 
 from bcc_lightning.data.labels import CLASS_NAMES
 from bcc_lightning.data.layout import fold_samples, fold_settings, group_of_paths, read_manifest
+from bcc_lightning.reports.metrics import METRICS, metric_keys, read_metrics
 from bcc_lightning.reports.report import write_metric_files
 from bcc_lightning.reports.statistics import corrected_resampled_t, corrected_t_interval, t_interval, wilcoxon
 from bcc_lightning.utils.atomic_io import write_json, write_text
 from bcc_lightning.utils.errors import UserError
 
-TEST_KEYS = ("accuracy", "balanced_accuracy", "recall", "specificity", "f1", "auroc")
+
+def _keys() -> list[str]:
+    """The metrics these tables show: the registry's summary metrics (read at call time, so a metric registered
+    later is included)."""
+    return metric_keys("summary")
 
 
 def _overrides(job: Path) -> dict[str, str]:
@@ -55,10 +60,11 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         row["best_monitor_value"] = data.get("best_monitor_value")
         row["checkpoint"] = data.get("checkpoint")
         row["synthetic_data"] = data.get("synthetic_data", False)
-        row["test"] = {k: (data.get("metrics") or {}).get(k) for k in TEST_KEYS}
+        metrics = read_metrics(data.get("metrics"))  # old runs' spellings (acc, sensitivity) mapped on read
+        row["test"] = {k: metrics.get(k) for k in _keys()}
         row["data_root"] = data.get("data_root")
         row["fold"] = data.get("fold")
-        row["n_test"] = (data.get("metrics") or {}).get("n")
+        row["n_test"] = metrics.get("n")
         jobs.append(row)
     return jobs
 
@@ -74,21 +80,22 @@ def summary_tables(jobs: list[dict[str, Any]]) -> tuple[str, str]:
     # Only what differs between jobs gets a column; settings shared by every job are stated once above the table.
     all_keys = sorted({k for row in jobs for k in row["overrides"]})
     keys = [k for k in all_keys if len({row["overrides"].get(k) for row in jobs}) > 1] or all_keys[:1]
-    header = ["job", *keys, "status", "monitor", "best_monitor_value", *[f"test_{k}" for k in TEST_KEYS],
+    test_keys = _keys()
+    header = ["job", *keys, "status", "monitor", "best_monitor_value", *[f"test_{k}" for k in test_keys],
               "checkpoint"]
     ordered = sorted(jobs, key=_sort_key)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
     md = ["| " + " | ".join(["job", *keys, "val/loss" if any(r.get("monitor") == "val/loss" for r in jobs)
-                              else "monitor", *[f"test {k}" for k in TEST_KEYS]]) + " |",
-          "|" + "---|" * (len(keys) + 2 + len(TEST_KEYS))]
+                              else "monitor", *[f"test {METRICS[k].short}" for k in test_keys]]) + " |",
+          "|" + "---|" * (len(keys) + 2 + len(test_keys))]
     for row in ordered:
         test = row.get("test") or {}
         values = [row["overrides"].get(k, "") for k in keys]
         writer.writerow([row["job"], *values, row["status"], row.get("monitor") or "", row.get("best_monitor_value"),
-                         *[test.get(k) for k in TEST_KEYS], row.get("checkpoint") or ""])
-        fmt = [f"{test[k]:.4f}" if isinstance(test.get(k), float) else "–" for k in TEST_KEYS]
+                         *[test.get(k) for k in test_keys], row.get("checkpoint") or ""])
+        fmt = [f"{test[k]:.4f}" if isinstance(test.get(k), float) else "–" for k in test_keys]
         best = row.get("best_monitor_value")
         md.append("| " + " | ".join([row["job"], *values, f"{best:.4f}" if isinstance(best, float)
                                      else row["status"], *fmt]) + " |")
@@ -97,9 +104,6 @@ def summary_tables(jobs: list[dict[str, Any]]) -> tuple[str, str]:
 
 BOUNDS = (0.0, 1.0)
 VARYING = ("data.fold", "seed")  # what repeats a configuration rather than defining it
-STAT_KEYS = ("accuracy", "balanced_accuracy", "recall", "specificity", "f1", "auroc")
-STAT_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "recall": "sensitivity",
-              "specificity": "specificity", "f1": "F1", "auroc": "AUROC"}
 
 
 def config_name(overrides: dict[str, str], shared: set[str]) -> str:
@@ -108,13 +112,14 @@ def config_name(overrides: dict[str, str], shared: set[str]) -> str:
 
 
 def describe(values: list[float], sizes: tuple[float, float] | None = None,
-             sizes_note: str | None = None) -> dict[str, Any]:
+             sizes_note: str | None = None, bounds: tuple[float, float] = BOUNDS) -> dict[str, Any]:
     """Mean ± sd with a Student-t 95 % interval, plus the Nadeau-Bengio corrected interval when the runs are
     k-fold folds with known (n_train, n_test); otherwise `corrected_unavailable` says why."""
     data = np.asarray(values, dtype=float)
-    # Every metric here is a proportion or an AUROC: its interval is clipped to [0, 1], with a note (clipping
-    # cannot lose coverage; benchmarks/statistics_coverage.py compares it with a logit-scale t interval).
-    t = t_interval(data, bounds=BOUNDS)
+    # bounds: the metric's range (the registry's; [0, 1] for proportions and AUROC): the interval is clipped to it,
+    # with a note (clipping cannot lose coverage; benchmarks/statistics_coverage.py compares it with a logit-scale t
+    # interval).
+    t = t_interval(data, bounds=bounds)
     out: dict[str, Any] = {"n": int(len(data)), "mean": float(data.mean()),
                            "std": float(data.std(ddof=1)) if len(data) > 1 else 0.0,
                            "ci_low": t.low, "ci_high": t.high, "ci_method": t.method}
@@ -125,7 +130,7 @@ def describe(values: list[float], sizes: tuple[float, float] | None = None,
     if sizes is None:
         out["corrected_unavailable"] = sizes_note or "not k-fold runs"
     else:
-        c = corrected_t_interval(data, *sizes, bounds=BOUNDS)
+        c = corrected_t_interval(data, *sizes, bounds=bounds)
         out["corrected"] = {"low": c.low, "high": c.high, "method": c.method, "n_train": sizes[0],
                             "n_test": sizes[1], **({"reason": c.reason} if c.reason else {}),
                             **({"note": c.note} if c.note else {})}
@@ -190,8 +195,9 @@ def aggregate(jobs: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any]:
     sizes: dict[str, tuple[tuple[float, float] | None, str | None]] = {}
     for name, members in sorted(configs.items()):
         sizes[name] = _fold_sizes(members)
-        stats = {k: describe([m["test"][k] for m in members if m["test"].get(k) is not None], *sizes[name])
-                 for k in STAT_KEYS if any(m["test"].get(k) is not None for m in members)}
+        stats = {k: describe([m["test"][k] for m in members if m["test"].get(k) is not None], *sizes[name],
+                             bounds=METRICS[k].bounds)
+                 for k in _keys() if any(m["test"].get(k) is not None for m in members)}
         entry = {"runs": len(members), "protocol": protocols[name][0], "stats": stats,
                  "folds": sorted(m["fold"] for m in members if m.get("fold") is not None),
                  "n_test_per_run": sorted({m["n_test"] for m in members if m.get("n_test") is not None})}
@@ -260,10 +266,9 @@ def _pooled_predictions(members: list[dict[str, Any]], outdir: Path) -> dict[str
 
     for fig in figures.values():
         plt.close(fig)
-    intervals = {k: metrics["intervals"][k] for k in ("accuracy", "recall", "specificity", "auroc")}
-    return {"n": metrics["n"], "accuracy": metrics["accuracy"], "auroc": metrics["auroc"],
-            "recall": metrics["recall"], "specificity": metrics["specificity"], "source": kind,
-            "intervals": intervals, "n_groups": len(set(groups)) if grouped else None,
+    keys = [k for k in _keys() if k in metrics["intervals"]]
+    return {"n": metrics["n"], **{k: metrics[k] for k in keys}, "source": kind,
+            "intervals": {k: metrics["intervals"][k] for k in keys}, "n_groups": len(set(groups)) if grouped else None,
             "interval_units": (f"{len(set(groups))} groups from manifest.csv (whole groups resampled)" if grouped
                                else "images (no groups in manifest.csv, or one image per group)"),
             "optimistic": holdout, "figures": str(outdir.relative_to(outdir.parent.parent))}
@@ -281,7 +286,7 @@ def _paired(a_jobs: list[dict[str, Any]], b_jobs: list[dict[str, Any]], a: str, 
     if len(common) < 2:
         return None
     out: dict[str, Any] = {"a": a, "b": b, "pairs": len(common), "metrics": {}}
-    for key in ("accuracy", "auroc", "balanced_accuracy"):
+    for key in _keys():
         diffs = [a_by[u]["test"][key] - b_by[u]["test"][key] for u in common
                  if a_by[u]["test"].get(key) is not None and b_by[u]["test"].get(key) is not None]
         if len(diffs) < 2:
@@ -293,7 +298,8 @@ def _paired(a_jobs: list[dict[str, Any]], b_jobs: list[dict[str, Any]], a: str, 
             entry.update(t_statistic=test.statistic, t_p=test.p_value, t_method=test.method,
                          **({"t_reason": test.reason} if test.reason else {}))
         else:
-            interval = t_interval(diffs, bounds=(-1.0, 1.0))
+            low, high = METRICS[key].bounds
+            interval = t_interval(diffs, bounds=(low - high, high - low))
             entry["t_method"] = "not run: needs k-fold runs with known training/held-out sizes"
         entry.update(ci_low=interval.low, ci_high=interval.high, ci_method=interval.method)
         w = wilcoxon(diffs)
@@ -342,23 +348,26 @@ def _caveats(result: dict[str, Any]) -> list[str]:
     lines += [f"- Corrected interval not shown: {why}." for why in missing]
     if any(st.get("ci_note") or (st.get("corrected") or {}).get("note") for e in result["configs"].values()
            for st in e["stats"].values()):
-        lines.append("- Every metric here lies in [0, 1]; where a t interval reached beyond, it is clipped to [0, 1] "
-                     "(aggregate.json's ci_note gives the unclipped ends). Clipping keeps the interval's coverage.")
+        lines.append("- Every metric has a range ([0, 1] for proportions and AUROC); where a t interval reached "
+                     "beyond, it is clipped to it (aggregate.json's ci_note gives the unclipped ends). Clipping keeps "
+                     "the interval's coverage.")
     return lines + [""]
 
 
 def aggregate_tables(result: dict[str, Any]) -> tuple[str, str]:
+    # The metrics the results hold, in the registry's order (an old aggregate.json may lack a newer metric).
+    stat_keys = [k for k in _keys() if any(k in e["stats"] for e in result["configs"].values())] or _keys()
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["config", "runs", "protocol", "metric", "mean", "std", "ci95_low", "ci95_high", "ci_method",
                      "corrected_ci95_low", "corrected_ci95_high", "corrected_method"])
     md = ["## Per configuration", "",
           "mean ± sd over folds/seeds, [Student-t 95 % CI], and {Nadeau-Bengio corrected 95 % CI} for k-fold runs.",
-          "", "| configuration | runs | " + " | ".join(STAT_NAMES[k] for k in STAT_KEYS) + " |",
-          "|---|---|" + "---|" * len(STAT_KEYS)]
+          "", "| configuration | runs | " + " | ".join(METRICS[k].short for k in stat_keys) + " |",
+          "|---|---|" + "---|" * len(stat_keys)]
     for name, entry in result["configs"].items():
         cells = []
-        for key in STAT_KEYS:
+        for key in stat_keys:
             st = entry["stats"].get(key)
             if st is None:
                 cells.append("–")
@@ -377,12 +386,13 @@ def aggregate_tables(result: dict[str, Any]) -> tuple[str, str]:
     md += [""] + _caveats(result)
     pooled = [(n, e["out_of_fold"]) for n, e in result["configs"].items() if "out_of_fold" in e]
     if pooled:
+        pooled_keys = [k for k in _keys() if any(k in o for _, o in pooled)]
         md += ["## Pooled held-out predictions (threshold 0.5)", "",
                "value [95 % CI]; the interval's method and units are in the last column.", "",
-               "| configuration | pooled from | images | accuracy | sensitivity | specificity | AUROC | intervals | "
-               "figures |", "|---|---|---|---|---|---|---|---|---|"]
+               "| configuration | pooled from | images | " + " | ".join(METRICS[k].short for k in pooled_keys)
+               + " | intervals | figures |", "|---|---|---|" + "---|" * len(pooled_keys) + "---|---|"]
         for name, o in pooled:
-            cells = [_pooled_cell(o, key) for key in ("accuracy", "recall", "specificity", "auroc")]
+            cells = [_pooled_cell(o, key) for key in pooled_keys]
             methods = sorted({ci["method"] for ci in (o.get("intervals") or {}).values() if ci.get("method")})
             md.append(f"| {name} | {o['source']} | {o['n']} | " + " | ".join(cells)
                       + f" | {'; '.join(methods)} ({o.get('interval_units', 'images')}) | "
@@ -398,7 +408,7 @@ def aggregate_tables(result: dict[str, Any]) -> tuple[str, str]:
         for c in result["comparisons"]:
             for key, m in c["metrics"].items():
                 t_p = _num(m.get("t_p")) if "t_p" in m else "–"
-                md.append(f"| {c['a']} | {c['b']} | {c['pairs']} | {STAT_NAMES.get(key, key)} | "
+                md.append(f"| {c['a']} | {c['b']} | {c['pairs']} | {METRICS[key].short if key in METRICS else key} | "
                           f"{m['mean']:+.3f} [{_num(m['ci_low'], '+.3f')}, {_num(m['ci_high'], '+.3f')}] | "
                           f"{m['ci_method']} | {t_p} | {_num(m['wilcoxon_p'])} ({m['wilcoxon_method']}) |")
         md += ["", "Tests: the Nadeau-Bengio corrected resampled t-test (k-fold runs with known sizes) and the "

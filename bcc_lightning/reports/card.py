@@ -15,14 +15,12 @@ from typing import Any
 
 from bcc_lightning.data.layout import MANIFEST, SPLITS, read_summary, walk_files
 from bcc_lightning.models.backbones import initialisation_text
+from bcc_lightning.reports.metrics import METRICS, read_metrics
 from bcc_lightning.utils.atomic_io import sha256_file, write_json, write_text
 
 INTENDED_USE = ("Research use only. Not a medical device and not for diagnosis: a pathologist makes every clinical "
                 "decision. Validated only on the data named below; performance on other labs' stains, scanners, "
                 "magnifications or tissue types is unknown until measured (eval.py external=...).")
-CARD_METRICS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("recall", "sensitivity"),
-                ("specificity", "specificity"), ("precision", "PPV"), ("npv", "NPV"), ("f1", "F1"),
-                ("auroc", "AUROC"), ("auprc", "AUPRC"), ("brier", "Brier score"), ("ece", "ECE"))
 
 
 def data_fingerprint(root: str | Path) -> dict[str, Any]:
@@ -55,11 +53,13 @@ def build_card(checkpoint_hparams: dict[str, Any], result: dict[str, Any], check
     model = checkpoint_hparams.get("model") or {}
     data_info = checkpoint_hparams.get("data_info") or {}
     root = result.get("data_root") or data_info.get("root")
-    metrics = result.get("metrics") or {}
-    intervals = metrics.get("intervals") or {}
+    metrics = read_metrics(result.get("metrics"))
+    intervals = read_metrics(metrics.get("intervals"))
     rows = {}
-    for key, name in CARD_METRICS:
-        value = metrics.get(key)
+    for key, spec in METRICS.items():
+        if not spec.card:
+            continue
+        name, value = spec.short, metrics.get(key)
         interval = intervals.get(key) or {}
         rows[name] = {"value": value, "ci95": [interval.get("low"), interval.get("high")] if interval else None,
                       "method": interval.get("method"), "n_groups": interval.get("n_groups"),

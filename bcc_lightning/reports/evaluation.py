@@ -27,7 +27,7 @@ from bcc_lightning.models.backbones import initialisation_text
 from bcc_lightning.models.inference import predict_batches, predict_view_logits, view_probabilities
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.reports.gradcam import save_overlays
-from bcc_lightning.reports.metrics import compute_metrics, expected_calibration_error
+from bcc_lightning.reports.metrics import METRICS, compute_metrics, expected_calibration_error
 from bcc_lightning.reports.operating_point import (
     choose_threshold,
     fit_temperature,
@@ -404,9 +404,8 @@ def evaluate(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, sett
 
 
 def _to_tensorboard(writer: Any, split: str, metrics: dict[str, Any], figures: dict[str, Any]) -> None:
-    for key in ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auroc", "auprc",
-                "brier", "ece"):
-        if metrics.get(key) is not None:
+    for key, spec in METRICS.items():
+        if spec.report and metrics.get(key) is not None:
             writer.add_scalar(f"{split}_report/{key}", metrics[key], 0)
     for name, fig in figures.items():
         writer.add_figure(f"{split}_report/{Path(name).stem}", fig, 0, close=False)

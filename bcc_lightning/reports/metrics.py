@@ -1,12 +1,141 @@
-"""One function from (labels, probabilities, threshold) to every number we report."""
+"""The metric registry, and one function from (labels, probabilities, threshold) to every number we report.
+
+Each metric is ONE entry in `METRICS` (`register_metric`): its key (the one spelling written everywhere), how it
+reads, which way is better, how it is computed, its interval kind, whether report.md / the model card / the summary
+tables (aggregate, compare) show it, and its training-time logger name. compute_metrics, statistics.metric_intervals,
+report, card, aggregate, evaluation and the tasks read this table; adding a metric is one `register_metric` call.
+Old spellings (metrics.json of earlier versions) are mapped on read by `canonical` / `read_metrics`, never written.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bcc_lightning.data.labels import CLASS_NAMES
+
+CELLS = ("tp", "fp", "tn", "fn")
+# Interval kinds, as statistics.metric_intervals computes them.
+INTERVAL_KINDS = {
+    "wilson": "Wilson score on (successes, denominator); clustered: Wilson with the design effect (Korn-Graubard df)",
+    "mover": "MOVER (Newcombe) combination of two component intervals",
+    "auroc": "BCa bootstrap over images; clustered: Obuchowski's variance, logit scale, t quantile",
+    "bootstrap": "BCa bootstrap over images; clustered: percentile cluster bootstrap over groups",
+}
+# Earlier spellings, mapped to the registry's key when old metrics.json / compare.json files are read.
+ALIASES = {"sensitivity": "recall", "acc": "accuracy", "tpr": "recall", "tnr": "specificity", "ppv": "precision"}
+
+CountsFn = Callable[[Any, Any, Any, Any], Any]
+ScoresFn = Callable[[np.ndarray, np.ndarray, np.ndarray], "float | None"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One registered metric (see register_metric for the fields)."""
+
+    key: str
+    label: str
+    short: str
+    higher_is_better: bool
+    undefined: str
+    counts: CountsFn | None = None
+    scores: ScoresFn | None = None
+    interval: str | None = "bootstrap"
+    proportion: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    mover: tuple[str, str] | None = None
+    both_classes: bool = False
+    report: bool = True
+    card: bool = True
+    summary: bool = False
+    logger: str | None = None
+    torchmetric: str | None = None
+    ranks: bool = False
+    fmt: str = ".4f"
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def format(self, value: float | None) -> str:
+        return "n/a" if value is None else format(value, self.fmt)
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(key: str, *, label: str | None = None, short: str | None = None, higher_is_better: bool = True,
+                    undefined: str = "undefined", inputs: str = "counts", interval: str | None = "bootstrap",
+                    proportion: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+                    mover: tuple[str, str] | None = None, both_classes: bool = False, report: bool = True,
+                    card: bool = True, summary: bool = False, logger: str | None = None,
+                    torchmetric: str | None = None, ranks: bool = False, fmt: str = ".4f",
+                    bounds: tuple[float, float] = (0.0, 1.0)) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a metric; used as a decorator on its function (or called with proportion=... and no function).
+
+    inputs="counts": fn(tp, fp, tn, fn) on numpy arrays (or scalars) -> the metric, NaN where undefined; these are
+    vectorised, so their bootstrap intervals are fast (weighted resamples, analytic jackknife for BCa).
+    inputs="scores": fn(labels, probs, ranked) -> float | None (ranked: the logits when known, which do not tie).
+    interval: one of INTERVAL_KINDS or None (no interval). proportion: for "wilson", the confusion cells of the
+    successes and of the denominator, e.g. (("tp",), ("tp", "fn")); mover: the two metrics "mover" averages.
+    both_classes: undefined unless both classes are present (its clustered interval counts the smaller class's
+    groups). report / card / summary: shown in report.md / the model card / the aggregate and compare tables.
+    logger: training-time name (logged as train/<logger>, val/<logger>; early stopping and checkpoint names use
+    these); torchmetric: the torchmetrics.classification class that computes it during training; ranks: that class
+    takes logits rather than probabilities. fmt: how its value prints. bounds: its range (intervals over folds or
+    seeds are clipped to it).
+    """
+    if key in METRICS or key in ALIASES:
+        raise ValueError(f"metric {key!r} is already registered (or is an old spelling of one)")
+    if interval is not None and interval not in INTERVAL_KINDS:
+        raise ValueError(f"interval must be one of {', '.join(INTERVAL_KINDS)} or None, got {interval!r}")
+    if inputs not in ("counts", "scores"):
+        raise ValueError(f"inputs must be 'counts' or 'scores', got {inputs!r}")
+    if (interval == "wilson") != (proportion is not None) or (interval == "mover") != (mover is not None):
+        raise ValueError("interval='wilson' needs proportion=(successes, denominator) and 'mover' needs mover=(a, b)")
+
+    def add(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+        counts = fn if inputs == "counts" else None
+        if proportion is not None and fn is None:
+            counts = _proportion_fn(*proportion)
+        METRICS[key] = Metric(key, label or key, short or label or key, higher_is_better, undefined, counts,
+                              fn if inputs == "scores" else None, interval, proportion, mover, both_classes, report,
+                              card, summary, logger, torchmetric, ranks, fmt, tuple(bounds))
+        return fn
+
+    return add
+
+
+def unregister_metric(key: str) -> None:
+    """Remove a registered metric (tests that register a toy one clean up with this)."""
+    METRICS.pop(key, None)
+
+
+def _proportion_fn(successes: tuple[str, ...], denominator: tuple[str, ...]) -> CountsFn:
+    def fn(tp: Any, fp: Any, tn: Any, fn_: Any) -> Any:
+        cells = dict(zip(CELLS, (tp, fp, tn, fn_)))
+        return sum(cells[c] for c in successes) / sum(cells[c] for c in denominator)
+
+    return fn
+
+
+def canonical(key: str) -> str:
+    """The registry's spelling of a metric name (old spellings such as acc and sensitivity mapped)."""
+    return ALIASES.get(key, key)
+
+
+def read_metrics(values: dict[str, Any] | None) -> dict[str, Any]:
+    """A metrics dict read from an old or new file, under the registry's spellings (the key wins over an alias)."""
+    values = dict(values or {})
+    for old, new in ALIASES.items():
+        if old in values:
+            value = values.pop(old)
+            values.setdefault(new, value)
+    return values
+
+
+def metric_keys(flag: str | None = None) -> list[str]:
+    """Registered keys in table order; flag: only those with report, card, summary, interval or logger set."""
+    return [k for k, m in METRICS.items() if flag is None or getattr(m, flag)]
 
 
 def _div(a: float, b: float) -> float:
@@ -80,21 +209,72 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
                      for r in calibration_bins(labels, probs, bins)) / len(labels))
 
 
-def _rate(num: int, den: int, name: str, reason: str, undefined: dict[str, str]) -> float | None:
-    """num / den, or None (reason recorded) when the denominator is empty: 0.0 would read as a real failure."""
-    if den == 0:
-        undefined[name] = reason
-        return None
-    return float(num / den)
+# The built-in metrics, in the order every table lists them.
+register_metric("accuracy", label="accuracy", interval="wilson", proportion=(("tp", "tn"), CELLS),
+                undefined="no images", summary=True, logger="acc", torchmetric="BinaryAccuracy")(None)
+
+
+@register_metric("balanced_accuracy", label="balanced accuracy", interval="mover", mover=("recall", "specificity"),
+                 undefined="needs both classes", both_classes=True, summary=True)
+def balanced_accuracy(tp: Any, fp: Any, tn: Any, fn: Any) -> Any:
+    return (tp / (tp + fn) + tn / (tn + fp)) / 2
+
+
+register_metric("precision", label="precision (PPV)", short="PPV", interval="wilson",
+                proportion=(("tp",), ("tp", "fp")), undefined="no image predicted malignant", logger="precision",
+                torchmetric="BinaryPrecision")(None)
+register_metric("recall", label="sensitivity (recall)", short="sensitivity", interval="wilson",
+                proportion=(("tp",), ("tp", "fn")), undefined="no malignant images", summary=True, logger="recall",
+                torchmetric="BinaryRecall")(None)
+register_metric("specificity", label="specificity", interval="wilson", proportion=(("tn",), ("tn", "fp")),
+                undefined="no benign images", summary=True)(None)
+register_metric("npv", label="NPV", interval="wilson", proportion=(("tn",), ("tn", "fn")),
+                undefined="no image predicted benign")(None)
+
+
+# F1 = 2tp / (2tp + fp + fn): defined (possibly 0) unless there are no malignant images and none predicted.
+@register_metric("f1", label="F1", undefined="no malignant images and none predicted malignant", summary=True,
+                 logger="f1", torchmetric="BinaryF1Score")
+def f1(tp: Any, fp: Any, tn: Any, fn: Any) -> Any:
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+register_metric("auroc", label="AUROC", inputs="scores", interval="auroc", undefined="needs both classes",
+                both_classes=True, summary=True, logger="auroc", torchmetric="BinaryAUROC",
+                ranks=True)(lambda labels, probs, ranked: auroc(labels, ranked))
+register_metric("auprc", label="AUPRC", inputs="scores", undefined="no malignant images",
+                both_classes=True)(lambda labels, probs, ranked: average_precision(labels, ranked))
+register_metric("brier", label="Brier score", higher_is_better=False, inputs="scores", undefined="no images")(
+    lambda labels, probs, ranked: float(np.mean((probs - labels) ** 2)) if len(labels) else None)
+register_metric("ece", label="expected calibration error", short="ECE", higher_is_better=False, inputs="scores",
+                undefined="no images")(lambda labels, probs, ranked: expected_calibration_error(labels, probs))
+
+
+@register_metric("log_loss", label="log loss", higher_is_better=False, inputs="scores", interval=None,
+                 undefined="no images", report=False, card=False)
+def log_loss(labels: np.ndarray, probs: np.ndarray, ranked: np.ndarray) -> float | None:
+    eps = 1e-7
+    clipped = np.clip(probs, eps, 1 - eps)
+    return float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))) if len(labels) else None
+
+
+def value_of(metric: Metric, counts: tuple[int, int, int, int], labels: np.ndarray, probs: np.ndarray,
+             ranked: np.ndarray) -> float | None:
+    """One metric's value on one set of images; None where it is undefined."""
+    if metric.counts is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = float(metric.counts(*(np.float64(c) for c in counts)))
+        return value if np.isfinite(value) else None
+    return metric.scores(labels, probs, ranked)
 
 
 def compute_metrics(labels: Any, probs: Any, threshold: float = 0.5, scores: Any = None) -> dict[str, Any]:
-    """Binary metrics with malignant (1) as the positive class; a prediction is malignant when prob >= threshold.
+    """Every registered metric, with malignant (1) as the positive class; a prediction is malignant when prob >=
+    threshold.
 
-    Rates whose denominator is empty (e.g. sensitivity without malignant images) are None, and
-    `undefined[name]` says why. scores: an increasing function of probs that does not saturate (the logit,
-    operating_point.view_logit); AUROC and AUPRC rank these when given, since probabilities of confident models
-    round to ties near 1.
+    A metric that is undefined (e.g. sensitivity without malignant images) is None, and `undefined[key]` says why.
+    scores: an increasing function of probs that does not saturate (the logit, operating_point.view_logit); AUROC
+    and AUPRC rank these when given, since probabilities of confident models round to ties near 1.
     """
     labels = np.asarray(labels, dtype=np.int64).ravel()
     probs = np.asarray(probs, dtype=np.float64).ravel()
@@ -110,46 +290,15 @@ def compute_metrics(labels: Any, probs: Any, threshold: float = 0.5, scores: Any
     tn = int(((preds == 0) & (labels == 0)).sum())
     fp = int(((preds == 1) & (labels == 0)).sum())
     fn = int(((preds == 0) & (labels == 1)).sum())
-    n = len(labels)
+    result: dict[str, Any] = {"n": len(labels), "threshold": float(threshold)}
     undefined: dict[str, str] = {}
-    accuracy = _rate(tp + tn, n, "accuracy", "no images", undefined)
-    recall = _rate(tp, tp + fn, "recall", "no malignant images", undefined)
-    specificity = _rate(tn, tn + fp, "specificity", "no benign images", undefined)
-    precision = _rate(tp, tp + fp, "precision", "no image predicted malignant", undefined)
-    npv = _rate(tn, tn + fn, "npv", "no image predicted benign", undefined)
-    # F1 = 2tp / (2tp + fp + fn): defined (possibly 0) unless there are no malignant images and none predicted.
-    f1 = _rate(2 * tp, 2 * tp + fp + fn, "f1", "no malignant images and none predicted malignant", undefined)
-    balanced = None if recall is None or specificity is None else (recall + specificity) / 2
-    if balanced is None:
-        undefined["balanced_accuracy"] = "needs both classes"
-    if "recall" in undefined:
-        undefined["sensitivity"] = undefined["recall"]
-    eps = 1e-7
-    clipped = np.clip(probs, eps, 1 - eps)
-    result = {
-        "n": n,
-        "threshold": float(threshold),
-        "accuracy": accuracy,
-        "balanced_accuracy": balanced,
-        "precision": precision,
-        "recall": recall,
-        "sensitivity": recall,
-        "specificity": specificity,
-        "npv": npv,
-        "f1": f1,
-        "auroc": auroc(labels, ranked),
-        "auprc": average_precision(labels, ranked),
-        "ece": expected_calibration_error(labels, probs),
-        "log_loss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))) if n else None,
-        "brier": float(np.mean((probs - labels) ** 2)) if n else None,
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-        "support": {CLASS_NAMES[0]: int((labels == 0).sum()), CLASS_NAMES[1]: int((labels == 1).sum())},
-    }
-    for key, reason in (("auroc", "needs both classes"), ("auprc", "no malignant images"), ("ece", "no images"),
-                        ("log_loss", "no images"), ("brier", "no images")):
+    for key, metric in METRICS.items():
+        result[key] = value_of(metric, (tp, fp, tn, fn), labels, probs, ranked)
         if result[key] is None:
-            undefined[key] = reason
-    result["undefined"] = undefined
+            undefined[key] = metric.undefined
+    result.update(tp=tp, fp=fp, tn=tn, fn=fn,
+                  support={CLASS_NAMES[0]: int((labels == 0).sum()), CLASS_NAMES[1]: int((labels == 1).sum())},
+                  undefined=undefined)
     return result
 
 
@@ -188,7 +337,7 @@ def classification_report(m: dict[str, Any], intervals: dict[str, Any] | None = 
     wf1 = _mean(list(f1.values()), weights)
     lines.append(f"{'weighted avg':>{width}}  {_f(weighted[0])} {_f(weighted[1])} {_f(wf1)} {total:9d}")
     if m.get("undefined"):
-        lines += ["", "n/a: " + "; ".join(f"{k}: {v}" for k, v in m["undefined"].items() if k != "sensitivity")]
+        lines += ["", "n/a: " + "; ".join(f"{k}: {v}" for k, v in m["undefined"].items())]
     if intervals:
         lines += ["", "95 % confidence intervals:"]
         for name, ci in intervals.items():

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from bcc_lightning.reports.metrics import classification_report, compute_metrics
+from bcc_lightning.reports.metrics import METRICS, classification_report, compute_metrics
 from bcc_lightning.reports.plots import (
     calibration_figure,
     confusion_matrix_figure,
@@ -21,9 +21,6 @@ from bcc_lightning.utils.atomic_io import write_json, write_text
 SYNTHETIC_NOTE = "SYNTHETIC DEMO DATA: these numbers say nothing about real microscopy images."
 FIGURES = ("confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration.png")
 
-
-INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "recall", "specificity", "precision", "npv", "f1", "auroc", "auprc",
-                 "brier", "ece")
 N_RESAMPLES = 1000  # enough for 95 % endpoints to ~0.01 and fast on tens of thousands of images
 REFERRAL_FRACTIONS = tuple(round(0.05 * k, 2) for k in range(11))  # refer 0 % .. 50 % of the images
 
@@ -55,8 +52,7 @@ def metric_cis(labels: Any, probs: Any, threshold: float, groups: Any = None,
     intervals = metric_intervals(labels, probs, threshold=threshold, groups=groups, n_resamples=N_RESAMPLES,
                                  scores=scores)
     out = {}
-    for key in INTERVAL_KEYS:
-        ci = intervals[key]
+    for key, ci in intervals.items():
         named = groups is None or "group" in ci.method  # the clustered methods name their groups themselves
         method = ci.method + ("" if named else f", clustered by {len(set(groups))} groups")
         # n_groups: the groups behind this interval (its own class for class-conditional metrics); None = images.
@@ -161,12 +157,10 @@ def write_report_md(outdir: Path, result: dict[str, Any], extra_figures: list[st
     ]
     undefined = m.get("undefined") or {}
     intervals = m.get("intervals") or {}
-    rows = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
-            ("recall", "sensitivity (recall)"), ("specificity", "specificity"), ("precision", "precision (PPV)"),
-            ("npv", "NPV"), ("f1", "F1"), ("auroc", "AUROC"), ("auprc", "AUPRC"), ("brier", "Brier score"),
-            ("ece", "expected calibration error"))
-    for key, name in rows:
-        lines.append(f"| {name} | {_fmt(m[key], undefined.get(key))} | {_ci(intervals.get(key))} |")
+    for key, spec in METRICS.items():
+        if spec.report and key in m:  # a metric registered after an old metrics.json was written is not in it
+            value = spec.format(m[key]) if m[key] is not None else _fmt(None, undefined.get(key))
+            lines.append(f"| {spec.label} | {value} | {_ci(intervals.get(key))} |")
     lines += ["", f"Confusion: tp {m['tp']}, fp {m['fp']}, tn {m['tn']}, fn {m['fn']} — "
               f"**{m['fn']} malignant image(s) missed**, {m['fp']} benign image(s) flagged.", ""]
     if result.get("val_metrics"):

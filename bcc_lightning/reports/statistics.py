@@ -26,21 +26,23 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from bcc_lightning.reports.metrics import CELLS, METRICS, canonical
+
 MetricFn = Callable[[np.ndarray, np.ndarray], "float | None"]
 
-# Metrics with a fast (vectorised, weighted) implementation; pass their names instead of a function.
-COUNT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "npv", "f1")
+# Score metrics with a fast (vectorised, weighted) implementation here; every registered counts metric
+# (metrics.register_metric(inputs="counts")) is vectorised too. Other registered metrics are bootstrapped as
+# functions (scipy.stats.bootstrap).
 SCORE_METRICS = ("auroc", "auprc", "brier", "ece")
-NAMED_METRICS = COUNT_METRICS + SCORE_METRICS
-_ALIASES = {"recall": "sensitivity"}
-# Simple proportions: Wilson interval on (successes, denominator) when images are independent.
-_PROPORTIONS = {"accuracy": ("tp+tn", "n"), "sensitivity": ("tp", "tp+fn"), "specificity": ("tn", "tn+fp"),
-                "precision": ("tp", "tp+fp"), "npv": ("tn", "tn+fn")}
-_UNDEFINED = {"sensitivity": "no malignant images", "specificity": "no benign images",
-              "precision": "no image predicted malignant", "npv": "no image predicted benign",
-              "balanced_accuracy": "needs both classes", "f1": "no malignant images and none predicted malignant",
-              "auroc": "needs both classes", "auprc": "no malignant images", "accuracy": "no images",
-              "brier": "no images", "ece": "no images"}
+
+
+def _vectorised(name: str) -> bool:
+    return name in SCORE_METRICS or (name in METRICS and METRICS[name].counts is not None)
+
+
+def named_metrics() -> list[str]:
+    """Metric names bootstrap_ci and paired_bootstrap_diff take: every registered metric (old spellings too)."""
+    return list(METRICS)
 _CELL_BUDGET = 4_000_000  # resamples x images per chunk: bounds memory at ~100 MB whatever n is
 # Below MIN_GROUPS groups the percentile cluster bootstrap undercovers (benchmarks/statistics_coverage.py, nominal
 # 95 %, patients x 12 images: accuracy 74 / 83 / 87 / 92 / 95 % at 3 / 5 / 10 / 20 / 40 groups, AUROC 38 / 68 / 82 /
@@ -315,10 +317,10 @@ class _Sample:
         """Metrics (columns, in `names` order) for each row of image weights w (resamples x images)."""
         out = np.empty((len(w), len(names)))
         total = w.sum(1)
-        counts = w @ self.cells if any(m in COUNT_METRICS for m in names) else None
+        counts = w @ self.cells if any(METRICS[m].counts is not None for m in names) else None
         with np.errstate(divide="ignore", invalid="ignore"):
             for j, name in enumerate(names):
-                if name in COUNT_METRICS:
+                if METRICS[name].counts is not None:
                     out[:, j] = _from_counts(name, *counts.T)
                 elif name == "brier":
                     out[:, j] = w @ self.sq / total
@@ -348,7 +350,7 @@ class _Sample:
         if n < 2:
             return np.full(n, np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
-            if name in COUNT_METRICS:
+            if METRICS[name].counts is not None:
                 # Leaving an image out only decrements its own confusion cell: four possible values.
                 values = _from_counts(name, *(self.cells.sum(0)[None, :] - np.eye(4)).T)
                 return values[self.cell_of]
@@ -412,32 +414,25 @@ class _Sample:
 
 
 def _from_counts(name: str, tp: Any, fp: Any, tn: Any, fn: Any) -> np.ndarray:
-    """A count metric from (weighted) confusion counts; NaN where undefined (compute_metrics reports None there)."""
+    """A count metric (the registry's function) from (weighted) confusion counts; NaN where undefined
+    (compute_metrics reports None there)."""
     tp, fp, tn, fn = (np.asarray(v, dtype=float) for v in (tp, fp, tn, fn))
     with np.errstate(divide="ignore", invalid="ignore"):
-        if name == "accuracy":
-            return (tp + tn) / (tp + fp + tn + fn)
-        if name == "sensitivity":
-            return tp / (tp + fn)
-        if name == "specificity":
-            return tn / (tn + fp)
-        if name == "precision":
-            return tp / (tp + fp)
-        if name == "npv":
-            return tn / (tn + fn)
-        if name == "balanced_accuracy":
-            return (tp / (tp + fn) + tn / (tn + fp)) / 2
-        if name == "f1":
-            return 2 * tp / (2 * tp + fp + fn)
-    raise ValueError(f"unknown count metric {name!r}")
+        return np.asarray(METRICS[name].counts(tp, fp, tn, fn), dtype=float)
 
 
 def _metric_name(metric: str) -> str:
-    name = _ALIASES.get(metric, metric)
-    if name not in NAMED_METRICS:
-        raise ValueError(f"unknown metric {metric!r}; named metrics: {', '.join(NAMED_METRICS)}, recall "
+    name = canonical(metric)
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; registered metrics: {', '.join(METRICS)} "
                          "(or pass a function metric(labels, probs) -> float | None)")
     return name
+
+
+def _as_function(name: str) -> MetricFn:
+    """A registered metric without a vectorised form, as metric(labels, probs) (it ranks the probabilities)."""
+    spec = METRICS[name]
+    return lambda labels, probs: spec.scores(labels, probs, probs)
 
 
 def _group_codes(groups: Any, n: int) -> tuple[np.ndarray, int]:
@@ -554,6 +549,8 @@ def _bootstrap(metrics: Sequence[str | MetricFn], y: np.ndarray, prob_sets: Sequ
         return values[0] - values[1] if paired else values[0]
 
     results: dict[int, Interval] = {}
+    metrics = [_as_function(_metric_name(m)) if isinstance(m, str) and not _vectorised(_metric_name(m)) else m
+               for m in metrics]
     named_at = [i for i, m in enumerate(metrics) if isinstance(m, str)]
     named = [_metric_name(metrics[i]) for i in named_at]  # type: ignore[arg-type]
     if named:
@@ -566,7 +563,8 @@ def _bootstrap(metrics: Sequence[str | MetricFn], y: np.ndarray, prob_sets: Sequ
             est = float(estimates[j]) if n and np.isfinite(estimates[j]) else None
             method = ("BCa " if codes is None else "percentile ") + label
             if est is None:
-                results[i] = Interval(None, None, None, level, method, n, reason=_UNDEFINED[name], details=details)
+                results[i] = Interval(None, None, None, level, method, n, reason=METRICS[name].undefined,
+                                      details=details)
             elif boot is None:
                 results[i] = Interval(est, None, None, level, method, n, reason="fewer than two groups",
                                       details=details)
@@ -616,7 +614,7 @@ def bootstrap_ci(metric: str | MetricFn, labels: Any, probs: Any, groups: Any = 
                  n_resamples: int = 2000, seed: int = 0, threshold: float = 0.5) -> Interval:
     """Test-set interval of one metric.
 
-    metric: a name from NAMED_METRICS (vectorised; `threshold` applies to the count metrics) or any function
+    metric: a registered metric's key (metrics.METRICS; `threshold` applies to the count metrics) or any function
     metric(labels, probs) -> float | None. Without groups: BCa bootstrap over images (labels and probs drawn
     together), percentile where BCa degenerates. With groups (e.g. patient ids): whole groups are drawn with
     replacement and the interval is the percentile one.
@@ -633,21 +631,21 @@ def paired_bootstrap_diff(metric: str | MetricFn, labels: Any, probs_a: Any, pro
     return _bootstrap([metric], y, [pa, pb], threshold, groups, level, n_resamples, seed)[0]
 
 
-_CLASS_OF = {"accuracy": "all", "sensitivity": "malignant", "specificity": "benign", "precision": "predicted malignant",
-             "npv": "predicted benign", "f1": "all", "auroc": "both", "auprc": "both", "brier": "all", "ece": "all",
-             "balanced_accuracy": "both"}
-
-
 def _proportion_masks(y: np.ndarray, pred: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(success, denominator) image masks of each simple proportion."""
+    """(success, denominator) image masks of each registered proportion (interval kind "wilson")."""
     pos = y == 1
-    return {"accuracy": (pred == pos, np.ones(len(y), bool)), "sensitivity": (pred & pos, pos),
-            "specificity": (~pred & ~pos, ~pos), "precision": (pred & pos, pred), "npv": (~pred & ~pos, ~pred)}
+    cells = dict(zip(CELLS, (pred & pos, pred & ~pos, ~pred & ~pos, ~pred & pos)))
+
+    def union(names: tuple[str, ...]) -> np.ndarray:
+        return np.logical_or.reduce([cells[c] for c in names]) if names else np.zeros(len(y), bool)
+
+    return {key: (union(m.proportion[0]), union(m.proportion[1])) for key, m in METRICS.items()
+            if m.interval == "wilson" and m.proportion is not None}
 
 
 def metric_intervals(labels: Any, probs: Any, threshold: float = 0.5, groups: Any = None, level: float = 0.95,
                      n_resamples: int = 2000, seed: int = 0, scores: Any = None) -> dict[str, Interval]:
-    """Intervals for the proportions and scores compute_metrics reports, keyed like it ("recall" = "sensitivity").
+    """Intervals of every registered metric with an interval kind (metrics.METRICS), keyed like compute_metrics.
 
     Independent images (no groups): Wilson for accuracy, sensitivity, specificity, precision and NPV; BCa
     bootstrap for F1, AUROC, AUPRC, Brier and ECE. With groups (images of one patient are alike, so Wilson and the
@@ -665,14 +663,14 @@ def metric_intervals(labels: Any, probs: Any, threshold: float = 0.5, groups: An
     ranks = None if scores is None else [_binary(labels, scores)[1]]
     pred = p >= threshold
     masks = _proportion_masks(y, pred)
-    boot_names = ["f1", "auroc", "auprc", "brier", "ece"]
+    boot_names = [k for k, m in METRICS.items() if m.interval in ("bootstrap", "auroc")]
     result: dict[str, Interval] = {}
     if groups is None:
         result.update(zip(boot_names, _bootstrap(boot_names, y, [p], threshold, None, level, n_resamples, seed,
                                                  ranks)))
         for name, (hit, den) in masks.items():
             interval = wilson_interval(int(np.sum(hit & den)), int(den.sum()), level)
-            result[name] = replace(interval, reason=_UNDEFINED[name]) if not den.any() else interval
+            result[name] = replace(interval, reason=METRICS[name].undefined) if not den.any() else interval
     else:
         codes, n_groups = _group_codes(groups, len(y))
         per_class = {"benign": len(np.unique(codes[y == 0])), "malignant": len(np.unique(codes[y == 1]))}
@@ -680,16 +678,18 @@ def metric_intervals(labels: Any, probs: Any, threshold: float = 0.5, groups: An
                                                  ranks)))
         for name, (hit, den) in masks.items():
             interval = clustered_proportion_interval(hit[den], codes[den], level)
-            result[name] = replace(interval, reason=_UNDEFINED[name]) if not den.any() else interval
+            result[name] = replace(interval, reason=METRICS[name].undefined) if not den.any() else interval
         if min(per_class.values()) > 0:
             # Obuchowski's variance covered 95-97 % from 10 to 40 groups where the percentile cluster bootstrap
             # covered 82-93 % (benchmarks/statistics_coverage.py), so it replaces the bootstrap for AUROC.
-            result["auroc"] = clustered_auroc_interval(y, p if ranks is None else ranks[0], codes, level)
-        for name in ("f1", "auroc", "auprc", "brier", "ece"):
+            for name in (k for k in boot_names if METRICS[k].interval == "auroc"):
+                result[name] = clustered_auroc_interval(y, p if ranks is None else ranks[0], codes, level)
+        for name in boot_names:
             interval = result[name]
-            smallest = min(per_class.values()) if _CLASS_OF[name] == "both" else n_groups
+            both = METRICS[name].both_classes
+            smallest = min(per_class.values()) if both else n_groups
             if interval.estimate is not None and smallest < 2:
-                which = min(per_class, key=per_class.get) if _CLASS_OF[name] == "both" else "all"
+                which = min(per_class, key=per_class.get) if both else "all"
                 interval = replace(interval, low=None, high=None,
                                    reason=f"only {smallest} {'' if which == 'all' else which + ' '}group(s): "
                                           "resampling cannot move the number, so there is no interval")
@@ -698,13 +698,12 @@ def metric_intervals(labels: Any, probs: Any, threshold: float = 0.5, groups: An
                                    details={**interval.details, "groups": per_class})
         for name in masks:
             result[name] = replace(result[name], details={**result[name].details, "groups": per_class})
-    result["balanced_accuracy"] = mover_mean(result["sensitivity"], result["specificity"], level)
-    if groups is not None:
-        result["balanced_accuracy"] = replace(result["balanced_accuracy"],
-                                              details={**result["balanced_accuracy"].details, "groups": per_class})
-    result = {name: _no_zero_width(result[name]) for name in NAMED_METRICS}
-    result["recall"] = result["sensitivity"]
-    return result
+    for name, spec in METRICS.items():
+        if spec.interval == "mover" and spec.mover is not None:
+            result[name] = mover_mean(result[spec.mover[0]], result[spec.mover[1]], level)
+            if groups is not None:
+                result[name] = replace(result[name], details={**result[name].details, "groups": per_class})
+    return {name: _no_zero_width(result[name]) for name, spec in METRICS.items() if spec.interval is not None}
 
 
 def _no_zero_width(interval: Interval) -> Interval:
@@ -768,7 +767,7 @@ def mover_mean(first: Interval, second: Interval, level: float = 0.95) -> Interv
     common = {"n_groups": min(groups) if groups else None, "unreliable": first.unreliable or second.unreliable}
     n = first.n + second.n
     if first.estimate is None or second.estimate is None:
-        return Interval(None, None, None, level, method, n, reason=_UNDEFINED["balanced_accuracy"], **common)
+        return Interval(None, None, None, level, method, n, reason=METRICS["balanced_accuracy"].undefined, **common)
     mean = (first.estimate + second.estimate) / 2
     if not (first.defined and second.defined):
         why = first.reason if not first.defined else second.reason
@@ -821,7 +820,7 @@ def clustered_auroc_interval(labels: Any, probs: Any, groups: Any, level: float 
     common = {"n_groups": min(i10, i01), "unreliable": min(i10, i01) < MIN_GROUPS_FEW,
               "details": {"groups": {"benign": i01, "malignant": i10}}}
     if i10 == 0 or i01 == 0:
-        return Interval(None, None, None, level, method, len(y), reason=_UNDEFINED["auroc"], **common)
+        return Interval(None, None, None, level, method, len(y), reason=METRICS["auroc"].undefined, **common)
     if min(i10, i01) < 2:
         auc = float(_Sample(y, p, 0.5)._ranking("auroc", np.ones((1, len(y))))[0])
         return Interval(auc, None, None, level, method, len(y), **common,

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.models.checkpoint import load_checkpoint
 from bcc_lightning.reports.evaluation import EvalSettings, manifest_groups, operating_point_on_val, predict_split
-from bcc_lightning.reports.metrics import compute_metrics
+from bcc_lightning.reports.metrics import METRICS, compute_metrics, metric_keys
 from bcc_lightning.reports.plots import compare_roc_figure, save_figure
 from bcc_lightning.reports.statistics import (
     clustered_delong_test,
@@ -36,11 +36,6 @@ from bcc_lightning.utils.atomic_io import write_json, write_text
 from bcc_lightning.utils.config import check_config, run_dir
 from bcc_lightning.utils.device import pick_device
 from bcc_lightning.utils.errors import UserError
-
-# (statistics name, compute_metrics key, how it reads)
-METRICS = (("accuracy", "accuracy", "accuracy"), ("sensitivity", "recall", "sensitivity"),
-           ("specificity", "specificity", "specificity"), ("balanced_accuracy", "balanced_accuracy",
-                                                           "balanced accuracy"), ("auroc", "auroc", "AUROC"))
 
 
 @dataclass
@@ -133,14 +128,17 @@ def compare_scores(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
     else:
         why = "no groups (patients) in manifest.csv, or one image per group: the images are the independent units"
     rows = []
-    for stat_name, key, label in METRICS:
-        interval = paired_bootstrap_diff(stat_name, labels, qa, qb, groups=groups, n_resamples=n_resamples,
+    for key in metric_keys("summary"):  # the registry's summary metrics, each with a paired interval
+        interval = paired_bootstrap_diff(key, labels, qa, qb, groups=groups, n_resamples=n_resamples,
                                          seed=seed, threshold=0.5)
         a, b = metrics_a.get(key), metrics_b.get(key)
-        test = primary.get(stat_name)
-        image_test = {"auroc": delong, "accuracy": mcnemar}.get(stat_name) if groups else None
-        rows.append({"metric": stat_name, "label": label, "a": a, "b": b,
-                     "difference": None if a is None or b is None else a - b,
+        test = primary.get(key)
+        image_test = {"auroc": delong, "accuracy": mcnemar}.get(key) if groups else None
+        difference = None if a is None or b is None else a - b
+        # Which model the point estimate favours: the metric's direction decides (a lower Brier score is better).
+        favours = None if not difference else ("A" if (difference > 0) == METRICS[key].higher_is_better else "B")
+        rows.append({"metric": key, "label": METRICS[key].short, "a": a, "b": b, "difference": difference,
+                     "favours": favours,
                      "ci": {"low": interval.low, "high": interval.high, "level": interval.level,
                             "method": interval.method + (f", clustered by {len(set(groups))} groups" if groups
                                                          else ""),
@@ -173,9 +171,9 @@ def _markdown(a: _Scores, b: _Scores, result: dict[str, Any], split: str) -> str
              f"preprocessing" + (f"; {result['n_groups']} groups (patients) from manifest.csv" if clustered else ""),
              f"- primary tests: {result['primary_tests']['auroc']} for AUROC, {result['primary_tests']['accuracy']} "
              f"for accuracy — {result['primary_tests']['why']}", "",
-             "| metric | A | B | A − B | 95 % CI of A − B (method) | p-value (primary test) |"
+             "| metric | A | B | A − B | favours | 95 % CI of A − B (method) | p-value (primary test) |"
              + (" image-level p (not primary) |" if clustered else ""),
-             "|---|---|---|---|---|---|" + ("---|" if clustered else "")]
+             "|---|---|---|---|---|---|---|" + ("---|" if clustered else "")]
     for row in result["differences"]:
         ci = row["ci"]
         interval = (f"[{ci['low']:+.4f}, {ci['high']:+.4f}] ({ci['method']})" if ci["low"] is not None
@@ -185,7 +183,8 @@ def _markdown(a: _Scores, b: _Scores, result: dict[str, Any], split: str) -> str
         p = f"{row['p_value']:.4g} ({row['test']})" if row["p_value"] is not None else (
             f"n/a ({row['test']}: {row.get('test_reason') or 'undefined'})" if row["test"] else "– (interval only)")
         diff = "n/a" if row["difference"] is None else f"{row['difference']:+.4f}"
-        line = f"| {row['label']} | {_fmt(row['a'])} | {_fmt(row['b'])} | {diff} | {interval} | {p} |"
+        line = (f"| {row['label']} | {_fmt(row['a'])} | {_fmt(row['b'])} | {diff} | {row.get('favours') or '–'} | "
+                f"{interval} | {p} |")
         if clustered:
             line += (f" {_fmt(row['image_level_p_value'], 4)} ({row['image_level_test']}) |"
                      if row["image_level_test"] else " – |")
@@ -200,7 +199,7 @@ def _markdown(a: _Scores, b: _Scores, result: dict[str, Any], split: str) -> str
               ("Clustered DeLong" if clustered else "DeLong") + ": AUROC difference with its Wald interval "
               + (f"[{interval['low']:+.4f}, {interval['high']:+.4f}]." if interval.get("low") is not None
                  else f"undefined ({interval.get('reason') or delong.get('reason')})."),
-              "Sensitivity, specificity and balanced accuracy have a paired bootstrap interval only (both models "
+              "The other metrics have a paired bootstrap interval only (both models "
               "scored on each same resample" + (", whole groups from manifest.csv drawn" if clustered else "")
               + ").", "",
               "![compare_roc.png](compare_roc.png)", "",

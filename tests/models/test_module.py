@@ -8,7 +8,8 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from bcc_lightning.data.datamodule import BCCDataModule
-from bcc_lightning.models.module import BCCClassifier
+from bcc_lightning.models.module import BCCClassifier, _metrics, _ranked
+from bcc_lightning.reports.metrics import METRICS, metric_keys
 
 
 class _Recording(BCCClassifier):
@@ -59,3 +60,17 @@ def test_training_metrics_cover_every_step_of_their_epoch(demo_root: Path) -> No
         assert logged["train/acc"] == pytest.approx(accuracy_score(labels, predicted), abs=1e-6)
         assert logged["train/f1"] == pytest.approx(f1_score(labels, predicted, zero_division=0), abs=1e-6)
         assert logged["train/auroc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-4)
+
+
+def test_training_auroc_ranks_logits_that_a_float32_sigmoid_ties() -> None:
+    """Logits above ~16.7 all give a float32 sigmoid of exactly 1.0 (AUROC 0.5 on the old input); the ranking
+    metrics get the logits, so AUROC is sklearn's. The logged names are the registry's logger names."""
+    logits, labels = torch.tensor([17.0, 18.0, 19.0, 20.0, 30.0, 40.0]), torch.tensor([0, 1, 0, 1, 1, 1])
+    assert torch.sigmoid(logits).unique().numel() == 1
+    by_probs, by_rank = _metrics("val/")
+    by_probs.update(torch.sigmoid(logits), labels)
+    by_rank.update(_ranked(logits), labels)
+    values = {**by_probs.compute(), **by_rank.compute()}
+    assert float(values["val/auroc"]) == pytest.approx(roc_auc_score(labels, logits.double()))  # 0.875
+    assert set(values) == {f"val/{METRICS[k].logger}" for k in metric_keys("torchmetric")}
+    assert {"val/acc", "val/recall", "val/auroc"} <= set(values)  # early stopping and history.csv read these

@@ -13,7 +13,7 @@ from statsmodels.stats.proportion import proportion_confint
 from statsmodels.stats.weightstats import DescrStatsW
 
 from bcc_lightning.reports import statistics as S
-from bcc_lightning.reports.metrics import compute_metrics
+from bcc_lightning.reports.metrics import canonical, compute_metrics, metric_keys
 
 
 def scores(n: int, seed: int, separation: float = 1.0, decimals: int | None = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -25,7 +25,7 @@ def scores(n: int, seed: int, separation: float = 1.0, decimals: int | None = 2)
 
 
 def metric_value(m: dict, name: str) -> float:
-    return m["recall" if name == "sensitivity" else name]
+    return m[canonical(name)]
 
 
 # --- over folds / seeds -----------------------------------------------------------------------------------------
@@ -135,15 +135,15 @@ def test_weighted_metrics_equal_compute_metrics_on_materialised_resamples():
     for _ in range(5):
         idx = rng.integers(0, len(y), len(y))
         w = np.bincount(idx, minlength=len(y))[None, :].astype(float)
-        got = sample.weighted(list(S.NAMED_METRICS), w)[0]
+        got = sample.weighted(metric_keys("interval"), w)[0]
         ref = compute_metrics(y[idx], p[idx], 0.5)
-        assert got == pytest.approx([metric_value(ref, m) for m in S.NAMED_METRICS], abs=1e-12)
+        assert got == pytest.approx([metric_value(ref, m) for m in metric_keys("interval")], abs=1e-12)
 
 
 def test_analytic_jackknife_equals_leave_one_out():
     y, p = scores(60, 2, decimals=1)
     sample = S._Sample(y.astype(float), p, 0.5)
-    for name in S.NAMED_METRICS:
+    for name in metric_keys("interval"):
         ref = [metric_value(compute_metrics(np.delete(y, i), np.delete(p, i), 0.5), name) for i in range(len(y))]
         assert sample.jackknife(name) == pytest.approx(ref, abs=1e-12), name
 
@@ -204,22 +204,22 @@ def test_metric_intervals_methods_and_undefined():
     y, p = scores(400, 8)
     res = S.metric_intervals(y, p, threshold=0.5, n_resamples=500)
     m = compute_metrics(y, p, 0.5)
-    expected = set(S.NAMED_METRICS) | {"recall"}
+    expected = set(metric_keys("interval"))  # one key per metric: no "sensitivity" beside "recall"
     assert set(res) == expected
-    for name in S.NAMED_METRICS:
+    for name in metric_keys("interval"):
         assert res[name].estimate == pytest.approx(metric_value(m, name), abs=1e-12), name
         assert res[name].low <= res[name].estimate <= res[name].high, name
-    for name in ("accuracy", "sensitivity", "specificity", "precision", "npv"):
+    for name in ("accuracy", "recall", "specificity", "precision", "npv"):
         assert res[name].method == "Wilson score"
     assert res["auroc"].method.startswith("BCa bootstrap")
     wilson = S.wilson_interval(m["tp"], m["tp"] + m["fn"])
-    assert (res["sensitivity"].low, res["sensitivity"].high) == (wilson.low, wilson.high)
+    assert (res["recall"].low, res["recall"].high) == (wilson.low, wilson.high)
     none_positive = S.metric_intervals(y, p, threshold=1.01, n_resamples=200)
     assert none_positive["precision"].estimate is None and "predicted malignant" in none_positive["precision"].reason
-    assert none_positive["sensitivity"].estimate == 0.0
+    assert none_positive["recall"].estimate == 0.0
     assert res["balanced_accuracy"].method.startswith("MOVER")
     grouped = S.metric_intervals(y, p, groups=np.arange(400) // 4, n_resamples=300)
-    for name in ("accuracy", "sensitivity", "specificity", "precision", "npv"):
+    for name in ("accuracy", "recall", "specificity", "precision", "npv"):
         assert grouped[name].method.startswith("Wilson score with the design effect over"), name
     for name in ("f1", "auprc", "brier", "ece"):
         assert grouped[name].method.startswith("percentile cluster"), name
@@ -410,12 +410,12 @@ def test_every_image_called_malignant_gets_real_intervals():
     everything = np.ones_like(p)  # a model that calls every image malignant
     for g in (None, groups):
         res = S.metric_intervals(y, everything, threshold=0.5, groups=g, n_resamples=300)
-        sens, ba = res["sensitivity"], res["balanced_accuracy"]
+        sens, ba = res["recall"], res["balanced_accuracy"]
         assert sens.estimate == 1.0 and sens.high == 1.0 and sens.low < 0.99, g
         assert ba.estimate == 0.5 and ba.low < 0.5 < ba.high, g
         assert res["specificity"].estimate == 0.0 and res["specificity"].high > 0
-    plain = S.metric_intervals(y, everything, groups=None, n_resamples=300)["sensitivity"]
-    clus = S.metric_intervals(y, everything, groups=groups, n_resamples=300)["sensitivity"]
+    plain = S.metric_intervals(y, everything, groups=None, n_resamples=300)["recall"]
+    clus = S.metric_intervals(y, everything, groups=groups, n_resamples=300)["recall"]
     assert clus.low < plain.low  # widened by the design effect: 8 alike images per patient
     assert plain.low == pytest.approx(proportion_confint(int(y.sum()), int(y.sum()), method="wilson")[0])
 
@@ -427,7 +427,7 @@ def test_one_benign_group_gives_no_specificity_interval_and_no_interval_has_zero
     spec = res["specificity"]
     assert spec.estimate is not None and spec.low is None and "one group" in spec.reason and spec.n_groups == 1
     assert res["auroc"].low is None and "1 benign group" in res["auroc"].reason
-    assert res["sensitivity"].n_groups == 9 and not res["sensitivity"].unreliable  # holds from 5 groups on
+    assert res["recall"].n_groups == 9 and not res["recall"].unreliable  # holds from 5 groups on
     assert res["f1"].n_groups == 10 and res["f1"].unreliable  # the percentile bootstrap needs 20
     assert res["accuracy"].details["groups"] == {"benign": 1, "malignant": 9}
     for inputs in ((y, p, groups), (y, y.astype(float), groups), (y, y.astype(float), None)):

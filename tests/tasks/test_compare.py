@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bcc_lightning.reports.metrics import metric_keys
 from bcc_lightning.reports.statistics import (
     clustered_delong_test,
     clustered_mcnemar_test,
@@ -70,10 +71,10 @@ def test_compare_end_to_end(two_checkpoints: tuple[Path, Path], tmp_path: Path,
     mc = mcnemar_test((pa >= 0.5) == labels, (pb >= 0.5) == labels)
     assert body["mcnemar"]["p_value"] == pytest.approx(mc.p_value)
     by_metric = {row["metric"]: row for row in body["differences"]}
-    assert set(by_metric) == {"accuracy", "sensitivity", "specificity", "balanced_accuracy", "auroc"}
+    assert set(by_metric) == set(metric_keys("summary"))  # the registry's summary metrics, one spelling each
     assert by_metric["auroc"]["p_value"] == body["delong"]["p_value"]
     assert by_metric["accuracy"]["p_value"] == body["mcnemar"]["p_value"]
-    assert by_metric["sensitivity"]["p_value"] is None and by_metric["sensitivity"]["ci"]["method"]
+    assert by_metric["recall"]["p_value"] is None and by_metric["recall"]["ci"]["method"]
     ci = paired_bootstrap_diff("accuracy", labels, pa, pb, n_resamples=200)
     assert (by_metric["accuracy"]["ci"]["low"], by_metric["accuracy"]["ci"]["high"]) == pytest.approx(
         (ci.low, ci.high))
