@@ -23,6 +23,7 @@ from bcc_lightning.data.layout import scan_labelled
 from bcc_lightning.models.checkpoint import check_save_to, load_checkpoint, read_checkpoint, write_deployable
 from bcc_lightning.reports.card import write_card
 from bcc_lightning.reports.evaluation import EvalSettings, evaluate, stain_stress
+from bcc_lightning.reports.metrics import METRICS, metric_keys
 from bcc_lightning.reports.report import write_metrics_json
 from bcc_lightning.utils.atomic_io import write_text
 from bcc_lightning.utils.config import check_config, log, run_dir
@@ -35,10 +36,6 @@ def _eval_fold(cfg: DictConfig, data_info: dict[str, Any]) -> int | None:
     if cfg.data.get("fold") is not None:
         return int(cfg.data.fold)
     return data_info.get("fold") if not cfg.data.root else None
-
-
-SIDE_BY_SIDE = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("recall", "sensitivity"),
-                ("specificity", "specificity"), ("auroc", "AUROC"), ("ece", "ECE"))
 
 
 def evaluate_external(cfg: DictConfig, model: Any, datamodule: BCCDataModule, outdir: Path, settings: EvalSettings,
@@ -64,8 +61,9 @@ def evaluate_external(cfg: DictConfig, model: Any, datamodule: BCCDataModule, ou
              f"Internal: `{internal['data_root']}` ({internal['split']}, {internal['metrics']['n']} images). External: "
              f"`{root}` ({result['metrics']['n']} images). Same operating point ({result['threshold_method']}).", "",
              "| metric | internal [95 % CI] | external [95 % CI] |", "|---|---|---|"]
-    for key, name in SIDE_BY_SIDE:
-        lines.append(f"| {name} | {_with_ci(internal['metrics'], key)} | {_with_ci(result['metrics'], key)} |")
+    for key in metric_keys("summary"):  # the registry's summary metrics
+        lines.append(f"| {METRICS[key].short} | {_with_ci(internal['metrics'], key)} | "
+                     f"{_with_ci(result['metrics'], key)} |")
     if leakage is not None:
         lines += ["", f"Leakage check against the training split: {leakage['verdict']}"]
     write_text(outdir / "internal_vs_external.md", "\n".join(lines) + "\n")
@@ -81,11 +79,6 @@ def _with_ci(metrics: dict[str, Any], key: str) -> str:
     if interval.get("low") is None:
         return f"{value:.3f}"
     return f"{value:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
-
-
-# metrics.json keys summarised in the deployable model's provenance
-SUMMARY_METRICS = ("n", "accuracy", "balanced_accuracy", "recall", "specificity", "precision", "f1", "auroc", "ece",
-                   "threshold")
 
 
 def deployable_point(result: dict[str, Any], settings: EvalSettings, model: Any, outdir: Path) -> dict[str, Any]:
@@ -106,7 +99,7 @@ def deployable_point(result: dict[str, Any], settings: EvalSettings, model: Any,
             "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv), "data_root": result["data_root"], "split": result["split"],
             "fold": result.get("fold"), "threshold_method": result["threshold_method"],
-            "metrics": {key: metrics.get(key) for key in SUMMARY_METRICS},
+            "metrics": {key: metrics.get(key) for key in ("n", "threshold", *metric_keys("card"))},
             "leakage": (result.get("leakage") or {}).get("verdict"),
         },
     }
