@@ -144,7 +144,7 @@ def bench_end_to_end(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from bcc_lightning.data.datamodule import ImageFolderDataset
     from bcc_lightning.data.demo import generate_raw
-    from bcc_lightning.tasks.predict import find_images, predict
+    from bcc_lightning.prediction.folder import find_images, predict
     from bcc_lightning.utils.device import resolve_num_workers
 
     work = Path(tempfile.mkdtemp(prefix="bcc_e2e_"))

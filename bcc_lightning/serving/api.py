@@ -48,10 +48,11 @@ from bcc_lightning.data.imageio import ImageBudget, ImageDecodeError, ImageTooLa
 from bcc_lightning.data.labels import CLASS_NAMES
 from bcc_lightning.data.preprocess import read_pixels, to_pixels
 from bcc_lightning.models.checkpoint import load_checkpoint, read_checkpoint
-from bcc_lightning.models.inference import fast_runner, predict_view_logits, view_probabilities, want_fast
+from bcc_lightning.models.inference import fast_runner, parse_fast, predict_view_logits, view_probabilities, want_fast
 from bcc_lightning.reports.card import build_card
 from bcc_lightning.reports.gradcam import explain, overlay, plan_cam
 from bcc_lightning.serving.page import PAGE_HTML
+from bcc_lightning.utils.device import pick_device
 
 log = logging.getLogger("bcc_lightning.serve")
 
@@ -63,6 +64,15 @@ WORKER_DIED_EXIT = 3  # exit status when the inference worker died more often th
 RESTART_WINDOW_S = 600.0  # worker_restarts counts the deaths within this many seconds
 TRUE_WORDS = ("1", "true", "yes", "on")
 USAGE = "Send multipart/form-data with one or more images in fields named 'file', e.g. curl -F file=@image.png URL."
+
+
+def server_fast(setting: Any, accelerator: str) -> bool:
+    """inference.fast for a server: `auto` is on when it serves from a CPU, since a server scores images for as long
+    as it runs and the one-off export (1-6 s) happens at start-up, before the first request."""
+    choice = parse_fast(setting)
+    if choice == "auto":
+        return pick_device(accelerator).type == "cpu"
+    return bool(choice)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from bcc_lightning.utils.errors import UserError
 
 def _eval_fold(cfg: DictConfig, data_info: dict[str, Any]) -> int | None:
     """data.fold if given; else the checkpoint's own fold when its own data root is evaluated."""
-    if cfg.data.get("fold") is not None:
+    if cfg.data.fold is not None:
         return int(cfg.data.fold)
     return data_info.get("fold") if not cfg.data.root else None
 
@@ -50,9 +50,9 @@ def evaluate_external(cfg: DictConfig, model: Any, datamodule: BCCDataModule, ou
                                 samples={"test": samples, "val": datamodule.samples("val")},
                                 gpu=pick_device(settings.accelerator).type == "cuda")
     leakage = None
-    if cfg.data.get("audit", "warn") != "off":
+    if cfg.data.audit != "off":
         leakage = external_copies([p for p, _ in samples], [p for p, _ in datamodule.samples("train")],
-                                  workers=audit_workers(cfg.data.get("num_workers")))
+                                  workers=audit_workers(cfg.data.num_workers))
         if not leakage["clean"]:
             log.warning("LEAKAGE (external): %s", leakage["verdict"])
     result = evaluate(model, external_dm, outdir / "external", replace(settings, split="test"), ckpt, checkpoint,
@@ -107,7 +107,7 @@ def deployable_point(result: dict[str, Any], settings: EvalSettings, model: Any,
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
-    if not cfg.get("ckpt"):
+    if not cfg.ckpt:
         raise UserError("Pass the checkpoint to evaluate: `python eval.py ckpt=outputs/train/<run>/checkpoints/"
                         "last.ckpt` (train.py prints the best checkpoint's path at the end).")
     if not isinstance(cfg.tta, bool):
@@ -117,7 +117,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"split must be train, val or test (got {cfg.split!r}).")
     outdir = run_dir()
     ckpt = Path(cfg.ckpt).expanduser().resolve()
-    save_to = check_save_to(cfg.save_to, ckpt) if cfg.get("save_to") else None  # before the work, not after
+    save_to = check_save_to(cfg.save_to, ckpt) if cfg.save_to else None  # before the work, not after
     checkpoint = read_checkpoint(ckpt)
     model = load_checkpoint(ckpt, checkpoint)
     data_info = model.hparams.get("data_info") or {}
@@ -127,17 +127,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     accelerator = str(cfg.trainer.accelerator)
     datamodule = BCCDataModule(Path(root_value).expanduser(), model.preprocess, batch_size=cfg.data.batch_size,
                                num_workers=cfg.data.num_workers, fold=_eval_fold(cfg, data_info),
-                               cache=cfg.data.get("cache"), gpu=pick_device(accelerator).type == "cuda")
+                               cache=cfg.data.cache, gpu=pick_device(accelerator).type == "cuda")
     # data.audit: copies of the evaluated images in the training split inflate every number below.
-    leakage = audit_gate(cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
-                         workers=audit_workers(cfg.data.get("num_workers")), cache_setting=cfg.data.get("cache"),
+    leakage = audit_gate(cfg.data.audit, datamodule.root, datamodule.fold,
+                         workers=audit_workers(cfg.data.num_workers), cache_setting=cfg.data.cache,
                          warn=log.warning)
-    leakage = with_group_overlap(leakage, cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
+    leakage = with_group_overlap(leakage, cfg.data.audit, datamodule.root, datamodule.fold,
                                  warn=log.warning)  # and patients on both sides
     settings = EvalSettings(split=cfg.split, threshold=cfg.threshold, tta=bool(cfg.tta), report=cfg.report,
                             accelerator=accelerator, precision=cfg.trainer.precision,
-                            group_rule=str(cfg.get("group_rule", "any")), calibrate=cfg.get("calibrate"),
-                            fast=cfg.get("inference", {}).get("fast", "auto"))
+                            group_rule=str(cfg.group_rule), calibrate=cfg.calibrate,
+                            fast=cfg.inference.fast)
     writer = None
     if "tensorboard" in (cfg.get("logger") or {}):
         from torch.utils.tensorboard import SummaryWriter
@@ -149,12 +149,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if writer is not None:
             writer.close()
     extra = {}
-    if cfg.get("stain_stress"):
+    if cfg.stain_stress:
         extra["stain_stress"] = stain_stress(model, datamodule, outdir, settings, result["metrics"]["threshold"])
         print("Stain stress (AUROC by HED strength): " + ", ".join(
             f"{r['strength']:g}: {'n/a' if r['auroc'] is None else format(r['auroc'], '.3f')}"
             for r in extra["stain_stress"]))
-    if cfg.get("external"):
+    if cfg.external:
         extra["external"] = evaluate_external(cfg, model, datamodule, outdir, settings, ckpt, checkpoint, result)
     if extra:
         result.update(extra)

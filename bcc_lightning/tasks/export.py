@@ -23,7 +23,7 @@ from bcc_lightning.utils.errors import UserError
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    if not cfg.get("ckpt"):
+    if not cfg.ckpt:
         raise UserError("Usage: bcc-export ckpt=PATH [format=onnx|torchscript] [out=PATH] [threshold=auto|NUMBER] "
                         "[input=float01_nchw|uint8_nchw|uint8_nhwc] [tta=auto|true|false]")
     check_config(cfg)
@@ -31,15 +31,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fmt = str(cfg.format)
     if fmt not in FORMATS:
         raise UserError(f"format must be one of {list(FORMATS)}; got {fmt!r}.")
-    input_form = str(cfg.get("input", "float01_nchw"))
+    input_form = str(cfg.input)
     if input_form not in INPUTS:
         raise UserError(f"input must be one of {', '.join(INPUTS)} (got {input_form!r}): 0-1 floats (N, 3, S, S), "
                         f"or 8-bit pixels channels-first or channels-last.")
-    out = Path(cfg.out).expanduser() if cfg.get("out") else ckpt.with_suffix(FORMATS[fmt])
+    out = Path(cfg.out).expanduser() if cfg.out else ckpt.with_suffix(FORMATS[fmt])
     threshold, point = resolve_operating_point(cfg.threshold, ckpt, read_checkpoint(ckpt))
-    tta = resolve_tta(cfg.get("tta", "auto"), point)
+    tta = resolve_tta(cfg.tta, point)
     sidecar = export_model(ckpt, fmt, out, threshold, int(cfg.opset), bool(cfg.check), point, tta=tta,
-                           input_form=input_form, without_stain_norm=bool(cfg.get("without_stain_norm", False)))
+                           input_form=input_form, without_stain_norm=bool(cfg.without_stain_norm))
     parity = sidecar.get("parity")
     print(f"Exported {fmt} model to {out} with {out.name}.json beside it"
           + (f"; parity with PyTorch: max |diff| {parity['max_abs_diff']:.2e}" if parity else ""))

@@ -26,7 +26,7 @@ USAGE = ("Usage: bcc-serve ckpt=PATH [host=127.0.0.1] [port=8000] [threshold=aut
 
 def _number(cfg: DictConfig, key: str, low: float, integer: bool = False) -> Any:
     """cfg[key] as a number >= low, or a UserError naming the key."""
-    value = cfg.get(key)
+    value = cfg[key]
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -37,20 +37,8 @@ def _number(cfg: DictConfig, key: str, low: float, integer: bool = False) -> Any
     return int(number) if integer else number
 
 
-def _serve_fast(cfg: DictConfig) -> bool:
-    """inference.fast for a server: `auto` is on when it serves from a CPU, since a server scores images for as long
-    as it runs and the one-off export (1-6 s) happens at start-up, before the first request."""
-    from bcc_lightning.models.inference import parse_fast
-    from bcc_lightning.utils.device import pick_device
-
-    choice = parse_fast(cfg.get("inference", {}).get("fast", "auto"))
-    if choice == "auto":
-        return pick_device(str(cfg.trainer.accelerator)).type == "cpu"
-    return bool(choice)
-
-
 def run(cfg: DictConfig) -> None:
-    if not cfg.get("ckpt"):
+    if not cfg.ckpt:
         raise UserError(USAGE)
     check_config(cfg)
     ckpt = Path(cfg.ckpt).expanduser()
@@ -60,17 +48,18 @@ def run(cfg: DictConfig) -> None:
                         f"last.ckpt.")
     # a missing or foreign file fails here with its own message, before any worker starts
     threshold, point = resolve_operating_point(cfg.threshold, ckpt, read_checkpoint(ckpt))
-    tta = resolve_tta(cfg.get("tta", "auto"), point)
+    tta = resolve_tta(cfg.tta, point)
     if not 0 < threshold < 1:
         raise UserError(f"threshold must lie strictly between 0 and 1; got {threshold}.")
     port = _number(cfg, "port", 0, integer=True)
     if port > 65535:
         raise UserError(f"port must be between 0 and 65535 (got {port}).")
-    from bcc_lightning.serving.api import ServeSettings, build_server, run_server  # litserve loads for this task only
+    # litserve loads for this task only
+    from bcc_lightning.serving.api import ServeSettings, build_server, run_server, server_fast
 
     settings = ServeSettings(
         ckpt=str(ckpt), point=dict(point), threshold_method=point_label(point), tta=tta,
-        cam=bool(cfg.cam), cam_layer=cfg.get("cam_layer"),
+        cam=bool(cfg.cam), cam_layer=cfg.cam_layer,
         max_batch_size=_number(cfg, "max_batch_size", 1, integer=True),
         batch_timeout=_number(cfg, "batch_timeout", 0), workers=_number(cfg, "workers", 1, integer=True),
         max_upload_mb=_number(cfg, "max_upload_mb", 0.001),
@@ -78,7 +67,8 @@ def run(cfg: DictConfig) -> None:
         max_aspect_ratio=_number(cfg, "max_aspect_ratio", 1), max_request_megapixels=_number(
             cfg, "max_request_megapixels", 0.001), max_batch_megapixels=_number(cfg, "max_batch_megapixels", 0.001),
         worker_restarts=_number(cfg, "worker_restarts", 0, integer=True), accelerator=str(cfg.trainer.accelerator),
-        precision=cfg.trainer.precision, timeout=_number(cfg, "timeout", 1), fast=_serve_fast(cfg))
+        precision=cfg.trainer.precision, timeout=_number(cfg, "timeout", 1),
+        fast=server_fast(cfg.inference.fast, str(cfg.trainer.accelerator)))
     host = {"localhost": "127.0.0.1"}.get(str(cfg.host), str(cfg.host))
     if host not in ("127.0.0.1", "0.0.0.0", "::"):
         # LitServe binds only these; a specific interface address would need a reverse proxy in front.
@@ -88,7 +78,7 @@ def run(cfg: DictConfig) -> None:
     print(f"Serving {ckpt} at http://{host}:{port}/ (threshold {threshold:.4f}, {settings.threshold_method}; "
           f"{'TTA: 8 views' if tta else 'no TTA'}; "
           f"batches of up to {settings.max_batch_size} requests). Ctrl+C or SIGTERM stops.", flush=True)
-    run_server(server, host, port, log_level=str(cfg.get("log_level", "warning")))
+    run_server(server, host, port, log_level=str(cfg.log_level))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from torchvision.transforms import v2
 from bcc_lightning.data.datamodule import BCCDataModule
 from bcc_lightning.data.imageio import load_rgb
 from bcc_lightning.data.preprocess import Preprocess, to_pixels
+from bcc_lightning.prediction.folder import ImageFiles
 from bcc_lightning.serving.api import decode_upload
-from bcc_lightning.tasks.predict import _Files
 from tests.conftest import write_image
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -89,6 +89,6 @@ def test_every_path_gives_the_same_pixels(tmp_path: Path, resize: str) -> None:
         for path, pixels in streamed.items():
             assert torch.equal(pixels, from_cache[path]), path
             assert torch.equal(pixels, to_pixels(load_rgb(path), pre)), path  # evaluation's CAM/grid reader
-            assert torch.equal(pixels, _Files([path], pre)[0][0]), path  # bcc-predict
+            assert torch.equal(pixels, ImageFiles([path], pre)[0][0]), path  # bcc-predict
             assert torch.equal(pixels, to_pixels(decode_upload(path.read_bytes()), pre)), path  # bcc-serve
 

@@ -130,7 +130,7 @@ def test_config_key_is_checked() -> None:
 def test_predict_with_the_fast_path_forced_on(model: BCCClassifier, tmp_path: Path,
                                               caplog: pytest.LogCaptureFixture) -> None:
     """bcc-predict's wiring: inference.fast=true scores a folder (with TTA) as the eager model does."""
-    from bcc_lightning.tasks.predict import predict
+    from bcc_lightning.prediction.folder import predict
 
     ckpt = tmp_path / "model.ckpt"
     torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, ckpt)

@@ -13,9 +13,9 @@ import pytest
 import requests
 from PIL import Image
 
+from bcc_lightning.prediction.folder import predict
 from bcc_lightning.serving.api import UploadError, decode_upload
 from bcc_lightning.tasks import serve as serve_task
-from bcc_lightning.tasks.predict import predict
 from bcc_lightning.utils.errors import UserError
 from tests.conftest import compose_config, write_image
 from tests.serving import best_ckpt, running_server
@@ -174,7 +174,8 @@ def test_defaults_are_local_and_batched() -> None:
 
 
 def test_fast_path_is_on_when_serving_from_a_cpu() -> None:
-    from bcc_lightning.tasks.serve import _serve_fast
+    from bcc_lightning.serving.api import server_fast
 
-    assert _serve_fast(compose_config("serve", ["trainer.accelerator=cpu"])) is True
-    assert _serve_fast(compose_config("serve", ["trainer.accelerator=cpu", "inference.fast=false"])) is False
+    for fast, on in (("auto", True), ("false", False), ("true", True)):
+        cfg = compose_config("serve", ["trainer.accelerator=cpu", f"inference.fast={fast}"])
+        assert server_fast(cfg.inference.fast, cfg.trainer.accelerator) is on

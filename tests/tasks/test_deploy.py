@@ -15,10 +15,10 @@ import torch
 from bcc_lightning.data.preprocess import read_pixels
 from bcc_lightning.models.checkpoint import DEPLOYMENT_KEY, load_checkpoint, read_checkpoint, resolve_tta
 from bcc_lightning.models.export import run_exported
+from bcc_lightning.prediction.folder import predict
 from bcc_lightning.reports.operating_point import resolve_operating_point
 from bcc_lightning.tasks import evaluate as evaluate_task
 from bcc_lightning.tasks import export as export_task
-from bcc_lightning.tasks.predict import predict
 from bcc_lightning.utils.errors import UserError
 from tests.conftest import compose_config, run_in
 from tests.serving import best_ckpt, running_server

@@ -17,10 +17,10 @@ from bcc_lightning.data.imageio import load_rgb
 from bcc_lightning.data.preprocess import to_pixels
 from bcc_lightning.models.checkpoint import DEPLOYMENT_KEY, load_checkpoint, read_checkpoint, write_deployable
 from bcc_lightning.models.export import run_exported
+from bcc_lightning.prediction.folder import predict
 from bcc_lightning.reports.evaluation import EvalSettings, evaluate
 from bcc_lightning.reports.operating_point import resolve_operating_point
 from bcc_lightning.tasks import export as export_task
-from bcc_lightning.tasks.predict import predict
 from bcc_lightning.utils.errors import UserError
 from tests.conftest import compose_config
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bcc_lightning.prediction import folder as prediction_folder
 from bcc_lightning.tasks import predict as predict_task
 from tests.conftest import compose_config, run_in
 from tests.serving import best_ckpt, png_of_zeros
@@ -50,15 +51,15 @@ def test_a_file_that_fails_to_resize_is_its_own_row(trained_run: Path, demo_root
     folder.mkdir()
     for path in good:
         shutil.copy(path, folder / path.name)
-    real = predict_task.read_pixels
+    real = prediction_folder.read_pixels
 
     def failing(path: Path, pre: object) -> object:
         if path.name == good[0].name:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
         return real(path, pre)
 
-    monkeypatch.setattr(predict_task, "read_pixels", failing)
-    rows = predict_task.predict(best_ckpt(trained_run), folder, tmp_path / "p.csv", threshold=0.5, num_workers=0,
-                                accelerator="cpu", precision="32-true")
+    monkeypatch.setattr(prediction_folder, "read_pixels", failing)
+    rows = prediction_folder.predict(best_ckpt(trained_run), folder, tmp_path / "p.csv", threshold=0.5,
+                                     num_workers=0, accelerator="cpu", precision="32-true")
     assert [bool(r["error"]) for r in rows] == [True, False]
     assert "can't allocate memory" in rows[0]["error"] and rows[1]["pred_label"] in ("benign", "malignant")
