@@ -58,7 +58,9 @@ def prepare(settings: PrepareSettings, progress: bool = False,
     if settings.augment_before_split and settings.augment_copies:
         log("WARNING: augment.before_split=true reproduces the original protocol: augmented copies of one image "
             "are spread over train, val AND test, so the test split is CONTAMINATED and its accuracy is inflated. "
-            "Use this only to reproduce the original numbers, never to report performance.")
+            "Use this only to reproduce the original numbers, never to report performance. Without it, copies are "
+            "made of training images only and stay in train; a folder augmented before splitting elsewhere is "
+            "re-split with group=content, and bcc-audit checks the result.")
 
     rejected: list[tuple[str, str]] = []
     sources = scan_raw(raw, rejected)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bcc_lightning.data.augment import AugmentConfig, KerasAugment
 from bcc_lightning.utils.errors import UserError
 
-AUGMENT_OPS = ("rot90", "rotate", "hflip", "vflip", "grayscale")
+# The original project's ops, then the geometric warps of Keras notebooks (data/augment.py holds them all).
+AUGMENT_OPS = ("rot90", "rotate", "hflip", "vflip", "grayscale", "shift", "zoom", "shear", "crop", "keras")
+WARPS = ("shift", "zoom", "shear", "crop", "keras")
 BREAKHIS_PATTERN = r"^SOB_[BM]_[A-Za-z]+-(\d+-[A-Za-z0-9]+)-\d+-\d+"
 FORMATS = ("keep", "png", "jpg")
 GROUPINGS = ("auto", "image", "breakhis", "pattern", "content")
@@ -30,6 +35,14 @@ class PrepareSettings:
     augment_copies: int = 0
     augment_before_split: bool = False
     augment_max_degrees: float = 30.0
+    # The geometric ops' ranges (conf/prepare.yaml explains each); used only for the ops named in augment_ops.
+    augment_fill_mode: str = "nearest"
+    augment_shift: float = 0.25
+    augment_zoom: tuple[float, float] = (0.5, 2.0)
+    augment_anisotropic_zoom: bool = False
+    augment_shear: float = 20.0
+    augment_crop_area: tuple[float, float] = (0.25, 0.8)
+    augment_keras: KerasAugment = KerasAugment()
     resize: int | None = None
     format: str = "keep"
     jpg_quality: int = 95
@@ -85,6 +98,11 @@ class PrepareSettings:
             raise UserError("augment.copies must be 0 or more.")
         if self.augment_copies and not self.augment_ops:
             raise UserError("augment.copies > 0 needs at least one op in augment.ops.")
+        try:
+            for warp in WARPS:
+                self.augment_config((warp,))
+        except ValueError as exc:  # the message starts with the key's name
+            raise UserError(f"augment.{exc}") from exc
         if self.format not in FORMATS:
             raise UserError(f"format must be one of {list(FORMATS)}; got {self.format!r}.")
         if self.resize is not None and self.resize < 8:
@@ -96,6 +114,25 @@ class PrepareSettings:
         if not 1 <= self.jpg_quality <= 100:
             raise UserError(f"jpg_quality must be 1..100; got {self.jpg_quality}.")
 
+    def augment_config(self, ops: Sequence[str], seed: int = 0) -> AugmentConfig:
+        """The one augmentation's config for a copy drawn with `ops`: rot90/rotate as chosen, flips and grayscale at
+        even odds, and one of the chosen warps (drawn with `seed`) with its range (ValueError on a bad range).
+
+        One warp per copy, not all of them composed: each stays within what the copy detector is measured to find
+        (data/duplicates.py), so group=content can still re-split a folder augmented before splitting; Keras'
+        usual composition is the keras op.
+        """
+        warps = [op for op in ops if op in WARPS]
+        warp = random.Random(seed).choice(warps) if warps else None
+        return AugmentConfig(
+            rot90="rot90" in ops, rotation_degrees=self.augment_max_degrees if "rotate" in ops else 0.0,
+            hflip=0.5 if "hflip" in ops else 0.0, vflip=0.5 if "vflip" in ops else 0.0,
+            grayscale=0.5 if "grayscale" in ops else 0.0,
+            shift=self.augment_shift if warp == "shift" else 0.0, zoom=self.augment_zoom if warp == "zoom" else None,
+            anisotropic_zoom=self.augment_anisotropic_zoom, shear=self.augment_shear if warp == "shear" else 0.0,
+            crop_area=self.augment_crop_area if warp == "crop" else None,
+            keras=self.augment_keras if warp == "keras" else None, fill_mode=self.augment_fill_mode)
+
     @classmethod
     def from_config(cls, cfg: Any) -> PrepareSettings:
         """From conf/prepare.yaml's keys (`workers=auto`: every core)."""
@@ -104,9 +141,25 @@ class PrepareSettings:
             raw=str(cfg.raw), out=str(cfg.out), ratios=tuple(float(r) for r in cfg.ratios), seed=int(cfg.seed),
             group=str(cfg.get("group", "auto")), group_pattern=cfg.group_pattern, augment_ops=tuple(cfg.augment.ops),
             augment_copies=int(cfg.augment.copies), augment_before_split=bool(cfg.augment.before_split),
-            augment_max_degrees=float(cfg.augment.max_degrees),
+            augment_max_degrees=float(cfg.augment.max_degrees), **_geometry_from_config(cfg.augment),
             resize=None if cfg.resize is None else int(cfg.resize), format=str(cfg.format),
             jpg_quality=int(cfg.jpg_quality), workers=workers, overwrite=bool(cfg.overwrite), folds=int(cfg.folds),
             holdout_test=bool(cfg.holdout_test), dedup_near=bool(cfg.get("dedup_near", True)),
             min_overlap=float(cfg.get("min_overlap", 0.5)),
         )
+
+
+def _geometry_from_config(augment: Any) -> dict[str, Any]:
+    """The geometric ops' keys of conf/prepare.yaml's augment block; absent ones keep their defaults."""
+    found: dict[str, Any] = {}
+    for key in ("fill_mode", "shift", "zoom", "anisotropic_zoom", "shear", "crop_area"):
+        if augment.get(key) is not None:
+            value = augment.get(key)
+            found[f"augment_{key}"] = tuple(float(v) for v in value) if key in ("zoom", "crop_area") else value
+    if augment.get("keras") is not None:
+        known = set(KerasAugment.__dataclass_fields__)
+        unknown = sorted(set(augment.keras) - known)
+        if unknown:
+            raise UserError(f"Unknown augment.keras keys {unknown}; choose from {sorted(known)}.")
+        found["augment_keras"] = KerasAugment(**{k: augment.keras[k] for k in augment.keras})
+    return found

@@ -58,9 +58,13 @@ def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_co
     crossing = sorted(g for g, s in group_splits.items() if len(s) > 1)
     contaminated = settings.augment_before_split and settings.augment_copies > 0
     described = None if grouping is None else grouping.to_dict(len(group_splits))
+    leaks = _copies_outside(manifest) if contaminated else None
     return {
-        "protocol": ("CONTAMINATED: augmented before splitting (original protocol); copies of one image are in "
-                     "several splits" if contaminated else _protocol(described, near is not None, settings.folds)),
+        "protocol": (f"CONTAMINATED: augmented before splitting (original protocol): {leaks['outside']} of "
+                     f"{leaks['copies']} augmented copies sit in another split than their source image (val/test "
+                     f"hold {leaks['eval_copies_of_train']} copies of training images)" if leaks else
+                     _protocol(described, near is not None, settings.folds)),
+        "contamination": leaks,
         "grouping": described,
         "counts": counts,
         "originals": originals,
@@ -81,6 +85,16 @@ def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_co
         "images_per_s": round(n_sources / elapsed, 1) if elapsed > 0 else None,
         "settings": {**asdict(settings), "ratios": list(settings.ratios), "augment_ops": list(settings.augment_ops)},
     }
+
+
+def _copies_outside(manifest: list[list[str]]) -> dict[str, int]:
+    """augment.before_split's leak, counted from the manifest (each copy knows its source): copies in another split
+    than their source image, and val/test copies of training images (the audit finds these, and more: sources and
+    sibling copies that share tissue)."""
+    split_of = {row[4]: row[1] for row in manifest if row[6] == "none"}
+    copies = [(row[1], split_of.get(row[4])) for row in manifest if row[6] != "none"]
+    return {"copies": len(copies), "outside": sum(split != home for split, home in copies),
+            "eval_copies_of_train": sum(split != "train" and home == "train" for split, home in copies)}
 
 
 def _protocol(grouping: dict[str, Any] | None, copies_merged: bool, folds: int) -> str:
