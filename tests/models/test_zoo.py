@@ -20,7 +20,7 @@ from tests.conftest import compose_config
 
 IMAGENET = (0.485, 0.456, 0.406)
 # preset: (hub name, family, embedding width, recipe, mean[0], interpolation, gated, published size in M parameters)
-ZOO: dict[str, tuple[str, str, int, str, float, str, bool, float]] = {
+ZOO: dict[str, tuple[str, str, int, str | None, float, str, bool, float]] = {
     "uni": ("hf-hub:MahmoodLab/UNI", "timm", 1024, "cls", 0.485, "bilinear", True, 303),
     "uni2_h": ("hf-hub:MahmoodLab/UNI2-h", "timm", 1536, "cls", 0.485, "bilinear", True, 681),
     "virchow": ("hf-hub:paige-ai/Virchow", "timm", 2560, "cls_mean", 0.485, "bicubic", True, 631),
@@ -36,8 +36,11 @@ ZOO: dict[str, tuple[str, str, int, str, float, str, bool, float]] = {
     "midnight": ("kaiko-ai/midnight", "transformers", 3072, "cls_mean", 0.5, "bilinear", False, 1134),
     "lunit_vits8": ("hf-hub:1aurent/vit_small_patch8_224.lunit_dino", "timm", 384, "cls", 0.70322989, "bilinear",
                     False, 21.7),
+    # CONCH: its own attentional pooler (no token recipe); size: ViT-B/16 at 448 + contrastive pooler (no captioning).
+    "conch": ("MahmoodLab/CONCH", "conch", 512, None, 0.48145466, "bicubic", True, 87.6),
 }
-DEPTH_KEY = {"timm": "depth", "transformers": "num_hidden_layers"}
+NATIVE_SIZE = {"conch": 448}  # the others take 224
+DEPTH_KEY = {"timm": "depth", "transformers": "num_hidden_layers", "conch": "depth"}
 
 
 def presets(*overrides: str) -> dict[str, dict[str, Any]]:
@@ -66,7 +69,7 @@ def test_every_preset_says_what_its_card_says(zoo: dict[str, dict[str, Any]]) ->
         assert model["zoo"]["embedding_dim"] == dim and model["zoo"]["gated"] is gated, key
         assert model["zoo"]["hub_id"] == name.split(":")[-1] and model["zoo"]["licence"], key
         pre = resolve_preprocess(model)  # offline, no cache: a preset needs no config.json
-        assert (pre.img_size, pre.interpolation) == (224, interpolation), key
+        assert (pre.img_size, pre.interpolation) == (NATIVE_SIZE.get(key, 224), interpolation), key
         assert pre.mean[0] == pytest.approx(mean0) and len(pre.std) == 3, key
     # The register tokens that Virchow2's recipe leaves out of the mean, and the models that have them.
     assert zoo["virchow2"]["model_args"]["reg_tokens"] == 4 and "reg_tokens" not in zoo["virchow"]["model_args"]
@@ -217,3 +220,85 @@ def test_transformers_weights_of_another_shape_are_refused(hf_cache: Path, zoo: 
     with pytest.raises(UserError, match="do not fit model.arch=vit"):
         build_backbone(model["name"], pretrained=True, source="transformers",
                        options={**model, "model_args": {**model["model_args"], "num_hidden_layers": 3}})
+
+
+def _tiny_conch(zoo: dict[str, dict[str, Any]], **args: Any) -> dict[str, Any]:
+    """CONCH's preset with a narrow, one-block trunk (the loading and the recipe do not depend on the width)."""
+    return shallow(zoo["conch"], embed_dim=64, num_heads=2, embed_dim_contrast=32, attn_pooler_heads=2, **args)
+
+
+def _conch_release(encoder: torch.nn.Module, path: Path, drop: str | None = None) -> None:
+    """A pytorch_model.bin laid out as Mahmood Lab publishes it: the whole CoCa model's state dict -- visual.* with
+    the contrastive projection and the captioning pooler, text.*, logit_scale; no text_decoder.* (not released)."""
+    width, trunk = encoder.num_features, encoder.trunk.embed_dim
+    state = {f"visual.{key}": value for key, value in encoder.state_dict().items()}
+    state.update({"visual.proj_contrast": torch.randn(width, width),
+                  "visual.attn_pool_caption.query": torch.randn(4, trunk),
+                  "visual.attn_pool_caption.attn.in_proj_weight": torch.randn(3 * trunk, trunk),
+                  "visual.ln_caption.weight": torch.ones(trunk), "visual.ln_caption.bias": torch.zeros(trunk),
+                  "text.token_embedding.weight": torch.randn(16, 8), "text.positional_embedding": torch.randn(4, 8),
+                  "text.text_projection": torch.randn(8, width), "logit_scale": torch.tensor(2.659)})
+    state.pop(drop or "", None)
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("spelling", ["MahmoodLab/CONCH", "MahmoodLab/conch"])
+def test_conch_loads_strictly_from_a_fake_hf_cache(spelling: str, hf_cache: Path,
+                                                   zoo: dict[str, dict[str, Any]]) -> None:
+    """The model card's spelling, or CONCH's own loader's (and TRIDENT's): the hub ignores case, the cache does not.
+    The text tower, logit scale and captioning pooler are skipped; every tensor of the encoder comes from the file."""
+    model = _tiny_conch(zoo)
+    torch.manual_seed(4)
+    published = build_backbone(model["name"], source="conch", options=model)
+    _conch_release(published, _fake_snapshot(hf_cache, spelling) / "pytorch_model.bin")
+    backbone = build_backbone(model["name"], pretrained=True, source="conch", options=model).eval()
+    for key, value in published.state_dict().items():
+        assert torch.equal(backbone.state_dict()[key], value), key
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(backbone(x), published.eval()(x))
+    init = describe_initialisation(model["name"], "conch", True, None, model)
+    assert init["kind"] == "pretrained" and f"models--{spelling.replace('/', '--')}" in init["file"]
+    # The retrieval recipe takes the file's projection too, and gives unit vectors.
+    retrieval = build_backbone(model["name"], pretrained=True, source="conch",
+                               options=_tiny_conch(zoo, proj_contrast=True, normalize=True)).eval()
+    with torch.inference_mode():
+        out = retrieval(x)
+    assert out.shape == (2, 32) and torch.allclose(out.norm(dim=-1), torch.ones(2))
+
+
+def test_conch_refuses_weights_that_do_not_fit(hf_cache: Path, tmp_path: Path, zoo: dict[str, dict[str, Any]]) -> None:
+    from bcc_lightning.utils.errors import UserError
+
+    model = _tiny_conch(zoo)
+    snapshot = _fake_snapshot(hf_cache, "MahmoodLab/CONCH")
+    with pytest.raises(UserError, match="hf download MahmoodLab/CONCH pytorch_model.bin"):
+        build_backbone(model["name"], pretrained=True, source="conch", options=model)  # offline, not cached
+    published = build_backbone(model["name"], source="conch", options=model)
+    _conch_release(published, snapshot / "pytorch_model.bin", drop="visual.ln_contrast.weight")
+    with pytest.raises(UserError, match=r"1 missing \(e\.g\. ln_contrast\.weight\)"):
+        build_backbone(model["name"], pretrained=True, source="conch", options=model)
+    # model.weights=PATH: the same strictness; a file of another configuration (two blocks) is refused, not half-loaded.
+    deeper = tmp_path / "pytorch_model.bin"
+    _conch_release(build_backbone(model["name"], source="conch", options=shallow(model, depth=2)), deeper)
+    with pytest.raises(UserError, match=r"unexpected \(e\.g\. trunk\.blocks\.1\."):
+        build_backbone(model["name"], weights=str(deeper), source="conch", options=model)
+
+
+def test_linear_probe_with_conch_composes_at_448_with_its_own_pooler(zoo: dict[str, dict[str, Any]]) -> None:
+    from bcc_lightning.reports.gradcam import plan_cam
+
+    cfg = compose_config("train", ["experiment=linear_probe", "model=conch"])
+    assert cfg.model.source == "conch" and cfg.model.pooling is None and cfg.model.freeze_backbone
+    model_cfg = _tiny_conch({"conch": OmegaConf.to_container(cfg.model, resolve=True)})
+    model = BCCClassifier({**model_cfg, "pretrained": False}, OmegaConf.to_container(cfg.optimizer))
+    assert model.head[-1].in_features == 32  # the pooler's width (512 at full size)
+    pre = model.preprocess
+    assert (pre.img_size, pre.interpolation, pre.mean[0]) == (448, "bicubic", pytest.approx(0.48145466))
+    rebuilt = BCCClassifier(**dict(model.hparams), load_weights=False)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.eval()(x), rebuilt.eval()(x))
+    plan = plan_cam(model, model.backbone_arch, 448)
+    assert plan.layer_name == "trunk.blocks.0.norm1" and plan.reshape is not None  # tokens on the 28 x 28 grid
