@@ -46,8 +46,8 @@ def test_geometric_copies_before_split_are_caught_and_content_resplits_clean(tmp
     from bcc_lightning.data.prepare import PrepareSettings, prepare
 
     summary = prepare(PrepareSettings(raw=str(raw), out=str(contaminated), augment_before_split=True,
-                                      augment_copies=2, augment_ops=("hflip", *WARPS), augment_fill_mode="reflect",
-                                      dedup_near=False), log=messages.append)
+                                      augment_copies=2, augment_ops=("rot90", "hflip", *WARPS),
+                                      augment_fill_mode="reflect", dedup_near=False), log=messages.append)
     assert summary["protocol"].startswith("CONTAMINATED") and any("CONTAMINATED" in m for m in messages)
     rows = read_manifest(contaminated)
     applied = [r["augmentation"] for r in rows if r["augmentation"] != "none"]
