@@ -175,7 +175,7 @@ def geometric_inverse(cfg: AugmentConfig, size: tuple[int, int], generator: torc
         maps.append(_linear(cos, -sin, sin, cos) @ _linear(1.0, 0.0, 0.0, 1.0, tx * w, ty * h) @ _shear(shear)
                     @ _linear(zx, 0.0, 0.0, zy))
         names.append(f"keras(rotate{math.degrees(angle):+.1f}°;shift{tx:+.2f}/{ty:+.2f};"
-                     f"shear{math.degrees(shear):+.1f}°;zoom{zx:.2f}/{zy:.2f})")
+                     f"shear{math.degrees(shear):+.1f}°;zoom{zx:.2f}/{zy:.2f})")  # augment() adds ";hflip" on a flip
     if not maps:
         return None
     inverse = maps[0]
@@ -205,8 +205,8 @@ def augment(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
     if inverse is not None:
         image = warp(image, inverse, cfg.fill_mode)
         if cfg.keras is not None and cfg.keras.horizontal_flip and chance(0.5):
-            image = torch.flip(image, dims=(-1,))  # Keras flips after its warp
-            names.append("hflip")
+            image = torch.flip(image, dims=(-1,))  # Keras flips after its warp; named inside keras(...)
+            names[-1] = names[-1][:-1] + ";hflip)"
     if chance(cfg.hflip):
         image = torch.flip(image, dims=(-1,))
         names.append("hflip")

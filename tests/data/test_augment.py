@@ -118,3 +118,14 @@ def test_prepare_copies_draw_one_warp_each_and_check_ranges() -> None:
                      ({"augment_shear": 75.0}, "augment.shear"), ({"augment_ops": ("warp",)}, "augment.ops")):
         with pytest.raises(UserError, match=key):
             PrepareSettings(raw="r", out="o", **bad).validate()
+
+
+def test_keras_draw_flips_half_the_time_and_names_it_inside() -> None:
+    image, flipped = _image(), 0
+    for seed in range(12):
+        applied: list[str] = []
+        augment(image, WARP_CONFIGS["keras"], torch.Generator().manual_seed(seed), applied)
+        assert len(applied) == 1 and re.fullmatch(r"keras\(rotate[+-][\d.]+°;shift.*;shear.*;zoom[\d./]+(;hflip)?\)",
+                                                  applied[0]), applied
+        flipped += applied[0].endswith(";hflip)")
+    assert 2 <= flipped <= 10  # horizontal_flip: even odds

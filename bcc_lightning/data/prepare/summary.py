@@ -61,8 +61,9 @@ def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_co
     leaks = _copies_outside(manifest) if contaminated else None
     return {
         "protocol": (f"CONTAMINATED: augmented before splitting (original protocol): {leaks['outside']} of "
-                     f"{leaks['copies']} augmented copies sit in another split than their source image (val/test "
-                     f"hold {leaks['eval_copies_of_train']} copies of training images)" if leaks else
+                     f"{leaks['copies']} augmented copies sit in another split than their source image (train holds "
+                     f"{leaks['train_copies_of_eval']} copies of val/test images, val/test hold "
+                     f"{leaks['eval_copies_of_train']} copies of training images)" if leaks else
                      _protocol(described, near is not None, settings.folds)),
         "contamination": leaks,
         "grouping": described,
@@ -89,11 +90,12 @@ def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_co
 
 def _copies_outside(manifest: list[list[str]]) -> dict[str, int]:
     """augment.before_split's leak, counted from the manifest (each copy knows its source): copies in another split
-    than their source image, and val/test copies of training images (the audit finds these, and more: sources and
+    than their source image, in train of a val/test image and the other way round (the audit finds these, and
     sibling copies that share tissue)."""
     split_of = {row[4]: row[1] for row in manifest if row[6] == "none"}
     copies = [(row[1], split_of.get(row[4])) for row in manifest if row[6] != "none"]
     return {"copies": len(copies), "outside": sum(split != home for split, home in copies),
+            "train_copies_of_eval": sum(split == "train" and home != "train" for split, home in copies),
             "eval_copies_of_train": sum(split != "train" and home == "train" for split, home in copies)}
 
 
