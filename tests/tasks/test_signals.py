@@ -101,7 +101,7 @@ def test_last_checkpoint_follows_every_epoch(straight: Path) -> None:
     assert last["global_step"] == 2 * BATCHES
 
 
-def _train_cmd(demo_root: Path, run: Path, extra: list[str]) -> list[str]:
+def train_cmd(demo_root: Path, run: Path, extra: list[str]) -> list[str]:
     return [sys.executable, str(REPO / "train.py"), f"data.root={demo_root}", "model.pretrained=false",
             "callbacks.progress_bar=none", *BASE, f"hydra.run.dir={run}", *extra]
 
@@ -123,7 +123,7 @@ def _sigterm_when_marked(cmd: list[str], marker: Path, cwd: Path) -> subprocess.
 
 def test_sigterm_to_train_py_exits_143_without_traceback(demo_root: Path, tmp_path: Path) -> None:
     run, marker = tmp_path / "run", tmp_path / "marker"
-    result = _sigterm_when_marked(_train_cmd(demo_root, run, stop_at(1, 1, marker=marker)), marker, tmp_path)
+    result = _sigterm_when_marked(train_cmd(demo_root, run, stop_at(1, 1, marker=marker)), marker, tmp_path)
     assert result.returncode == 143, result.stderr[-3000:]
     assert "Traceback" not in result.stderr + result.stdout
     paragraph = " ".join(result.stderr.split())
@@ -137,12 +137,12 @@ def test_sigterm_to_train_py_exits_143_without_traceback(demo_root: Path, tmp_pa
 def test_sigterm_then_resume_in_subprocesses_matches_an_uninterrupted_run(demo_root: Path, tmp_path: Path) -> None:
     """The whole command-line flow: straight run, SIGTERM mid-epoch, resume=true; bit-identical final weights."""
     straight_run, run, marker = tmp_path / "straight", tmp_path / "run", tmp_path / "marker"
-    done = subprocess.run(_train_cmd(demo_root, straight_run, []), env=subprocess_env(), cwd=tmp_path,
+    done = subprocess.run(train_cmd(demo_root, straight_run, []), env=subprocess_env(), cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    stopped = _sigterm_when_marked(_train_cmd(demo_root, run, stop_at(1, 1, marker=marker)), marker, tmp_path)
+    stopped = _sigterm_when_marked(train_cmd(demo_root, run, stop_at(1, 1, marker=marker)), marker, tmp_path)
     assert stopped.returncode == 143 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
-    resumed = subprocess.run(_train_cmd(demo_root, run, ["resume=true"]), env=subprocess_env(), cwd=tmp_path,
+    resumed = subprocess.run(train_cmd(demo_root, run, ["resume=true"]), env=subprocess_env(), cwd=tmp_path,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_weights(weights(straight_run), weights(run))
