@@ -1,8 +1,9 @@
 """Linear probe (`experiment=linear_probe`): a frozen backbone's embeddings (cached), a logistic regression head and a
 cosine kNN chosen on val, evaluated like a fine-tuned run (bcc_lightning/training/probe.py does the work).
 
-Run through train.py (its run() dispatches on `cfg.probe`), or `python -m bcc_lightning.tasks.probe
-experiment=[demo,linear_probe]`.
+Run through train.py (its run() dispatches on `cfg.probe`: `experiment=linear_probe`), or `python -m
+bcc_lightning.tasks.probe [experiment=demo]`, whose config (conf/probe.yaml) is train.py's with the probe selected.
+The probe's settings live in conf/probe/logistic.yaml.
 """
 
 from __future__ import annotations
@@ -24,4 +25,4 @@ if __name__ == "__main__":
     from bcc_lightning.tasks.entry import guarded
     from bcc_lightning.utils.config import config_dir
 
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(guarded(run))()
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="probe")(guarded(run))()

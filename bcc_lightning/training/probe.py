@@ -39,6 +39,7 @@ from bcc_lightning.utils.errors import UserError
 def weights_fingerprint(model: BCCClassifier) -> str:
     """The backbone's weights as a sha256: the recorded file's (cheap), else a hash of the tensors themselves (a
     random initialisation depends on the seed, so it has no file to name)."""
+    # get: a checkpoint written before initialisation (or model.weights) was recorded lacks the key
     init = model.hparams.get("initialisation") or {}
     if init.get("sha256"):
         return str(init["sha256"])
@@ -126,12 +127,12 @@ def training_groups(root: Path, paths: list[Path]) -> tuple[list[str], np.ndarra
     return groups, np.array(counted, dtype=bool), source
 
 
-def _few_shot_block(cfg: DictConfig, settings: dict[str, Any], emb: dict[str, dict[str, Any]],
+def _few_shot_block(cfg: DictConfig, settings: DictConfig, emb: dict[str, dict[str, Any]],
                     datamodule: BCCDataModule, Cs: list[float], select: str, outdir: Path,
                     synthetic: bool) -> dict[str, Any] | None:
     """The few-shot curve (reports/few_shot.py) on the cached embeddings: few_shot.csv, few_shot.png and a report.md
     section under test/; its summary for metrics.json. None when probe.few_shot is empty or null."""
-    sizes, repeats = few_shot.check_sizes(settings.get("few_shot"), settings.get("few_shot_repeats", 5))
+    sizes, repeats = few_shot.check_sizes(to_dict(settings.few_shot), settings.few_shot_repeats)
     if not sizes:
         return None
     started = time.perf_counter()
@@ -142,7 +143,7 @@ def _few_shot_block(cfg: DictConfig, settings: dict[str, Any], emb: dict[str, di
         rows = few_shot.few_shot_curve(
             (emb["train"]["features"], emb["train"]["labels"]), groups, (emb["val"]["features"], emb["val"]["labels"]),
             (emb["test"]["features"], emb["test"]["labels"]), sizes, repeats, int(cfg.seed), Cs, select,
-            int(settings.get("max_iter", 200)), counted)
+            int(settings.max_iter), counted)
     finally:
         torch.set_num_threads(threads)
     summary = few_shot.summarise(rows)
@@ -175,16 +176,19 @@ def run_probe(cfg: DictConfig) -> float | None:
     """Embed, fit the probe and kNN on train (chosen on val), evaluate on test, write metrics.json; return the val
     value of the training monitor (callbacks.model_checkpoint.monitor, e.g. val/loss) for sweepers."""
     outdir = run_dir()
-    settings = dict(to_dict(cfg.get("probe")) or {})
-    if settings.get("head", "logistic") != "logistic":
-        raise UserError(f"probe.head={settings.get('head')!r} is not supported: use probe.head=logistic (the kNN "
+    settings = cfg.probe  # conf/probe/logistic.yaml: the one place its defaults live
+    if settings is None:
+        raise UserError("The linear probe has no settings: add experiment=linear_probe (or probe=logistic) to the "
+                        "command line, or run `python -m bcc_lightning.tasks.probe`, whose config selects them.")
+    if settings.head != "logistic":
+        raise UserError(f"probe.head={settings.head!r} is not supported: use probe.head=logistic (the kNN "
                         f"classifier always runs beside it, see probe.knn_k).")
-    few_shot.check_sizes(settings.get("few_shot"), settings.get("few_shot_repeats", 5))  # before any embedding
+    few_shot.check_sizes(to_dict(settings.few_shot), settings.few_shot_repeats)  # before any embedding
     validate_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
-    if cfg.get("torch_threads"):
+    if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
-    if int(cfg.model.get("hidden") or 0):
+    if int(cfg.model.hidden or 0):
         raise UserError("A linear probe fits one linear layer: set model.hidden=0 (the experiment=linear_probe "
                         "default), or fine-tune instead of probing.")
     started = time.perf_counter()
@@ -193,22 +197,23 @@ def run_probe(cfg: DictConfig) -> float | None:
     model.hparams.model["freeze_backbone"] = True
     leakage = audit_data(cfg, datamodule)
     device = pick_device(str(cfg.trainer.accelerator))
-    emb = embed_splits(model, datamodule, settings.get("cache", "auto"), device)
-    select = str(settings.get("select", "auroc"))
-    Cs = list(settings.get("Cs") or [0.01, 0.1, 1.0, 10.0])
+    emb = embed_splits(model, datamodule, settings.cache, device)
+    select = str(settings.select)
+    Cs = [float(c) for c in settings.Cs]
     fitted = fit_logistic(emb["train"]["features"], emb["train"]["labels"], emb["val"]["features"],
-                          emb["val"]["labels"], Cs, select, int(settings.get("max_iter", 200)))
+                          emb["val"]["labels"], Cs, select, int(settings.max_iter))
     fitted.into(model.head[-1])
     fit_seconds = time.perf_counter() - started
     ckpt = save_probe_checkpoint(model.cpu(), outdir / "checkpoints" / "probe.ckpt")
     tested = load_checkpoint(ckpt)
     eval_settings = EvalSettings(split="test", report=cfg.report, accelerator=str(cfg.trainer.accelerator),
-                                 precision=str(cfg.trainer.get("precision", "32-true")))
+                                 precision=str(cfg.trainer.precision))
     result = evaluate(tested, datamodule, outdir / "test", eval_settings, ckpt, leakage=leakage)
-    if cfg.data.get("fold") is not None:  # the validation fold's predictions, for bcc-aggregate
+    if cfg.data.fold is not None:  # the validation fold's predictions, for bcc-aggregate
         predict_split_csv(tested, datamodule, "val", outdir / "val_predictions.csv",
                           accelerator=str(cfg.trainer.accelerator))
-    monitor = str(cfg.callbacks.get("model_checkpoint", {}).get("monitor") or "val/loss")
+    checkpointing = cfg.callbacks.model_checkpoint  # the probe writes its own checkpoint, so this may be null
+    monitor = str(checkpointing.monitor) if checkpointing is not None and checkpointing.monitor else "val/loss"
     val_values = {"val/loss": fitted.val["loss"], "val/auroc": fitted.val["auroc"], "val/acc": fitted.val["acc"]}
     best = val_values.get(monitor, fitted.val["loss"] if monitor.endswith("loss") else fitted.val["auroc"])
     probe_block = {**probe_summary(fitted), "fit_seconds": fit_seconds,
@@ -216,7 +221,7 @@ def run_probe(cfg: DictConfig) -> float | None:
                                       "seconds": e["seconds"]} for s, e in emb.items()}}
     result.update({"monitor": monitor, "best_monitor_value": best, "epochs_trained": 0, "run_dir": str(outdir),
                    "checkpoint": str(ckpt), "probe": probe_block,
-                   "knn": _knn_block(emb, list(settings.get("knn_k") or [1, 5, 10, 20]), select)})
+                   "knn": _knn_block(emb, [int(k) for k in settings.knn_k], select)})
     curve = _few_shot_block(cfg, settings, emb, datamodule, Cs, select, outdir, bool(data_info["synthetic_data"]))
     if curve is not None:
         result["few_shot"] = curve

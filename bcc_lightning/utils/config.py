@@ -112,6 +112,13 @@ def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
 
+def _items(value: Any, rule: Any, want: str) -> str | None:
+    """A non-empty list whose every item passes `rule` (a probe grid: an empty one would choose nothing)."""
+    if not (isinstance(value, (list, tuple)) or OmegaConf.is_list(value)) or not len(value):
+        return want
+    return want if any(rule(item) for item in value) else None
+
+
 RULES: dict[str, Any] = {
     "seed": lambda v: _whole(v, 0),
     "data.batch_size": lambda v: _whole(v, 1),
@@ -156,6 +163,10 @@ RULES: dict[str, Any] = {
     "stain_stress": _boolean,
     "split": lambda v: _choice(v, ("train", "val", "test")),
     "probe.few_shot_repeats": lambda v: _whole(v, 1),
+    "probe.Cs": lambda v: _items(v, lambda c: _number(c, 0, 1e12, low_open=True), "a list of positive numbers"),
+    "probe.knn_k": lambda v: _items(v, lambda k: _whole(k, 1), "a list of whole numbers >= 1"),
+    "probe.max_iter": lambda v: _whole(v, 1),
+    "probe.select": lambda v: _choice(v, ("auroc", "loss")),
     "report.grid_size": lambda v: _whole(v, 0),
     "report.cam_per_group": lambda v: _whole(v, 0),
     "num_workers": lambda v: _whole(v, 1, ("auto",)),
