@@ -27,7 +27,7 @@ from bcc_lightning.models.backbones import initialisation_text
 from bcc_lightning.models.inference import predict_batches, predict_view_logits, view_probabilities
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.reports.gradcam import save_overlays
-from bcc_lightning.reports.metrics import METRICS, compute_metrics, expected_calibration_error
+from bcc_lightning.reports.metrics import METRICS, compute_metrics, expected_calibration_error, metric_keys
 from bcc_lightning.reports.operating_point import (
     choose_threshold,
     fit_temperature,
@@ -447,7 +447,6 @@ def stain_stress(model: BCCClassifier, datamodule: BCCDataModule, outdir: Path, 
         probs = predict_batches(model, batches(), device, settings.precision, fast=settings.fast,
                                 n_images=len(pixels) * len(strengths)).numpy().astype(np.float64)
         metrics = compute_metrics(labels, probs, threshold)
-        rows.append({"strength": float(strength), "auroc": metrics["auroc"], "accuracy": metrics["accuracy"],
-                     "sensitivity": metrics["recall"], "specificity": metrics["specificity"]})
+        rows.append({"strength": float(strength), **{key: metrics[key] for key in metric_keys("summary")}})
     save_figure(stain_stress_figure(rows), outdir / "stain_stress.png")
     return rows

@@ -25,8 +25,9 @@ INTERVAL_KINDS = {
     "auroc": "BCa bootstrap over images; clustered: Obuchowski's variance, logit scale, t quantile",
     "bootstrap": "BCa bootstrap over images; clustered: percentile cluster bootstrap over groups",
 }
-# Earlier spellings, mapped to the registry's key when old metrics.json / compare.json files are read.
-ALIASES = {"sensitivity": "recall", "acc": "accuracy", "tpr": "recall", "tnr": "specificity", "ppv": "precision"}
+# Spellings earlier versions wrote (metrics.json had "sensitivity" beside "recall"; "acc" is the training-time name
+# of accuracy), mapped to the registry's key when old files are read.
+ALIASES = {"sensitivity": "recall", "acc": "accuracy"}
 
 CountsFn = Callable[[Any, Any, Any, Any], Any]
 ScoresFn = Callable[[np.ndarray, np.ndarray, np.ndarray], "float | None"]
@@ -220,14 +221,14 @@ def balanced_accuracy(tp: Any, fp: Any, tn: Any, fn: Any) -> Any:
     return (tp / (tp + fn) + tn / (tn + fp)) / 2
 
 
-register_metric("precision", label="precision (PPV)", short="PPV", interval="wilson",
-                proportion=(("tp",), ("tp", "fp")), undefined="no image predicted malignant", logger="precision",
-                torchmetric="BinaryPrecision")(None)
 register_metric("recall", label="sensitivity (recall)", short="sensitivity", interval="wilson",
                 proportion=(("tp",), ("tp", "fn")), undefined="no malignant images", summary=True, logger="recall",
                 torchmetric="BinaryRecall")(None)
 register_metric("specificity", label="specificity", interval="wilson", proportion=(("tn",), ("tn", "fp")),
                 undefined="no benign images", summary=True)(None)
+register_metric("precision", label="precision (PPV)", short="PPV", interval="wilson",
+                proportion=(("tp",), ("tp", "fp")), undefined="no image predicted malignant", logger="precision",
+                torchmetric="BinaryPrecision")(None)
 register_metric("npv", label="NPV", interval="wilson", proportion=(("tn",), ("tn", "fn")),
                 undefined="no image predicted benign")(None)
 

@@ -26,6 +26,7 @@ from bcc_lightning.reports.metrics import (
     unregister_metric,
 )
 from bcc_lightning.reports.report import write_metric_files, write_metrics_json, write_report_md
+from bcc_lightning.reports.statistics import metric_intervals
 from bcc_lightning.tasks.compare import compare_scores
 
 
@@ -112,8 +113,27 @@ def test_old_spellings_are_mapped_on_read_not_written() -> None:
     both = {"recall": 0.5, "sensitivity": 0.5}  # metrics.json before the registry wrote both
     assert read_metrics(both) == {"recall": 0.5}
     assert not {"acc", "sensitivity"} & set(compute_metrics([0, 1], [0.2, 0.9]))
-    assert [METRICS[k].logger for k in metric_keys("logger")] == ["acc", "precision", "recall", "f1", "auroc"]
+    assert [METRICS[k].logger for k in metric_keys("logger")] == ["acc", "recall", "precision", "f1", "auroc"]
     with pytest.raises(ValueError, match="already registered"):
         register_metric("sensitivity", proportion=(("tp",), ("tp", "fn")), interval="wilson")
     with pytest.raises(ValueError, match="interval must be one of"):
         register_metric("toy", interval="jackknife")
+
+
+def test_a_scores_metric_without_a_vectorised_form_is_bootstrapped_as_a_function() -> None:
+    @register_metric("score_gap", label="score gap", inputs="scores", undefined="needs both classes",
+                     both_classes=True, bounds=(-1.0, 1.0))
+    def score_gap(labels: np.ndarray, probs: np.ndarray, ranked: np.ndarray) -> float | None:
+        if labels.min(initial=1) == labels.max(initial=0):
+            return None
+        return float(probs[labels == 1].mean() - probs[labels == 0].mean())
+
+    try:
+        labels, probs = _scores()
+        plain = metric_intervals(labels, probs, n_resamples=200)["score_gap"]
+        assert plain.estimate == pytest.approx(compute_metrics(labels, probs)["score_gap"])
+        assert plain.low < plain.estimate < plain.high and "scipy.stats.bootstrap" in plain.method
+        grouped = metric_intervals(labels, probs, groups=np.arange(len(labels)) // 2, n_resamples=200)["score_gap"]
+        assert grouped.defined and grouped.method.startswith("percentile cluster bootstrap over 20 groups")
+    finally:
+        unregister_metric("score_gap")
