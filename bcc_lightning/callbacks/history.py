@@ -40,7 +40,7 @@ class History(Callback):
         return {"rows": [dict(r) for r in self.rows]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.rows = [dict(r) for r in state_dict.get("rows", [])]
+        self.rows = [dict(r) for r in state_dict.get("rows", [])]  # get: a checkpoint's state, not a config
 
 
 def to_csv(rows: list[dict[str, float]]) -> str:
@@ -60,6 +60,7 @@ def read_history(ckpt_path: Path, checkpoint: dict[str, Any] | None = None) -> t
             rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(handle)]
         if rows:
             return rows, str(run_csv)
+    # get: a weights-only or foreign checkpoint may carry no callback states (then no history)
     for key, state in ((checkpoint or {}).get("callbacks") or {}).items():
         if key.startswith("History") and state.get("rows"):
             return state["rows"], f"the checkpoint ({ckpt_path.name}; epochs up to it)"

@@ -219,9 +219,9 @@ def _result(cfg: DictConfig, samples: dict[str, list[float]], worker_memory: dic
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)  # warmup, steps and repeats >= 1: the first batches pay for start-up and are never timed
-    if cfg.get("mode", "steps") == "epochs":
+    if cfg.mode == "epochs":
         return run_epochs(cfg)
-    if cfg.get("mode", "steps") != "steps":
+    if cfg.mode != "steps":
         raise UserError(f"mode must be steps (images/s per stage) or epochs (seconds per epoch); got {cfg.mode!r}.")
     device = pick_device(str(cfg.trainer.accelerator))
     precision = resolve_precision(cfg.trainer.precision, "gpu" if device.type == "cuda" else "cpu")
@@ -342,8 +342,7 @@ def _train_config(cfg: DictConfig, root: Path, cache: Any, epochs: int, workers:
         train_cfg.data.batch_size = cfg.data.batch_size
         train_cfg.data.num_workers = cfg.data.num_workers if workers is None else workers
         train_cfg.data.cache = cache
-        if "audit" in train_cfg.data:
-            train_cfg.data.audit = "off"  # the audit runs before training; it is not part of an epoch
+        train_cfg.data.audit = "off"  # the audit runs before training; it is not part of an epoch
     return train_cfg
 
 
@@ -456,7 +455,7 @@ def check_keras_settings(cfg: DictConfig) -> None:
         raise UserError(f"The Keras peer knows the original's backbones {', '.join(recipes)}; got "
                         f"model={cfg.model.name}. Run the comparison with one of them, or leave keras_python=null.")
     size = recipes[cfg.model.name][1]
-    if cfg.model.get("img_size") not in (None, size):
+    if cfg.model.img_size not in (None, size):
         raise UserError(f"The Keras peer trains {cfg.model.name} at the original's {size} px, but model.img_size="
                         f"{cfg.model.img_size}: the rows would not compare. Leave model.img_size at {size}.")
     unknown = [loader for loader in cfg.keras_loaders if loader not in loaders]
@@ -473,7 +472,7 @@ def keras_epochs(cfg: DictConfig, root: Path, loader: str, out: Path) -> list[fl
     command = [str(cfg.keras_python), str(KERAS_PEER), "--root", str(root), "--epochs", str(int(cfg.epochs)),
                "--batch-size", str(int(cfg.data.batch_size)), "--model", str(cfg.model.name), "--loader", loader,
                "--json", str(out)]
-    timeout = float(cfg.get("keras_timeout_s") or 0) or None
+    timeout = float(cfg.keras_timeout_s or 0) or None
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
     except subprocess.TimeoutExpired as error:
@@ -501,10 +500,10 @@ def run_epochs(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(str(cfg.trainer.accelerator))
     precision = resolve_precision(cfg.trainer.precision, "gpu" if device.type == "cuda" else "cpu")
     workers = resolve_num_workers(cfg.data.num_workers, device.type == "cuda")
-    rounds = int(cfg.get("epoch_rounds", 1))
+    rounds = int(cfg.epoch_rounds)
     if rounds < 1:
         raise UserError(f"epoch_rounds must be 1 or more; got {rounds}.")
-    if cfg.get("keras_python"):
+    if cfg.keras_python:
         check_keras_settings(cfg)
     runs: dict[str, list[list[float]]] = {}
     floors: list[tuple[float, float]] = []
@@ -517,7 +516,7 @@ def run_epochs(cfg: DictConfig) -> dict[str, Any]:
                 lambda r: train_py_epochs(cfg, root, str(Path(tmp) / "cache"), Path(tmp) / f"run_cached_{r}"),
             "train.py, data.cache=null (streaming)":
                 lambda r: train_py_epochs(cfg, root, None, Path(tmp) / f"run_stream_{r}")}
-        for w in cfg.get("epoch_workers") or []:  # the worker-count sweep behind data.num_workers=auto
+        for w in cfg.epoch_workers or []:  # the worker-count sweep behind data.num_workers=auto
             for label, cache in (("auto", str(Path(tmp) / "cache")), ("null", None)):
                 systems[f"train.py, data.cache={label}, data.num_workers={w}"] = (
                     lambda r, c=cache, w=w, label=label: train_py_epochs(
@@ -534,7 +533,7 @@ def run_epochs(cfg: DictConfig) -> dict[str, Any]:
         if cfg.naive:
             systems["plain loop, fp32, channels-first, 0 workers"] = (
                 lambda r: plain_loop_epochs(cfg, root, False, "32-true", 0, device))
-        for loader in (cfg.keras_loaders if cfg.get("keras_python") else []):
+        for loader in (cfg.keras_loaders if cfg.keras_python else []):
             systems[f"the original recipe in Keras ({loader} loader, fp32)"] = (
                 lambda r, loader=loader: keras_epochs(cfg, root, loader, Path(tmp) / f"keras_{loader}_{r}.json"))
 

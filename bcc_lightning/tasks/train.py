@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> float | None:
 
     SIGTERM or SIGUSR1 stops the run cleanly (callbacks/preemption.py): `Stopped`, exit status 128 + the signal."""
     with StopSignals() as signals:
-        if cfg.get("probe"):  # experiment=linear_probe: a frozen backbone's embeddings and a linear head
+        if cfg.probe:  # experiment=linear_probe: a frozen backbone's embeddings and a linear head
             return run_probe(cfg)
         return _train(cfg, signals)
 
@@ -50,7 +50,7 @@ def _train(cfg: DictConfig, signals: StopSignals) -> float | None:
     outdir = run_dir()
     validate_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
-    if cfg.get("torch_threads"):
+    if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
     model, datamodule, data_info = build(cfg, outdir)
     leakage = audit_data(cfg, datamodule)  # data.audit=error stops here, before any weights are trained
@@ -65,7 +65,7 @@ def _train(cfg: DictConfig, signals: StopSignals) -> float | None:
             logger.experiment.add_text("note", "SYNTHETIC DEMO DATA: not real microscopy images.")
 
     # torch.compile: worth it on GPUs for long runs; checkpoints keep the plain module's parameter names.
-    fit_model = torch.compile(model) if cfg.get("compile") else model
+    fit_model = torch.compile(model) if cfg.compile else model
     try:
         trainer.fit(fit_model, datamodule=datamodule, ckpt_path=resume_path(cfg, outdir))
     except (SIGTERMException, Stopped) as exc:  # Lightning's own stop after a batch, or ours before the loops ran

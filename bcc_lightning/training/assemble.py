@@ -68,14 +68,14 @@ def build_callbacks(cfg: DictConfig, outdir: Path) -> tuple[list[Callback], Mode
     for name, spec in cfg.callbacks.items():
         if name == "progress_bar" or spec is None:
             continue
-        if name == "lr_monitor" and not cfg.get("logger"):
+        if name == "lr_monitor" and not cfg.get("logger"):  # get: logger=null removes the group's key
             continue  # it needs a logger to write to
         callbacks.append(_instantiate(f"callbacks.{name}", spec, {"dirpath": str(outdir / "checkpoints")}))
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
     if len(checkpoints) != 1:
         raise UserError("Training needs exactly one ModelCheckpoint callback (callbacks.model_checkpoint): the report "
                         "evaluates its best checkpoint.")
-    bar = progress_bar_kind(cfg.callbacks.get("progress_bar", "auto"))
+    bar = progress_bar_kind(cfg.callbacks.progress_bar)
     if bar == "rich":
         callbacks.append(RichProgressBar())
     elif bar == "tqdm":
@@ -85,7 +85,7 @@ def build_callbacks(cfg: DictConfig, outdir: Path) -> tuple[list[Callback], Mode
 
 def build_loggers(cfg: DictConfig, outdir: Path) -> list[Logger]:
     loggers = []
-    for name, spec in (cfg.get("logger") or {}).items():
+    for name, spec in (cfg.get("logger") or {}).items():  # get: logger=null removes the group's key
         if spec is None:
             continue
         target = hydra.utils.get_class(spec._target_) if isinstance(spec, DictConfig) and "_target_" in spec else None
@@ -98,10 +98,10 @@ def build_loggers(cfg: DictConfig, outdir: Path) -> list[Logger]:
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger] | bool, outdir: Path) -> L.Trainer:
     options = to_dict(cfg.trainer)
-    options["precision"] = resolve_precision(options.get("precision", "auto"), str(options.get("accelerator", "auto")))
-    if options.get("benchmark") is None:  # every batch has the same shape: let cuDNN pick its fastest kernels once
-        options["benchmark"] = not options.get("deterministic")
-    if progress_bar_kind(cfg.callbacks.get("progress_bar", "auto")) == "none":
+    options["precision"] = resolve_precision(options["precision"], str(options["accelerator"]))
+    if options["benchmark"] is None:  # every batch has the same shape: let cuDNN pick its fastest kernels once
+        options["benchmark"] = not options["deterministic"]
+    if progress_bar_kind(cfg.callbacks.progress_bar) == "none":
         options["enable_progress_bar"] = False
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
@@ -117,7 +117,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logg
 
 def prepare_data_root(cfg: DictConfig) -> Path:
     root = Path(cfg.data.root).expanduser()
-    demo = cfg.data.get("demo")
+    demo = cfg.data.demo
     if demo and demo.generate and not is_demo_root(root):
         log.info("Generating the synthetic demo dataset in %s", root)
         generate(root, n_per_class=int(demo.n_per_class), size=int(demo.size), seed=int(demo.seed))
@@ -127,11 +127,11 @@ def prepare_data_root(cfg: DictConfig) -> Path:
 def build_datamodule(data_cfg: Any, root: Path, preprocess: Preprocess, seed: int = 0,
                      accelerator: str = "auto",
                      samples: dict[str, list[tuple[Path, int]]] | None = None) -> BCCDataModule:
-    augment = AugmentConfig(**to_dict(data_cfg.augment)) if data_cfg.get("augment") is not None else None
+    augment = AugmentConfig(**to_dict(data_cfg.augment)) if data_cfg.augment is not None else None
     return BCCDataModule(root, preprocess, batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers,
-                         augment=augment, balanced_sampler=bool(data_cfg.get("balanced_sampler", False)),
-                         seed=int(seed), cache=data_cfg.get("cache"), fold=data_cfg.get("fold"),
-                         cache_budget_gb=float(data_cfg.get("cache_budget_gb", 20)),
+                         augment=augment, balanced_sampler=bool(data_cfg.balanced_sampler),
+                         seed=int(seed), cache=data_cfg.cache, fold=data_cfg.fold,
+                         cache_budget_gb=float(data_cfg.cache_budget_gb),
                          gpu=pick_device(accelerator).type == "cuda", samples=samples)
 
 
@@ -146,8 +146,8 @@ def _pos_weight(setting: Any, datamodule: BCCDataModule) -> float | None:
 
 def resume_path(cfg: DictConfig, outdir: Path) -> str | None:
     """`ckpt_path=PATH`, or `resume=true`: this run directory's last.ckpt. Checked before any work starts."""
-    path = cfg.get("ckpt_path")
-    if cfg.get("resume") and not path:
+    path = cfg.ckpt_path
+    if cfg.resume and not path:
         path = outdir / "checkpoints" / "last.ckpt"
         if not path.is_file():
             raise UserError(f"resume=true but {path} does not exist. Pass the interrupted run's directory with "
@@ -161,9 +161,9 @@ def resume_path(cfg: DictConfig, outdir: Path) -> str | None:
 def validate_config(cfg: DictConfig) -> None:
     """Mistakes that would otherwise surface minutes into a run."""
     check_config(cfg)
-    check_accelerator(cfg.trainer.get("accelerator", "auto"), cfg.trainer.get("devices"))
-    unfreeze = cfg.model.get("unfreeze_at_epoch")
-    if unfreeze is not None and not cfg.model.get("freeze_backbone"):
+    check_accelerator(cfg.trainer.accelerator, cfg.trainer.devices)
+    unfreeze = cfg.model.unfreeze_at_epoch
+    if unfreeze is not None and not cfg.model.freeze_backbone:
         raise UserError("model.unfreeze_at_epoch needs model.freeze_backbone=true (nothing is frozen to unfreeze).")
 
 
@@ -172,20 +172,21 @@ def build(cfg: DictConfig, outdir: Path) -> tuple[BCCClassifier, BCCDataModule, 
     root = prepare_data_root(cfg)
     synthetic = is_demo_root(root)
     data_info = {"root": str(root), "synthetic_data": synthetic, "classes": ["benign", "malignant"],
-                 "fold": cfg.data.get("fold")}
+                 "fold": cfg.data.fold}
     model_cfg = to_dict(cfg.model)
-    fold = cfg.data.get("fold")
+    fold = cfg.data.fold
     samples = {s: scan_split(root, s) if fold is None else fold_samples(root, s, int(fold)) for s in SPLITS}
     # Stain normalisation is fitted on the training split only (or a reference image), before any loader exists.
-    preprocess = with_stain_norm(resolve_preprocess(model_cfg), cfg.data.get("stain_norm"),
-                                 [p for p, _ in samples["train"]], cfg.data.get("stain_reference"))
+    preprocess = with_stain_norm(resolve_preprocess(model_cfg), cfg.data.stain_norm,
+                                 [p for p, _ in samples["train"]], cfg.data.stain_reference)
     if preprocess.stain_norm:
         log.info("Stain normalisation: %s, fitted on %s", preprocess.stain_norm["method"],
-                 cfg.data.get("stain_reference") or "the training split")
+                 cfg.data.stain_reference or "the training split")
     datamodule = build_datamodule(cfg.data, root, preprocess, int(cfg.seed), str(cfg.trainer.accelerator),
                                   samples=samples)
+    # get: scheduler=null removes the group's key (a constant learning rate, as scheduler=none)
     model = BCCClassifier(model_cfg, to_dict(cfg.optimizer), to_dict(cfg.get("scheduler")),
-                          pos_weight=_pos_weight(cfg.model.get("pos_weight"), datamodule), data_info=data_info,
+                          pos_weight=_pos_weight(cfg.model.pos_weight, datamodule), data_info=data_info,
                           preprocess=preprocess.to_dict())
     counts = {s: datamodule.class_counts(s) for s in SPLITS}
     log.info("Data %s%s: %s (benign, malignant)", root, " [SYNTHETIC DEMO DATA]" if synthetic else "", counts)
@@ -194,11 +195,12 @@ def build(cfg: DictConfig, outdir: Path) -> tuple[BCCClassifier, BCCDataModule, 
 
 def audit_data(cfg: DictConfig, datamodule: BCCDataModule) -> dict[str, Any] | None:
     """data.audit=warn|error|off on the splits this run uses (its root and fold), before any training."""
-    leakage = audit_gate(cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
-                         workers=audit_workers(cfg.data.get("num_workers")), cache_setting=cfg.data.get("cache"),
+    # The keys bcc-audit reads too (data.num_workers, data.cache), so both describe the same files alike.
+    leakage = audit_gate(cfg.data.audit, datamodule.root, datamodule.fold,
+                         workers=audit_workers(cfg.data.num_workers), cache_setting=cfg.data.cache,
                          warn=log.warning)
     # Patients on both sides (manifest groups, or inferred from names and folders) leak as much as copies.
-    return with_group_overlap(leakage, cfg.data.get("audit", "warn"), datamodule.root, datamodule.fold,
+    return with_group_overlap(leakage, cfg.data.audit, datamodule.root, datamodule.fold,
                               warn=log.warning)
 
 
@@ -213,7 +215,7 @@ def test_best(cfg: DictConfig, model: BCCClassifier, datamodule: BCCDataModule, 
                             precision=trainer.precision)
     result = evaluate(tested, datamodule, outdir / "test", settings, Path(best_path) if best_path else None,
                       tensorboard=writer, leakage=leakage)
-    if cfg.data.get("fold") is not None:  # the validation fold's predictions, for bcc-aggregate
+    if cfg.data.fold is not None:  # the validation fold's predictions, for bcc-aggregate
         predict_split_csv(tested, datamodule, "val", outdir / "val_predictions.csv",
                           accelerator=str(cfg.trainer.accelerator), precision=trainer.precision)
     for lg in loggers:
