@@ -57,14 +57,31 @@ def isolated_env(tmp_path: Path, wheel: Path) -> tuple[Path, dict[str, str]]:
     return venv / "bin", env
 
 
+def console_scripts() -> dict[str, str]:
+    """pyproject.toml's [project.scripts] (read by hand: tomllib is Python 3.11+, and 3.10 is supported)."""
+    text = (REPO / "pyproject.toml").read_text().split("[project.scripts]\n", 1)[1].split("\n[", 1)[0]
+    pairs = [line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")]
+    scripts = {name.strip(): target.strip().strip('"') for name, target in pairs}
+    assert "bcc-train" in scripts, text
+    return scripts
+
+
 def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
+    """What packaging can break: a module or config left out, an entry point that does not resolve, configs not
+    found from the installed copy. Checked file by file, then two commands run for real (bcc-train, bcc-predict);
+    what the other commands do is tested in-process elsewhere, and their modules and configs here."""
     wheel = build_wheel(tmp_path)
-    names = set(zipfile.ZipFile(wheel).namelist())
-    assert "bcc_lightning/conf/train.yaml" in names and "bcc_lightning/conf/model/densenet121.yaml" in names
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "bcc_lightning").rglob("*.py")
                if "__pycache__" not in p.parts}
-    missing = sorted(modules - names)
-    assert not missing, f"modules of the checkout that the wheel leaves out: {missing}"
+    configs = {"bcc_lightning/conf/" + p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml")}
+    assert "bcc_lightning/conf/train.yaml" in configs and "bcc_lightning/conf/model/densenet121.yaml" in configs
+    missing = sorted((modules | configs) - names)
+    assert not missing, f"files of the checkout that the wheel leaves out: {missing}"
+    scripts = console_scripts()
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert all(f"{name} = {target}" in archive.read(entry_points).decode() for name, target in scripts.items())
 
     bin_dir, env = isolated_env(tmp_path, wheel)
     empty = tmp_path / "empty"
@@ -76,12 +93,20 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
         assert result.returncode == 0, f"{args[0]}: " + result.stdout[-2000:] + result.stderr[-3000:]
         return result
 
-    # The installed copy, and nothing of the checkout: no editable finder, every module from the venv.
-    probe = ("import sys, importlib.util; "  # find_spec: located, not executed (no torch import here)
+    # The installed copy, and nothing of the checkout: no editable finder, every module from the venv. One process
+    # imports every task module and loads every console script (each command's own start would cost a torch import).
+    probe = ("import sys, json, importlib, importlib.metadata as md; "
              "assert not [f for f in sys.meta_path if 'editable' in type(f).__name__.lower()], sys.meta_path; "
-             "print(importlib.util.find_spec('bcc_lightning.callbacks.history').origin)")
-    where = Path(run("python", "-c", probe).stdout.strip())
-    assert where.is_relative_to(tmp_path / "venv"), where
+             "from bcc_lightning.tasks.entry import TASKS; from bcc_lightning.utils.config import config_dir; "
+             "files = [importlib.import_module(f'bcc_lightning.tasks.{m}').__file__ for m in TASKS.values()]; "
+             "scripts = {e.name: callable(e.load()) for e in md.distribution('bcc-lightning').entry_points "
+             "if e.group == 'console_scripts'}; "
+             "print(json.dumps({'files': files, 'scripts': scripts, 'conf': str(config_dir())}))")
+    found = json.loads(run("python", "-c", probe).stdout.strip().splitlines()[-1])
+    assert all(Path(f).is_relative_to(tmp_path / "venv") for f in found["files"]), found["files"]
+    assert found["scripts"] == {name: True for name in scripts}
+    conf = Path(found["conf"])
+    assert conf.is_relative_to(tmp_path / "venv") and (conf / "train.yaml").is_file(), conf
 
     tiny = ["data.num_workers=0", "trainer.accelerator=cpu", "trainer.precision=32-true"]
     run("bcc-train", "experiment=demo", "trainer.max_epochs=1", "data.demo.n_per_class=12", "data.demo.size=32",
@@ -89,11 +114,5 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
         "callbacks.progress_bar=none", "data.audit=off", *tiny)
     assert (empty / "demo_data").is_dir()
     ckpt = next((empty / "outputs" / "demo").glob("*/checkpoints/last.ckpt"))
-    evaluated = run("bcc-eval", f"ckpt={ckpt}", "threshold=youden", "save_to=model.ckpt", "report.cam_per_group=0",
-                    "report.grid_size=0", "data.audit=off", *tiny)
-    assert "model.ckpt" in evaluated.stdout and (empty / "model.ckpt").is_file()
-    predicted = run("bcc-predict", "ckpt=model.ckpt", "input=demo_data/test", "out=preds.csv", *tiny)
-    assert "youden" in predicted.stdout and len((empty / "preds.csv").read_text().splitlines()) > 1
-    run("bcc-export", "ckpt=model.ckpt", "out=model.onnx")
-    sidecar = json.loads((empty / "model.onnx.json").read_text())
-    assert sidecar["operating_point"]["method"] == "youden" and sidecar["parity"]["max_abs_diff"] < 1e-4
+    run("bcc-predict", f"ckpt={ckpt}", "threshold=0.5", "input=demo_data/test", "out=preds.csv", *tiny)
+    assert len((empty / "preds.csv").read_text().splitlines()) > 1
