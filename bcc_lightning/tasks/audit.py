@@ -17,6 +17,7 @@ from bcc_lightning.data.audit import audit_splits, audit_workers, verdict, write
 from bcc_lightning.data.groups import group_overlap, write_overlap
 from bcc_lightning.utils.config import check_config, log, run_dir
 from bcc_lightning.utils.errors import UserError
+from bcc_lightning.utils.progress import wants_progress
 
 
 def _progress(stack: ExitStack, enabled: bool) -> Any:
@@ -74,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # null and train's `auto` both mean the default descriptor cache; false: none; anything else is a folder.
     cache = None if cfg.data.cache in (None, "auto") else cfg.data.cache
     outdir = run_dir()
-    show = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
+    show = wants_progress(cfg.progress)
     with ExitStack() as stack:
         result = audit_splits(root, fold=fold, workers=audit_workers(cfg.data.num_workers), cache_dir=cache,
                               progress=_progress(stack, show), min_overlap=float(cfg.audit.min_overlap))

@@ -8,7 +8,6 @@ get one. A number or an evaluation's metrics.json can be given instead. The work
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from bcc_lightning.prediction.folder import predict
 from bcc_lightning.reports.operating_point import resolve_operating_point
 from bcc_lightning.utils.config import check_config, run_dir
 from bcc_lightning.utils.errors import UserError
+from bcc_lightning.utils.progress import wants_progress
 
 
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -26,7 +26,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         raise UserError("Usage: bcc-predict ckpt=PATH input=FILE_OR_DIR [out=preds.csv] "
                         "[threshold=auto|0.5|PATH/metrics.json] [tta=auto|true|false] [cam=true]")
     out = Path(cfg.out) if cfg.out else run_dir() / "predictions.csv"
-    progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
+    progress = wants_progress(cfg.progress)
     check_config(cfg)
     ckpt = Path(cfg.ckpt).expanduser()
     threshold, point = resolve_operating_point(cfg.threshold, ckpt)

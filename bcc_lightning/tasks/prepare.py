@@ -5,13 +5,13 @@ merged; the table says which."""
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 from omegaconf import DictConfig
 
 from bcc_lightning.data.prepare import PrepareSettings, format_table, prepare
 from bcc_lightning.utils.config import check_config
+from bcc_lightning.utils.progress import wants_progress
 
 log = logging.getLogger("bcc_lightning.prepare")
 
@@ -19,7 +19,7 @@ log = logging.getLogger("bcc_lightning.prepare")
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     settings = PrepareSettings.from_config(cfg)
-    show_progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
+    show_progress = wants_progress(cfg.progress)
     summary = prepare(settings, progress=show_progress, log=log.warning)
     print(format_table(summary))
     print(f"Split written to {settings.out} (manifest.csv, rejected.csv, summary.json). "

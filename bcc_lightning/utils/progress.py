@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from bcc_lightning.utils.config import parse_auto_bool
+from bcc_lightning.utils.errors import UserError
 
 T = TypeVar("T")
+
+
+def wants_progress(setting: Any) -> bool:
+    """A task's `progress=auto|true|false`: auto shows a bar only when stderr is a terminal (a person watches)."""
+    try:
+        choice = parse_auto_bool(setting)
+    except ValueError:
+        raise UserError(f"progress={setting!r} is not a choice: use progress=auto (a bar when run in a terminal), "
+                        "progress=true or progress=false.") from None
+    return sys.stderr.isatty() if choice is None else choice
 
 
 def progress_bar(iterable: Iterable[T], total: int, description: str, enabled: bool) -> Iterator[T]:

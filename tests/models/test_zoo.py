@@ -13,7 +13,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from bcc_lightning.models.backbones import TokenPooling, build_backbone, describe_initialisation, resolve_preprocess
+from bcc_lightning.models.backbones import (
+    TokenPooling,
+    build_backbone,
+    describe_initialisation,
+    initialisation_text,
+    resolve_preprocess,
+)
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.utils.config import config_dir
 from tests.conftest import compose_config
@@ -149,6 +155,10 @@ def test_virchow2_loads_from_a_fake_hf_cache(hf_cache: Path, zoo: dict[str, dict
     assert backbone(torch.randn(1, 3, 224, 224)).shape == (1, 192)  # 2 x 96: class token ++ patch mean
     init = describe_initialisation(model["name"], "timm", True, None, model)
     assert init["kind"] == "pretrained" and init["file"].endswith("model.safetensors") and "hf_hub" not in init
+    # The same file named by model.weights is still the model's own pretraining, never called ImageNet.
+    named = describe_initialisation(model["name"], "timm", True, str(snapshot / "model.safetensors"), model)
+    assert named["kind"] == "pretrained"
+    assert initialisation_text(named).startswith("pretrained hf-hub:paige-ai/Virchow2")
 
 
 def test_phikon_loads_from_a_fake_hf_cache(hf_cache: Path, zoo: dict[str, dict[str, Any]]) -> None:

@@ -230,7 +230,10 @@ def describe_initialisation(name: str, source: str, pretrained: bool, weights: s
     hub = {"hf_hub": record} if record else {}
     if weights:
         path = Path(weights).expanduser().resolve()
-        return {"kind": "ImageNet", "file": str(path), "sha256": sha256_file(path), **hub}
+        # A hub family's file holds that model's own pretraining (a pathology foundation model), not ImageNet.
+        kind = "pretrained" if family.pretrained_kind == "pretrained" else "ImageNet"
+        source = {"source": name} if kind == "pretrained" else {}
+        return {"kind": kind, **source, "file": str(path), "sha256": sha256_file(path), **hub}
     if not pretrained:
         return {"kind": "random", **hub}
     try:
