@@ -10,9 +10,13 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from bcc_lightning.reports.metrics import METRICS
 from bcc_lightning.utils.atomic_io import write_text
 
-COLUMNS = ("epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/auroc", "lr")
+# Every training-time metric of the registry (those with a torchmetric), so a newly registered one gets its curve.
+_LOGGED = tuple(spec.logger for spec in METRICS.values() if spec.torchmetric and spec.logger)
+COLUMNS = ("epoch", "train/loss", *(f"train/{name}" for name in _LOGGED), "val/loss",
+           *(f"val/{name}" for name in _LOGGED), "lr")
 
 
 class History(Callback):

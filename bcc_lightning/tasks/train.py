@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from bcc_lightning.callbacks.preemption import Preemption, StopSignals
 from bcc_lightning.models.backbones import initialisation_text
+from bcc_lightning.reports.metrics import METRICS, metric_keys
 from bcc_lightning.training.assemble import (
     audit_data,
     build,
@@ -81,9 +82,8 @@ def _train(cfg: DictConfig, signals: StopSignals) -> float | None:
     m = result["metrics"]
     print(f"\nRun directory: {outdir}")
     print(f"Best checkpoint: {result['checkpoint'] or '(none written: fast_dev_run)'}")
-    shown = (("accuracy", "accuracy"), ("recall", "sensitivity"), ("specificity", "specificity"), ("auroc", "AUROC"))
     print(f"Test ({m['n']} images{', SYNTHETIC DEMO DATA' if data_info['synthetic_data'] else ''}): "
-          + ", ".join(f"{name} {_fmt(m.get(key))}" for key, name in shown))
+          + ", ".join(f"{METRICS[key].short} {_fmt(m.get(key))}" for key in metric_keys("summary")))
     if leakage is not None and not leakage["clean"]:
         print(f"WARNING (leakage): {leakage['verdict']}")
     best = result["best_monitor_value"]
