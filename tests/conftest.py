@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
@@ -25,6 +26,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_USE_HF_HUB", "0")
 # data.cache=auto (the default) and the audit's descriptors write into the user cache folder: tests use their own.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="bcc_test_cache_")
+# pytest-xdist (pyproject's addopts) runs one worker per core: one torch/OpenMP thread each, passed on to the
+# commands the tests start. More threads than cores spin and wait (a tiny training run on 2 busy cores: 192 s with
+# 2 threads, 38 s with 1).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def compose_config(name: str = "train", overrides: list[str] | None = None, hydra: bool = False) -> DictConfig:
@@ -32,13 +39,19 @@ def compose_config(name: str = "train", overrides: list[str] | None = None, hydr
         return compose(config_name=name, overrides=overrides or [], return_hydra_config=hydra)
 
 
-def tiny_train_config(root: Path, overrides: list[str] | None = None) -> DictConfig:
-    """A config that trains in seconds on CPU: small images, fp32, no bars, no workers."""
+# What a training run does besides training, and costs more than the tiny training itself (Grad-CAM overlays, the
+# predictions grid, the leakage audit's matching): off unless a test asks for it; trained_run keeps the full report.
+LEAN = ["report.cam_per_group=0", "report.grid_size=0", "data.audit=off"]
+
+
+def tiny_train_config(root: Path, overrides: list[str] | None = None, lean: bool = True) -> DictConfig:
+    """A config that trains in seconds on CPU: small images, fp32, no bars, no workers (and LEAN unless lean=False;
+    `overrides` win over both)."""
     cfg = compose_config("train", [
         f"data.root={root}", "data.num_workers=0", "data.batch_size=8", "model.img_size=64", "model.pretrained=false",
         "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_epochs=1",
         "callbacks.progress_bar=none", "trainer.enable_model_summary=false", "optimizer.lr=1e-3",
-        *(overrides or []),
+        *(LEAN if lean else []), *(overrides or []),
     ])
     with open_dict(cfg):
         cfg.trainer.enable_model_summary = False
@@ -79,11 +92,12 @@ def make_folder(root: Path, per_class: int = 4, splits: tuple[str, ...] = ("trai
 
 @pytest.fixture(scope="session")
 def trained_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny training run (2 epochs, 64 px) shared by the evaluation, predict and export tests."""
+    """One tiny training run (2 epochs, 64 px, the full report and audit) shared by the evaluation, predict, export
+    and serving tests."""
     from bcc_lightning.tasks import train as training
 
     run = tmp_path_factory.mktemp("trained_run")
-    run_in(run, training.run, tiny_train_config(demo_root, ["trainer.max_epochs=2", "logger=tensorboard"]))
+    run_in(run, training.run, tiny_train_config(demo_root, ["trainer.max_epochs=2", "logger=tensorboard"], lean=False))
     return run
 
 

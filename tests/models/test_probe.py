@@ -41,11 +41,11 @@ def runs(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     emb = base / "emb"
     probe_cfg = tiny_train_config(demo_root, ["experiment=linear_probe", *_vit_overrides(weights),
                                               f"probe.cache={emb}", "probe.Cs=[0.1,1.0]", "probe.knn_k=[1,3]",
-                                              "probe.few_shot=[1,5,100]", "probe.few_shot_repeats=2"])
+                                              "probe.few_shot=[1,5,100]", "probe.few_shot_repeats=2"], lean=False)
     run_in(base / "probe1", probe.run, probe_cfg)
     run_in(base / "probe2", probe.run, probe_cfg)
     run_in(base / "train", train.run, tiny_train_config(demo_root, [*_vit_overrides(weights),
-                                                                 "trainer.fast_dev_run=true"]))
+                                                                 "trainer.fast_dev_run=true"], lean=False))
     return {"base": base, "weights": weights, "emb": emb, "probe_cfg": probe_cfg}
 
 

@@ -25,7 +25,7 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_leaky_split_warns_and_records_the_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = leaky_folder(tmp_path / "data")
     with caplog.at_level(logging.WARNING):
-        training.run(tiny_train_config(root, FAST))
+        training.run(tiny_train_config(root, [*FAST, "data.audit=warn"]))
     assert any("LEAKAGE" in r.getMessage() and "have a copy in train" in r.getMessage() for r in caplog.records)
     for path in (tmp_path / "metrics.json", tmp_path / "test" / "metrics.json"):
         leakage = json.loads(path.read_text())["leakage"]

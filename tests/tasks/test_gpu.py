@@ -50,7 +50,7 @@ def test_train_and_evaluate_on_the_gpu_match_the_cpu(demo_root: Path, tmp_path: 
     from bcc_lightning.models.inference import predict_batches
 
     monkeypatch.chdir(tmp_path)
-    training.run(tiny_train_config(demo_root, [*GPU, "trainer.max_epochs=2", "logger=csv"]))
+    training.run(tiny_train_config(demo_root, [*GPU, "trainer.max_epochs=2", "logger=csv"], lean=False))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0.0 <= metrics["metrics"]["accuracy"] <= 1.0
     assert list((tmp_path / "test" / "gradcam").glob("*.png"))  # Grad-CAM drawn with the model on the GPU

@@ -44,7 +44,7 @@ def test_wandb_is_offline_and_keeps_the_metrics(demo_root: Path, tmp_path: Path,
 def test_model_card_fields_are_present_and_true(demo_root: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    training.run(tiny_train_config(demo_root, ["logger=none", *FAST]))
+    training.run(tiny_train_config(demo_root, ["logger=none", "data.audit=warn", *FAST]))
     card = json.loads((tmp_path / "model_card.json").read_text())
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert card["model"]["backbone"] == "mobilenetv2" and card["model"]["initialisation"] == "random"
