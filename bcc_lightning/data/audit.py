@@ -183,7 +183,7 @@ def audit_splits(root: str | Path, fold: int | None = None, workers: int | None 
         if reference is None or not len(query) or not len(reference):
             continue
         best: dict[int, duplicates.Match] = {}
-        for match in find_copies(query, reference, min_overlap=min_overlap):
+        for match in find_copies(query, reference, min_overlap=min_overlap, best_only=True):
             if match.query_index not in best or _rank(match) > _rank(best[match.query_index]):
                 best[match.query_index] = match
         ref_split = _split_of(reference, sets, ref_names)

@@ -354,8 +354,12 @@ def describe_files(paths: Iterable[str | Path], workers: int | None = None,
         # Not fork: a child forked while OpenCV's (or torch's) thread pool holds a lock in the parent hangs on its
         # first call into that library. forkserver starts workers from a clean process (spawn where unavailable).
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded_opencv,
-                                   mp_context=multiprocessing.get_context(method))
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # The server imports this module once (its imports pull in torch: seconds) and each worker forks from
+            # it; without the preload every worker pays that import before its first image.
+            context.set_forkserver_preload([__name__])
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded_opencv, mp_context=context)
         # Chunks amortise the inter-process round trip; a descriptor is ~2 KB so results are cheap to send back.
         iterator = pool.map(_describe_path, names, chunksize=max(1, min(64, len(names) // (8 * workers))))
     try:
@@ -525,7 +529,7 @@ def _disc_geometry(mirrored: bool, angle: float, query: DescriptorSet, reference
 
 
 def find_copies(query: DescriptorSet, reference: DescriptorSet | None = None, threshold: float = MATCH_THRESHOLD,
-                top_k: int = TOP_K, min_overlap: float = MIN_OVERLAP) -> list[Match]:
+                top_k: int = TOP_K, min_overlap: float = MIN_OVERLAP, best_only: bool = False) -> list[Match]:
     """All verified near-duplicate pairs between query and reference, or within query when reference is None.
 
     A pair matches when its discs correlate (a copy about the centre: flips, rotations, grayscale, resizing...) or
@@ -534,6 +538,8 @@ def find_copies(query: DescriptorSet, reference: DescriptorSet | None = None, th
 
     Within one set, each unordered pair appears once with query_index < reference_index. A source with more than
     top_k copies may miss some direct pairs; clusters() still joins them through the pairs that were found.
+    best_only: a query row that already has a copy (overlap >= COPY_OVERLAP) verifies no further candidates (the
+    audit keeps one pair per image); candidates are verified strongest first, so that is usually the best pair.
     """
     ref = query if reference is None else reference
     blank_q, blank_r = query.blank, ref.blank
@@ -549,11 +555,9 @@ def find_copies(query: DescriptorSet, reference: DescriptorSet | None = None, th
             found[(qi, ri)] = Match(qi, ri, float(score[i]),
                                     _describe_transform(bool(mirrored[i]), float(angle[i]), query, ref, qi, ri),
                                     geometry=geometry)
-    for qi, ri, flip in local_candidates(query, reference).tolist():
-        if (qi, ri) in found or blank_q[qi] or blank_r[ri]:
-            continue
-        fit = _verify_local(query, ref, qi, ri, bool(flip))
-        if fit is None or fit.overlap < min_overlap:
+    has_copy = {qi for qi, _ in found} if best_only else set()
+    for qi, ri, fit in _verified(query, ref, local_candidates(query, reference), found, has_copy):
+        if fit is None or fit.overlap < min_overlap or (qi, ri) in found:  # (the other orientation matched first)
             continue
         size_q, size_r = tuple(query.sizes[qi].tolist()), tuple(ref.sizes[ri].tolist())
         geometry = lf.describe_map(fit.matrix, size_q, size_r)
@@ -564,7 +568,30 @@ def find_copies(query: DescriptorSet, reference: DescriptorSet | None = None, th
                                 kind="copy" if fit.overlap >= COPY_OVERLAP else "overlap", method="affine",
                                 overlap_query=fit.overlap_query, overlap_reference=fit.overlap_reference,
                                 inliers=fit.inliers, geometry=geometry, matrix=fit.matrix)
+        if best_only and fit.overlap >= COPY_OVERLAP:
+            has_copy.add(qi)
     return sorted(found.values(), key=lambda m: (m.query_index, m.reference_index))
+
+
+VERIFY_THREADS = 2  # OpenCV releases the GIL while it matches and fits, so threads use both cores
+VERIFY_CHUNK = 256  # candidates per round: between rounds, queries that found a copy drop their other candidates
+
+
+def _verified(query: DescriptorSet, ref: DescriptorSet, pairs: np.ndarray, found: dict, has_copy: set
+              ) -> Iterable[tuple[int, int, lf.Fit | None]]:
+    """(qi, ri, fit or None) for each local candidate not already found, verified in a small thread pool,
+    in rounds so that has_copy (filled by the caller) skips the rest of a query's candidates."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blank_q, blank_r = query.blank, ref.blank
+    todo = [(qi, ri, flip) for qi, ri, flip in pairs.tolist()
+            if (qi, ri) not in found and not blank_q[qi] and not blank_r[ri]]
+    with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+        for start in range(0, len(todo), VERIFY_CHUNK):
+            chunk = [t for t in todo[start:start + VERIFY_CHUNK] if t[0] not in has_copy]
+            fits = pool.map(lambda t: _verify_local(query, ref, t[0], t[1], bool(t[2])), chunk)
+            for (qi, ri, _), fit in zip(chunk, fits):
+                yield qi, ri, fit
 
 
 def clusters(n: int, pairs: Iterable[Match | tuple[int, int]]) -> list[int]:

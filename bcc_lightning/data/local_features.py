@@ -42,8 +42,8 @@ MIN_KEYPOINTS = 24
 
 # Candidate search: TABLES hash tables, each keyed by KEY_BYTES bytes of the descriptor; buckets holding more than
 # BUCKET_CAP descriptors are common texture ("stop words") and vote for nothing.
-TABLES = 10
-KEY_BYTES = 3
+TABLES = 20
+KEY_BYTES = 4
 BUCKET_CAP = 24
 # Each colliding descriptor pair predicts the map's scale (ratio of keypoint sizes) and rotation (difference of
 # keypoint angles); votes are counted per (scale, rotation) bin and a pair scores its fullest bin. Look-alike
@@ -136,11 +136,12 @@ def extract(luma: np.ndarray) -> LocalFeatures:
 
 # ----------------------------------------------------------------------------------------------- candidates
 def _keys(desc: np.ndarray, table: int) -> np.ndarray:
+    """uint64 key of each descriptor in one table: KEY_BYTES bytes at positions fixed by the table's seed."""
     rng = np.random.default_rng([_SEED_KEYS, table])
     cols = rng.choice(DESCRIPTOR_BYTES, KEY_BYTES, replace=False)
-    key = np.zeros(len(desc), np.int64)
+    key = np.zeros(len(desc), np.uint64)
     for c in cols:
-        key = (key << 8) | desc[:, c].astype(np.int64)
+        key = (key << np.uint64(8)) | desc[:, c].astype(np.uint64)
     return key
 
 
@@ -152,39 +153,56 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
     desc, desc_mirror: (T, 32) plain and mirrored descriptors of all images stacked; owner: (T,) image of each row.
     A plain descriptor colliding with a mirrored one votes for a mirrored pair (one image a flip of the other).
     frame: (T, 2) log2 size and angle of each keypoint: votes then count in the pair's fullest (scale, rotation) bin.
-    side: per image 0/1 to keep only pairs across two sets (query vs reference), None for all pairs. One sort per
-    table; pairs within a bucket are found by comparing each sorted row with the next d rows, d < 2 * BUCKET_CAP.
+    side: per image 0/1 to keep only pairs across two sets (query vs reference), None for all pairs.
+
+    Cost: one sort of 2T packed (key, row) integers per table. Keys are KEY_BYTES = 4 bytes wide, so unrelated
+    descriptors rarely collide even among tens of millions of keypoints; only the few rows that share their key
+    with a neighbour are enumerated into pairs, so time and memory grow linearly with the number of images.
     """
     n = len(desc)
-    stacked = np.concatenate([desc, desc_mirror])
     images = np.concatenate([owner, owner]).astype(np.int64)
-    flags = np.repeat(np.array([0, 1], np.int64), n)
     if frame is None:
         frame = np.zeros((n, 2), np.float32)
     log_size = np.concatenate([frame[:, 0], frame[:, 0]]).astype(np.float32)
     angle = np.concatenate([frame[:, 1], (180.0 - frame[:, 1]) % 360.0]).astype(np.float32)
     n_angle = int(round(360 / ANGLE_BIN))
     n_bins = 16 * n_angle  # scale bins: log2 ratio -8..+7 octaves (clipped)
+    rows = np.arange(2 * n, dtype=np.uint64)
+    shift = np.uint64(max(1, int(2 * n).bit_length()))
+    low = (np.uint64(1) << shift) - np.uint64(1)
     codes = []
     for table in range(tables):
-        key = _keys(stacked, table)
-        order = np.argsort(key, kind="stable")
-        key, img, flag = key[order], images[order], flags[order]
-        size_s, angle_s = log_size[order], angle[order]
+        # Key and row packed into one uint64: a plain sort (no argsort) orders rows by key.
+        packed = np.sort(np.concatenate([_keys(desc, table), _keys(desc_mirror, table)]) << shift | rows)
+        key = packed >> shift
+        repeated = np.flatnonzero(key[1:] == key[:-1])
+        if not len(repeated):
+            continue
+        # Only rows in a bucket of two or more: usually a small fraction of all rows.
+        member = np.zeros(len(key), bool)
+        member[repeated] = member[repeated + 1] = True  # (a mask, not np.unique: numpy 2's hash unique is slow)
+        member = np.flatnonzero(member)
+        key, order = key[member], (packed[member] & low).astype(np.int64)
         start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         count = np.diff(np.r_[start, len(key)])
-        small = np.repeat(count <= 2 * BUCKET_CAP, count)  # each descriptor is in the table twice (plain, mirror)
-        key = np.where(small, key, -1 - np.arange(len(key)))  # a crowded bucket's rows collide with nothing
+        # Rows after each row in its bucket; a crowded bucket (each descriptor is in the table twice, plain and
+        # mirrored) pairs nothing. Row i pairs with i + d while d <= after[i]: the list shrinks fast with d.
+        after = np.where(np.repeat(count <= 2 * BUCKET_CAP, count),
+                         np.repeat(start + count, count) - np.arange(len(key)) - 1, 0)
+        img, flag = images[order], (order >= n).astype(np.int64)
+        size_s, angle_s = log_size[order], angle[order]
+        live = np.flatnonzero(after > 0)
+        found = []
         for d in range(1, 2 * BUCKET_CAP):
-            same = np.flatnonzero(key[:-d] == key[d:])
-            if not len(same):
+            live = live[after[live] >= d]
+            if not len(live):
                 break
-            a, b = img[same], img[same + d]
-            fa, fb = flag[same], flag[same + d]
+            a, b = img[live], img[live + d]
+            fa, fb = flag[live], flag[live + d]
             keep = (a != b) & ((fa & fb) == 0)  # mirror against mirror repeats plain against plain
             if side is not None:
                 keep &= side[a] != side[b]
-            i, j = same[keep], same[keep] + d
+            i, j = live[keep], live[keep] + d
             a, b, m = a[keep], b[keep], (fa ^ fb)[keep]
             # The map's scale and rotation as seen from the smaller image index to the larger one.
             swap = a > b
@@ -193,7 +211,8 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
             angle_bin = (np.floor(((angle_s[second] - angle_s[first]) % 360.0) / ANGLE_BIN).astype(np.int64)
                          % n_angle)
             pair = (np.minimum(a, b) * n_images + np.maximum(a, b)) * 2 + m
-            codes.append(pair * n_bins + scale_bin * n_angle + angle_bin)
+            found.append(pair * n_bins + scale_bin * n_angle + angle_bin)
+        codes += found
     if not codes:
         return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
     # A descriptor pair colliding in several tables votes once per table: closer descriptors weigh more.
@@ -209,7 +228,8 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
 def select_candidates(pairs: np.ndarray, votes: np.ndarray, min_votes: int = MIN_VOTES,
                       per_image: int = MAX_CANDIDATES) -> np.ndarray:
     """Pairs with at least min_votes, keeping for each image its per_image strongest (a pair stays when either of
-    its images ranks it among its own strongest)."""
+    its images ranks it among its own strongest); strongest first, so a caller that stops early verifies the likely
+    copies."""
     keep = votes >= min_votes
     pairs, votes = pairs[keep], votes[keep]
     if not len(pairs):
@@ -220,7 +240,8 @@ def select_candidates(pairs: np.ndarray, votes: np.ndarray, min_votes: int = MIN
         first = np.r_[0, np.flatnonzero(np.diff(pairs[order, column])) + 1]
         rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
         chosen[order[rank < per_image]] = True
-    return pairs[chosen]
+    order = np.argsort(-votes[chosen], kind="stable")
+    return pairs[chosen][order]
 
 
 # ----------------------------------------------------------------------------------------------- verification
