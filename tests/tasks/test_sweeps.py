@@ -1,6 +1,7 @@
 """Sweep summaries and the sweeper/launcher configs."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,20 +12,23 @@ from bcc_lightning.reports.aggregate import write_summary
 from tests.conftest import REPO, compose_config, subprocess_env
 
 
-def test_sweep_summary_written_and_sorted(demo_root: Path, tmp_path: Path) -> None:
+def test_multirun_over_backbones_writes_a_sorted_summary(demo_root: Path, tmp_path: Path) -> None:
+    """A config-group sweep (each model its own config) and the summary it ends with; 2 batches an epoch suffice."""
     sweep = tmp_path / "sweep"
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "-m", f"data.root={demo_root}", "model.pretrained=false",
-         "optimizer.lr=1e-2,1e-3",
-         "trainer.max_epochs=1", "data.num_workers=0", "model.img_size=48", "report.cam_per_group=0",
-         "report.grid_size=0", "logger=none", f"hydra.sweep.dir={sweep}"],
+         "model=mobilenetv2,densenet121", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+         "data.num_workers=0", "model.img_size=32", "report.cam_per_group=0", "report.grid_size=0", "logger=none",
+         "data.audit=off", f"hydra.sweep.dir={sweep}"],
         env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(sweep.glob("*/metrics.json"))
+    assert {json.loads(j.read_text())["model"] for j in jobs} == {"mobilenetv2", "densenet121"}
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
-    assert {float(r["optimizer.lr"]) for r in rows} == {1e-2, 1e-3}
+    assert {r["model"] for r in rows} == {"mobilenetv2", "densenet121"}
     values = [float(r["best_monitor_value"]) for r in rows]
     assert values == sorted(values)
-    assert "| job | optimizer.lr | val/loss" in (sweep / "sweep_summary.md").read_text()
+    assert "| job | model | val/loss" in (sweep / "sweep_summary.md").read_text()
 
     (sweep / "7" / ".hydra").mkdir(parents=True)  # a job that died before writing anything
     summary = write_summary(sweep)
@@ -45,8 +49,8 @@ def test_optuna_runs_three_tiny_trials(demo_root: Path, tmp_path: Path) -> None:
          "hydra.sweeper.n_trials=3",
          "hydra.sweeper.sampler.n_startup_trials=2", "~hydra.sweeper.params.model",
          f"data.root={demo_root}", "trainer.max_epochs=1",
-         "data.num_workers=0", "model.img_size=48", "report.cam_per_group=0", "report.grid_size=0", "logger=none",
-         f"hydra.sweep.dir={sweep}"],
+         "data.num_workers=0", "model.img_size=32", "trainer.limit_train_batches=2", "report.cam_per_group=0",
+         "report.grid_size=0", "logger=none", "data.audit=off", f"hydra.sweep.dir={sweep}"],
         env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
