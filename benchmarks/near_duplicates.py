@@ -596,9 +596,11 @@ def geometric(args: argparse.Namespace) -> dict:
 
 def stand_ins(base: dup.DescriptorSet, n: int, rng: np.random.Generator, flip: float = 0.15) -> dup.DescriptorSet:
     """n stand-ins for distinct microscope images with real ORB statistics, for timing a folder far larger than the
-    suite: each keypoint (position, frame, plain and mirrored descriptor) is drawn from a random non-blank image of
-    `base`, its descriptor bits flipped with probability `flip` (about the distance between two views of one
-    keypoint). Drawn from thousands of images, no stand-in shares tissue with a suite image or another stand-in."""
+    suite: each keypoint (frame, plain and mirrored descriptor) is drawn from a random non-blank image of `base`, its
+    descriptor bits flipped with probability `flip` (about the distance between two views of one keypoint), and put
+    at a random position, so no stand-in shares tissue (keypoints under one map) with a suite image or another. They
+    collide with the suite's descriptors more than distinct tissue would (each suite source has ~30 copies to draw
+    from): a pessimistic load of candidates to verify."""
     usable = np.flatnonzero(~base.blank)
     per = 500
     offsets = base.kp_offsets
@@ -607,10 +609,13 @@ def stand_ins(base: dup.DescriptorSet, n: int, rng: np.random.Generator, flip: f
     noise = np.concatenate([np.packbits(rng.random((min(50_000, n * per - a), 256)) < flip, axis=1)
                             for a in range(0, n * per, 50_000)])
     pick = rng.choice(usable, n)
+    disc = random_set(n, rng)
     return dup.DescriptorSet(
-        paths=[f"stand-in {i}" for i in range(n)], vectors=base.vectors[pick], coeffs=base.coeffs[pick],
+        # Disc descriptors of no image (random_set's): a stand-in is no copy about the centre of anything either.
+        paths=[f"stand-in {i}" for i in range(n)], vectors=disc.vectors, coeffs=disc.coeffs,
         saturation=base.saturation[pick], sizes=base.sizes[pick], tone=base.tone[pick],
-        kp_offsets=np.arange(0, n * per + 1, per, dtype=np.int64), kp_xy=base.kp_xy[rows],
+        kp_offsets=np.arange(0, n * per + 1, per, dtype=np.int64),
+        kp_xy=(rng.random((n * per, 2)) * np.repeat(base.sizes[pick][:, ::-1], per, axis=0)).astype(np.float32),
         kp_desc=base.kp_desc[rows] ^ noise, kp_desc_mirror=base.kp_desc_mirror[rows] ^ noise,
         texture=base.texture[pick], kp_frame=base.kp_frame[rows])
 
