@@ -1,9 +1,10 @@
 """The one guarded Hydra entry: compose conf/<task>.yaml, run `bcc_lightning.tasks.<module>.run(cfg)`.
 
 A UserError becomes a one-paragraph message and exit status 2, never a traceback; so does an override naming a key
-the config lacks (with the close matches). A stop by signal (utils.errors.Stopped, or Lightning's SIGTERM stop) exits
-with 128 + the signal number: 143 for SIGTERM, 138 for SIGUSR1; Ctrl+C with 130. Console scripts (bcc-train, ...),
-`train.py`/`eval.py` and `python -m bcc_lightning.tasks.<task>` all come through `main`.
+the config lacks (with the close matches), or one Hydra's grammar cannot read (with how to quote it). A stop by
+signal (utils.errors.Stopped, or Lightning's SIGTERM stop) exits with 128 + the signal number: 143 for SIGTERM, 138
+for SIGUSR1; Ctrl+C with 130. Console scripts (bcc-train, ...), `train.py`/`eval.py` and `python -m
+bcc_lightning.tasks.<task>` all come through `main`.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from bcc_lightning.utils.config import config_dir, unknown_key_message
+from bcc_lightning.utils.config import config_dir, override_syntax_message, unknown_key_message
 from bcc_lightning.utils.errors import Stopped, UserError
 
 # console script / config name -> module under bcc_lightning.tasks
 TASKS = {"train": "train", "eval": "evaluate", "predict": "predict", "export": "export", "prepare": "prepare",
          "bench": "bench", "aggregate": "aggregate", "demo": "demo", "audit": "audit", "compare": "compare",
-         "serve": "serve"}
+         "serve": "serve", "probe": "probe"}
 
 
 def _quiet_libraries() -> None:
@@ -149,7 +150,8 @@ def main(config_name: str) -> Any:
     except SystemExit as exc:
         if held.held and exc.code not in (0, None):  # Hydra failed before the task started: composing the config
             overrides = _overrides(config_name, sys.argv[1:])
-            hint = unknown_key_message(config_name, overrides) if overrides else None
+            hint = (override_syntax_message(overrides) or unknown_key_message(config_name, overrides)
+                    if overrides else None)
             if hint:
                 held.release(show=False)
                 print(f"error: {_paragraph(hint)}", file=real_stderr)
@@ -173,3 +175,4 @@ demo = functools.partial(main, "demo")
 audit = functools.partial(main, "audit")
 compare = functools.partial(main, "compare")
 serve = functools.partial(main, "serve")
+probe = functools.partial(main, "probe")

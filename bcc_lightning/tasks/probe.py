@@ -20,9 +20,6 @@ def run(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    import hydra
+    from bcc_lightning.tasks.entry import probe as _main
 
-    from bcc_lightning.tasks.entry import guarded
-    from bcc_lightning.utils.config import config_dir
-
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="probe")(guarded(run))()
+    _main()

@@ -290,6 +290,25 @@ def unknown_key_message(config_name: str, overrides: list[str]) -> str | None:
     return None
 
 
+def override_syntax_message(overrides: list[str]) -> str | None:
+    """When an override cannot be read by Hydra's override grammar (an unquoted regex, an unclosed list), one
+    paragraph naming it and how to quote it; None when every override parses."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            key, _, value = override.partition("=")
+            return (f"The override '{override}' cannot be read ({reason}). Hydra's command-line grammar gives "
+                    f"( ) [ ] {{ }} , = quotes and spaces a meaning: put a value holding them in single quotes inside "
+                    f"the shell's double quotes, e.g. \"{key}='{value}'\", or close the list or brackets you opened "
+                    f"(lists are written [a,b]).")
+    return None
+
+
 def _override_key(override: str) -> str:
     key = override.split("=", 1)[0].lstrip("+~")
     return key.split("@", 1)[0]

@@ -66,3 +66,31 @@ def test_entry_point_prints_one_paragraph_for_a_typo(monkeypatch: pytest.MonkeyP
     assert exited.value.code == 2
     assert "Did you mean trainer.max_epochs?" in err.replace("\n", " ")
     assert "Traceback" not in err and "not in struct" not in err  # Hydra's own lines are replaced
+
+
+@pytest.mark.parametrize("override", ["group_pattern=^(P\\d+)_", "ratios=[0.7,0.15"])
+def test_entry_point_explains_an_override_hydra_cannot_read(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str], override: str) -> None:
+    """An unquoted regex or an unclosed list: exit 2 and one paragraph saying how to quote, not Hydra's lexer lines."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bcc_lightning.tasks import entry
+
+    monkeypatch.setattr("sys.argv", ["bcc-prepare", "raw=r", "out=o", override])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            entry.main("prepare")
+    finally:
+        GlobalHydra.instance().clear()
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert exited.value.code == 2
+    assert f"The override '{override}' cannot be read" in err and "single quotes" in err
+    assert "LexerNoViableAltException" not in err and "HYDRA_FULL_ERROR" not in err
+
+
+def test_every_task_config_has_a_guarded_entry() -> None:
+    """Each conf/<task>.yaml is run through entry.main, so its errors are paragraphs (the probe's was not)."""
+    from bcc_lightning.tasks.entry import TASKS
+    from bcc_lightning.utils.config import config_dir
+
+    assert {p.stem for p in config_dir().glob("*.yaml")} == set(TASKS)
