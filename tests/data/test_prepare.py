@@ -116,6 +116,10 @@ def test_group_pattern(tmp_path: Path) -> None:
     assert len(splits_of) == 10 and all(len(s) == 1 for s in splits_of.values())
     rejected = (tmp_path / "out" / "rejected.csv").read_text()
     assert "unmatched.png" in rejected and "group pattern" in rejected
+    # No name matches: nothing is written, so the error itself shows names to check the pattern against.
+    with pytest.raises(UserError, match=r"for example: .*\.png.*group=auto"):
+        run_prepare(raw, tmp_path / "none", group="breakhis")
+    assert not (tmp_path / "none").exists()
 
 
 def test_stratified_ratios_and_determinism(tmp_path: Path) -> None:

@@ -122,8 +122,10 @@ def assign_groups(sources: list[Source], settings: PrepareSettings, rejected: li
         s.group = match.group(1)
         kept.append(s)
     if not kept:
-        raise UserError(f"No file name matched the group pattern {pattern.pattern!r}; check group/group_pattern "
-                        f"(see rejected.csv for the names).")
+        examples = ", ".join(s.path.name for s in sources[:3])
+        raise UserError(f"No file name matched the group pattern {pattern.pattern!r} (for example: {examples}); check "
+                        f"group/group_pattern: the pattern's first (...) group must capture the patient or slide id "
+                        f"in the file name, or use group=auto.")
     groups = {s.rel: s.group for s in kept}
     if settings.group == "breakhis":
         return kept, Grouping(groups, "breakhis", "patient", "BreakHis names, group=breakhis")
