@@ -341,6 +341,7 @@ def classification_report(m: dict[str, Any], intervals: dict[str, Any] | None = 
         lines += ["", "n/a: " + "; ".join(f"{k}: {v}" for k, v in m["undefined"].items())]
     if intervals:
         lines += ["", "95 % confidence intervals:"]
+        width = max(width, *(len(name) for name in intervals))  # balanced_accuracy is wider than the class rows
         for name, ci in intervals.items():
             value = m.get(name)
             if ci.get("low") is None:
