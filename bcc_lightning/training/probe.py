@@ -26,6 +26,7 @@ from bcc_lightning.models.checkpoint import load_checkpoint
 from bcc_lightning.models.module import BCCClassifier
 from bcc_lightning.models.probe import fit_knn, fit_logistic, knn_probs, probe_summary
 from bcc_lightning.reports import few_shot
+from bcc_lightning.reports.card import write_card
 from bcc_lightning.reports.evaluation import EvalSettings, evaluate, predict_split_csv
 from bcc_lightning.reports.metrics import compute_metrics
 from bcc_lightning.reports.report import write_metrics_json
@@ -228,6 +229,7 @@ def run_probe(cfg: DictConfig) -> float | None:
     if leakage is not None:
         result["leakage"] = leakage
     write_metrics_json(outdir, result)
+    write_card(outdir, dict(tested.hparams), result, str(ckpt))
     m, knn = result["metrics"], result["knn"]["test"]
     print(f"\nRun directory: {outdir}\nProbe checkpoint: {ckpt} (C = {fitted.C:g})")
     print(f"Test ({m['n']} images{', SYNTHETIC DEMO DATA' if data_info['synthetic_data'] else ''}): logistic probe "

@@ -64,6 +64,8 @@ def test_probe_outputs_and_checkpoint(runs: dict[str, Path], demo_root: Path) ->
     assert 0 <= metrics["knn"]["test"]["accuracy"] <= 1
     assert metrics["metrics"]["n"] == metrics["probe"]["embeddings"]["test"]["n"]
     assert (run / "test" / "report.md").is_file() and list((run / "test" / "gradcam").glob("*.png"))
+    card = json.loads((run / "model_card.json").read_text())  # like a fine-tuned run, a probe hands on its card
+    assert (run / "model_card.md").is_file() and card["checkpoint"]["path"].endswith("probe.ckpt")
     model = load_checkpoint(run / "checkpoints" / "probe.ckpt")
     assert model.hparams.model["probe"] is True and model.hparams.model["freeze_backbone"] is True
     # The head holds the probe: its logits on the cached embeddings equal the probe's own.
