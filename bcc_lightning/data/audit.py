@@ -408,8 +408,8 @@ def audit_gate(mode: Any, root: str | Path, fold: int | None, workers: int | Non
     if not summary["clean"]:
         if mode == "error":
             raise UserError(f"{summary['verdict']} This run stopped before training because data.audit=error; run "
-                            f"`bcc-audit root={result.root}` to see the pairs, or set data.audit=warn to go on (the "
-                            f"report then carries a warning).")
+                            f"`bcc-audit data.root={result.root}` to see the pairs, or set data.audit=warn to go on "
+                            f"(the report then carries a warning).")
         warn(f"LEAKAGE: {summary['verdict']}")
     return summary
 
