@@ -19,6 +19,9 @@ from bcc_lightning.utils.errors import UserError
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+# Files a user keeps beside images (notes, tables, settings, Windows' Thumbs.db): skipped with a count, never
+# rejected one by one. Any other extension is still tried and rejected if unreadable.
+NOT_IMAGE_EXTENSIONS = frozenset({".txt", ".md", ".csv", ".json", ".yaml", ".yml", ".db", ".ini"})
 MANIFEST = "manifest.csv"
 SUMMARY = "summary.json"
 REJECTED = "rejected.csv"
@@ -40,14 +43,39 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path.name)
 
 
-def walk_files(folder: Path) -> Iterator[Path]:
-    """Every non-hidden file below `folder`, skipping hidden folders, in a stable (sorted) order; links to folders
-    are not followed (no cycles)."""
+def is_plainly_not_image(name: str) -> bool:
+    """Hidden files and notes, tables or settings (NOT_IMAGE_EXTENSIONS) by their name alone."""
+    return is_hidden(name) or Path(name).suffix.lower() in NOT_IMAGE_EXTENSIONS
+
+
+def walk_files(folder: Path, include_hidden: bool = False) -> Iterator[Path]:
+    """Every non-hidden file below `folder` (hidden ones too with include_hidden), skipping hidden folders, in a
+    stable (sorted) order; links to folders are not followed (no cycles)."""
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         for name in sorted(filenames):
-            if not is_hidden(name):
+            if include_hidden or not is_hidden(name):
                 yield Path(dirpath) / name
+
+
+def candidate_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(files that may be images, in walk_files' order; files skipped as plainly not images, sorted) below `folder`:
+    the one walk of bcc-prepare and bcc-predict. A file with an image or unknown extension is a candidate, so that
+    one that fails to decode is still reported by name."""
+    candidates: list[Path] = []
+    skipped: list[Path] = []
+    for path in walk_files(folder, include_hidden=True):
+        (skipped if is_plainly_not_image(path.name) else candidates).append(path)
+    return candidates, sorted(skipped)
+
+
+def describe_skipped(names: Sequence[str], count: int | None = None) -> str:
+    """The one summary line about skipped non-image files, naming the first few ('' when there are none)."""
+    count = len(names) if count is None else count
+    if not count:
+        return ""
+    shown = ", ".join(names[:5]) + (f" and {count - min(5, len(names))} more" if count > min(5, len(names)) else "")
+    return f"skipped {count} file(s) that are not images (hidden files, notes, tables, settings): {shown}"
 
 
 def _show(paths: Sequence[Path]) -> str:

@@ -8,7 +8,7 @@ models.checkpoint.resolve_tta); the scores come from models.inference, the rows 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bcc_lightning.data.imageio import ImageDecodeError, load_rgb
-from bcc_lightning.data.layout import is_image_file, walk_files
+from bcc_lightning.data.layout import candidate_files, describe_skipped, is_image_file
 from bcc_lightning.data.preprocess import Preprocess, read_pixels
 from bcc_lightning.models.checkpoint import load_checkpoint, point_label, read_checkpoint, resolve_tta
 from bcc_lightning.models.inference import predict_view_logits, view_probabilities
@@ -27,16 +27,21 @@ from bcc_lightning.utils.device import pick_device, resolve_num_workers
 from bcc_lightning.utils.errors import UserError
 
 
-def find_images(target: Path) -> list[Path]:
-    """`target` itself when it is a file; else every file under it (hidden ones aside), sorted."""
+def find_images(target: Path, skipped: list[Path] | None = None) -> list[Path]:
+    """`target` itself when it is a file; else every file under it that may be an image (layout.candidate_files),
+    sorted; the files passed over as plainly not images go to `skipped`."""
     if target.is_file():
         return [target]
     if not target.is_dir():
         raise UserError(f"input={target} does not exist. Pass an image file or a folder of images.")
-    # Every file gets a row, so that none is dropped without a word: those that are not images get an error cell.
-    files = sorted(p for p in walk_files(target) if p.is_file())
+    # Every candidate gets a row, so that none is dropped without a word: one that is not an image gets an error
+    # cell; notes, tables and hidden files are only counted (layout.candidate_files).
+    candidates, passed_over = candidate_files(target)
+    files = sorted(p for p in candidates if p.is_file())
     if not any(is_image_file(p) for p in files):
         raise UserError(f"No images (.jpg/.jpeg/.png/.tif/.tiff/.bmp) under {target}.")
+    if skipped is not None:
+        skipped.extend(passed_over)
     return files
 
 
@@ -67,7 +72,8 @@ class ImageFiles(Dataset):
 def predict(ckpt: Path, target: Path, out: Path, threshold: Any = "auto", batch_size: int = 64,
             num_workers: Any = "auto", accelerator: str = "auto", precision: Any = "auto", tta: Any = "auto",
             cam: bool = False, cam_dir: Path | None = None, cam_layer: str | None = None,
-            progress: bool = False, point: dict[str, Any] | None = None, fast: Any = "auto") -> list[dict[str, Any]]:
+            progress: bool = False, point: dict[str, Any] | None = None, fast: Any = "auto",
+            log: Callable[[str], Any] = print) -> list[dict[str, Any]]:
     """Write `out` (CSV) with one row per file of `target` (find_images); returns the rows.
 
     threshold: a number, an evaluation's metrics.json or auto (see resolve_operating_point); `point` (already
@@ -75,8 +81,11 @@ def predict(ckpt: Path, target: Path, out: Path, threshold: Any = "auto", batch_
     tta: auto (the point's own views), true or false (models.checkpoint.resolve_tta).
     fast: the inference fast path (ONNX Runtime on a CPU), true, false or auto (models.inference.want_fast).
     cam: a Grad-CAM overlay per readable image (of its predicted class) into `cam_dir` (default: cams/ beside out),
-    at `cam_layer` (None: the backbone's default layer)."""
-    files = find_images(target)
+    at `cam_layer` (None: the backbone's default layer). `log` gets the line about skipped non-image files."""
+    skipped: list[Path] = []
+    files = find_images(target, skipped)
+    if skipped:
+        log(describe_skipped([p.relative_to(target).as_posix() for p in skipped]))
     checkpoint = read_checkpoint(ckpt)
     if point is None:
         threshold, point = resolve_operating_point(threshold, ckpt, checkpoint)

@@ -171,7 +171,7 @@ def test_bad_files_are_rejected_with_reasons(tmp_path: Path) -> None:
     (raw / "B" / "bad.tif").write_bytes(b"II*\x00" + b"\x00" * 50)
     (raw / "B" / "copy.jpg").write_bytes(good)  # duplicate within B
     (raw / "M" / "conflict.jpg").write_bytes((raw / "B" / "B_001.jpg").read_bytes())  # same content in M
-    (raw / "notes.txt").write_text("x")
+    (raw / "scan.svs").write_text("x")  # an unknown extension is still rejected by name
     write_image(raw / "B" / "odd_modes" / "cmyk.jpg", mode="CMYK", fmt="JPEG", seed=7)
     write_image(raw / "M" / "odd_modes" / "sixteen.tif", mode="I;16", fmt="TIFF", seed=8)
     write_image(raw / "M" / "odd_modes" / "rgba.png", mode="RGBA", seed=9)
@@ -184,10 +184,29 @@ def test_bad_files_are_rejected_with_reasons(tmp_path: Path) -> None:
     assert "cannot decode" in reasons["B/bad.tif"]
     assert "duplicate of B/B_000.jpg" in reasons["B/copy.jpg"]
     assert "conflict" in reasons["M/conflict.jpg"] and "conflict" in reasons["B/B_001.jpg"]
-    assert "not an image" in reasons["notes.txt"]
+    assert "not an image" in reasons["scan.svs"]
     assert summary["duplicates"] == 1 and summary["conflicts"] == 2 and summary["rejected"] == len(reasons) - 1
     used = {r["source"] for r in read_manifest(tmp_path / "out")}
     assert {"B/odd_modes/cmyk.jpg", "M/odd_modes/sixteen.tif", "M/odd_modes/rgba.png"} <= used
+
+
+def test_notes_and_hidden_files_are_skipped_but_a_corrupt_image_is_rejected(tmp_path: Path) -> None:
+    """The demo's README.txt, a notes table and Finder's .DS_Store are counted as skipped; a .png that does not
+    decode is still rejected by name."""
+    from bcc_lightning.data.prepare import format_table
+
+    raw = flat_tree(tmp_path / "raw", per_class=6)
+    (raw / "README.txt").write_text("SYNTHETIC raw images\n")
+    (raw / "M" / "notes.csv").write_text("file,comment\n")
+    (raw / "B" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (raw / "B" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    summary = run_prepare(raw, tmp_path / "out", dedup_near=False)
+    reasons = dict(csv.reader((tmp_path / "out" / "rejected.csv").open()))
+    assert set(reasons) == {"source", "B/corrupt.png"} and "cannot decode" in reasons["B/corrupt.png"]
+    assert summary["rejected"] == 1 and summary["skipped_not_images"] == 3
+    assert sorted(summary["skipped_examples"]) == ["B/.DS_Store", "M/notes.csv", "README.txt"]
+    assert "skipped 3 file(s) that are not images" in format_table(summary)
+    assert "skipped" not in format_table({**summary, "skipped_not_images": 0, "skipped_examples": []})
 
 
 def test_decompression_bomb_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -63,7 +63,8 @@ def prepare(settings: PrepareSettings, progress: bool = False,
             "re-split with group=content, and bcc-audit checks the result.")
 
     rejected: list[tuple[str, str]] = []
-    sources = scan_raw(raw, rejected)
+    skipped: list[Path] = []
+    sources = scan_raw(raw, rejected, skipped)
     sources, dup_counts = deduplicate(sources, rejected)
     sources, grouping = assign_groups(sources, settings, rejected, raw)
     if grouping.by_image and settings.group == "auto":
@@ -76,7 +77,8 @@ def prepare(settings: PrepareSettings, progress: bool = False,
     with atomic_directory(out, replace=True) as staging:  # an existing OUT is replaced only with overwrite=true
         manifest = write_outputs(jobs, staging, settings, rejected, progress)
         summary = summarise(manifest, rejected, dup_counts, split_info, settings, len(sources),
-                            time.perf_counter() - started, near, grouping)
+                            time.perf_counter() - started, near, grouping,
+                            skipped=[p.relative_to(raw).as_posix() for p in skipped])
         if summary["ratio_max_deviation"] > 0.02:
             log(f"NOTE: grouped splitting could not meet the ratios exactly: achieved {summary['ratios_achieved']} "
                 f"for requested {summary['ratios_requested']} (largest deviation "

@@ -11,7 +11,7 @@ from typing import Any
 
 from bcc_lightning.data.groups import Grouping, infer_groups
 from bcc_lightning.data.labels import ACCEPTED_FOLDER_NAMES, CLASS_NAMES
-from bcc_lightning.data.layout import IMAGE_EXTENSIONS, is_hidden, label_of_path, walk_files
+from bcc_lightning.data.layout import IMAGE_EXTENSIONS, candidate_files, is_hidden, label_of_path
 from bcc_lightning.data.prepare.settings import BREAKHIS_PATTERN, PrepareSettings
 from bcc_lightning.utils.atomic_io import sha256_file
 from bcc_lightning.utils.errors import UserError
@@ -31,11 +31,15 @@ class Source:
     name: str = ""
 
 
-def scan_raw(raw: Path, rejected: list[tuple[str, str]]) -> list[Source]:
-    """Every labelled image file under RAW with its hash; everything else goes to `rejected`."""
+def scan_raw(raw: Path, rejected: list[tuple[str, str]], skipped: list[Path] | None = None) -> list[Source]:
+    """Every labelled image file under RAW with its hash; files plainly not images (hidden files, notes, tables:
+    layout.candidate_files) go to `skipped`, everything else to `rejected`."""
     sources: list[Source] = []
     unlabelled: list[str] = []
-    for path in walk_files(raw):  # the data module's rule: hidden files and folders are not data
+    candidates, passed_over = candidate_files(raw)
+    if skipped is not None:
+        skipped.extend(passed_over)
+    for path in candidates:
         rel = path.relative_to(raw).as_posix()
         if path.is_symlink() and not path.is_file():
             rejected.append((rel, "broken symbolic link"))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 from bcc_lightning.data.groups import Grouping
 from bcc_lightning.data.labels import CLASS_NAMES, SHORT_NAMES
-from bcc_lightning.data.layout import SPLITS
+from bcc_lightning.data.layout import SPLITS, describe_skipped
 from bcc_lightning.data.prepare.settings import PrepareSettings
 from bcc_lightning.utils.errors import UserError
 
@@ -33,9 +34,11 @@ def check_written(summary: dict[str, Any]) -> None:
 
 def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_counts: dict[str, int],
              split_info: dict[str, Any], settings: PrepareSettings, n_sources: int, elapsed: float,
-             near: dict[str, Any] | None = None, grouping: Grouping | None = None) -> dict[str, Any]:
+             near: dict[str, Any] | None = None, grouping: Grouping | None = None,
+             skipped: Sequence[str] = ()) -> dict[str, Any]:
     """summary.json's body; `near` is the near-duplicate clustering (None when dedup_near=false), `grouping` what
-    the groups are (data/groups.py), counted as written (copies may have joined groups, pass 2 may reject files)."""
+    the groups are (data/groups.py), counted as written (copies may have joined groups, pass 2 may reject files);
+    `skipped` the raw files passed over as plainly not images (layout.candidate_files)."""
     counts = {split: {cls: 0 for cls in SHORT_NAMES} for split in SPLITS}
     originals = {split: {cls: 0 for cls in SHORT_NAMES} for split in SPLITS}
     groups: dict[str, set[str]] = {split: set() for split in SPLITS}
@@ -79,6 +82,8 @@ def summarise(manifest: list[list[str]], rejected: list[tuple[str, str]], dup_co
         "sources_used": total_originals,
         "files_written": len(manifest),
         "rejected": len(rejected),
+        "skipped_not_images": len(skipped),
+        "skipped_examples": list(skipped[:20]),
         "duplicates": dup_counts["duplicates"],
         "conflicts": dup_counts["conflicts"],
         "near_duplicate_clusters": near,
@@ -118,6 +123,9 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"fold {k:<2} {fold['B']:>7} {fold['M']:>10} {fold['groups']:>7}")
     lines.append(f"rejected {summary['rejected']} (duplicates {summary['duplicates']}, conflicts "
                  f"{summary['conflicts']}); {summary['images_per_s']} source images/s")
+    skipped = describe_skipped(summary.get("skipped_examples", []), summary.get("skipped_not_images", 0))
+    if skipped:
+        lines.append(skipped)
     near = summary.get("near_duplicate_clusters")
     if near:
         pairs = (f"; {near['copy_pairs']} copy and {near['overlap_pairs']} overlapping-view pairs"
