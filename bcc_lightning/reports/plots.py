@@ -157,9 +157,9 @@ def referral_figure(points: list[dict[str, Any]], uncertainty: str, title: str =
     """Accuracy and sensitivity of the kept images against the fraction of the most uncertain images referred."""
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     fractions = [p["referred_fraction"] for p in points]
-    for key, style in (("accuracy", "o-"), ("sensitivity", "s-")):
+    for key, label, style in (("accuracy", "accuracy", "o-"), ("recall", "sensitivity", "s-")):
         values = [np.nan if p[key] is None else p[key] for p in points]
-        ax.plot(fractions, values, style, lw=2, label=key)
+        ax.plot(fractions, values, style, lw=2, label=label)
     ax.set(xlabel=f"fraction referred (most uncertain first; {uncertainty})", ylabel="on the kept images",
            ylim=(0, 1.01), title=title or "Referral curve")
     ax.grid(alpha=0.3)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from bcc_lightning.reports.metrics import METRICS, classification_report, compute_metrics
+from bcc_lightning.reports.metrics import METRICS, classification_report, compute_metrics, read_metrics
 from bcc_lightning.reports.plots import (
     calibration_figure,
     confusion_matrix_figure,
@@ -29,7 +29,8 @@ def referral_curve(labels: Any, probs: Any, threshold: float, uncertainty: Any,
                    fractions: tuple[float, ...] = REFERRAL_FRACTIONS) -> list[dict[str, Any]]:
     """Accuracy and sensitivity of the images kept when the most uncertain fraction is referred to a pathologist.
 
-    Higher `uncertainty` is referred first; ties keep the input order (a stable sort). Sensitivity is None when no
+    Higher `uncertainty` is referred first; ties keep the input order (a stable sort). Sensitivity is written under
+    the registry's key `recall` (files written before carry `sensitivity`: read_metrics maps it), None when no
     malignant image is kept."""
     y = np.asarray(labels, dtype=np.int64)
     pred = np.asarray(probs, dtype=np.float64) >= threshold
@@ -41,7 +42,7 @@ def referral_curve(labels: Any, probs: Any, threshold: float, uncertainty: Any,
         malignant = int(y_kept.sum())
         points.append({"referred_fraction": float(fraction), "kept": int(len(kept)),
                        "accuracy": float(np.mean(pred_kept == y_kept)) if len(kept) else None,
-                       "sensitivity": float(np.mean(pred_kept[y_kept == 1])) if malignant else None})
+                       "recall": float(np.mean(pred_kept[y_kept == 1])) if malignant else None})
     return points
 
 
@@ -216,14 +217,15 @@ def _calibration_section(calibration: dict[str, Any] | None) -> list[str]:
 def _referral_section(referral: dict[str, Any] | None) -> list[str]:
     if not referral:
         return []
+    shown = METRICS["recall"].short  # "sensitivity": the clinician's word for the registry's recall
     lines = ["## Referral curve (per-image uncertainty)", "",
              f"The most uncertain images are referred first (uncertainty: {referral['uncertainty']}); accuracy and "
-             f"sensitivity are of the images kept.", "",
-             "| referred | kept | accuracy | sensitivity |", "|---|---|---|---|"]
-    for point in referral["points"]:
+             f"{shown} are of the images kept.", "",
+             f"| referred | kept | accuracy | {shown} |", "|---|---|---|---|"]
+    for point in map(read_metrics, referral["points"]):  # an older metrics.json spelled recall "sensitivity"
         if round(point["referred_fraction"] * 100) % 10 == 0:
             lines.append(f"| {point['referred_fraction']:.0%} | {point['kept']} | {_fmt(point['accuracy'])} | "
-                         f"{_fmt(point['sensitivity'])} |")
+                         f"{_fmt(point['recall'])} |")
     return lines + ["", "![referral_curve.png](referral_curve.png)", ""]
 
 

@@ -182,8 +182,21 @@ def test_referral_curve_refers_the_most_uncertain_first() -> None:
     labels = np.array([1, 1, 0, 0])
     probs = np.array([0.9, 0.45, 0.55, 0.1])  # the two wrong ones sit next to the threshold
     points = referral_curve(labels, probs, 0.5, -np.abs(probs - 0.5), fractions=(0.0, 0.5))
-    assert points[0]["accuracy"] == 0.5 and points[0]["sensitivity"] == 0.5
-    assert points[1] == {"referred_fraction": 0.5, "kept": 2, "accuracy": 1.0, "sensitivity": 1.0}
+    assert points[0]["accuracy"] == 0.5 and points[0]["recall"] == 0.5
+    assert points[1] == {"referred_fraction": 0.5, "kept": 2, "accuracy": 1.0, "recall": 1.0}
+
+
+def test_referral_section_reads_recall_and_the_old_sensitivity_key() -> None:
+    """The curve's rows use the registry's key (recall); report.md shows the clinician's word, and a row from an older
+    metrics.json (key sensitivity) still renders."""
+    from bcc_lightning.reports.report import _referral_section
+
+    old = {"referred_fraction": 0.1, "kept": 9, "accuracy": 0.75, "sensitivity": 0.625}
+    new = {"referred_fraction": 0.0, "kept": 10, "accuracy": 0.5, "recall": 0.375}
+    lines = _referral_section({"uncertainty": "TTA std", "points": [new, old]})
+    assert "| referred | kept | accuracy | sensitivity |" in lines
+    assert any("| 0% | 10 |" in line and "0.375" in line for line in lines)
+    assert any("| 10% | 9 |" in line and "0.625" in line for line in lines)
 
 
 def test_an_old_checkpoint_works_with_a_number_and_says_why_auto_cannot(tmp_path: Path) -> None:
