@@ -620,12 +620,20 @@ def stand_ins(base: dup.DescriptorSet, n: int, rng: np.random.Generator, flip: f
         texture=base.texture[pick], kp_frame=base.kp_frame[rows])
 
 
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (GB; Linux reports kB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 1)
+
+
 def scaling(args: argparse.Namespace, query: dup.DescriptorSet, reference: dup.DescriptorSet,
             true_pairs: set[tuple[int, int]]) -> list[dict]:
-    """The audit's search (test against train, best pair per test image) and prepare's (within one set) on the
-    suite plus N stand-ins (15 % of them on the test side): seconds, CPU seconds, and the suite's copies still
-    found among them. Time per image should stay flat as N grows (linear search; verification only of candidates,
-    whose number per image does not grow with N)."""
+    """The audit's search (test against train, best pair per test image) and prepare's (within one set, up to
+    --within-max images) on the suite plus N stand-ins (15 % of them on the test side): seconds, CPU seconds, the
+    suite's copies still found among them, and the process's peak memory so far. Time per image should stay about
+    flat as N grows (candidates per image do not grow with N; a bucket of the hashed index holds at most
+    2 * BUCKET_CAP rows)."""
     rng = np.random.default_rng([args.seed, 5])
     rows = []
     for n in args.scale:
@@ -633,23 +641,28 @@ def scaling(args: argparse.Namespace, query: dup.DescriptorSet, reference: dup.D
         cut = int(0.15 * n)
         test = dup.DescriptorSet.concat([query, extra.subset(range(cut))])
         train = dup.DescriptorSet.concat([reference, extra.subset(range(cut, n))])
+        del extra
+        images = len(test) + len(train)
         t0, c0 = time.perf_counter(), time.process_time()
         found = dup.find_copies(test, train, best_only=True)
         t1, c1 = time.perf_counter(), time.process_time()
         kept = sum((m.query_index, m.reference_index) in true_pairs for m in found)
-        both = dup.DescriptorSet.concat([test, train])
-        t2, c2 = time.perf_counter(), time.process_time()
-        within = dup.find_copies(both)
-        t3, c3 = time.perf_counter(), time.process_time()
-        images = len(test) + len(train)
-        rows.append({"images": images, "stand_ins": n, "audit_s": round(t1 - t0, 1), "audit_cpu_s": round(c1 - c0, 1),
-                     "audit_cpu_ms_per_image": round(1000 * (c1 - c0) / images, 2),
-                     "suite_copies_found": kept, "suite_copies": len(true_pairs),
-                     "false_pairs_with_stand_ins": sum(m.query_index >= len(query)
-                                                       or m.reference_index >= len(reference) for m in found),
-                     "within_s": round(t3 - t2, 1), "within_cpu_s": round(c3 - c2, 1),
-                     "within_cpu_ms_per_image": round(1000 * (c3 - c2) / images, 2), "within_pairs": len(within)})
-        print(f"scaling: {rows[-1]}", flush=True)
+        row = {"images": images, "stand_ins": n, "test_images": len(test), "audit_s": round(t1 - t0, 1),
+               "audit_cpu_s": round(c1 - c0, 1), "audit_cpu_ms_per_image": round(1000 * (c1 - c0) / images, 2),
+               "suite_copies_found": kept, "suite_copies": len(true_pairs),
+               "false_pairs_with_stand_ins": sum(m.query_index >= len(query) or m.reference_index >= len(reference)
+                                                 for m in found),
+               "peak_rss_gb_after_audit": _peak_rss_gb(), "load_average": os.getloadavg()[0]}
+        if images <= args.within_max:
+            both = dup.DescriptorSet.concat([test, train])
+            t2, c2 = time.perf_counter(), time.process_time()
+            within = dup.find_copies(both)
+            t3, c3 = time.perf_counter(), time.process_time()
+            row |= {"within_s": round(t3 - t2, 1), "within_cpu_s": round(c3 - c2, 1),
+                    "within_cpu_ms_per_image": round(1000 * (c3 - c2) / images, 2), "within_pairs": len(within),
+                    "peak_rss_gb_after_within": _peak_rss_gb()}
+        rows.append(row)
+        print(f"scaling: {row}", flush=True)
     return rows
 
 
@@ -670,10 +683,13 @@ def geometric_table(geo: dict, tp: dict | None) -> str:
         lines.append(f"| describe, CPU ms per image (decode included) / images/s two idle cores reach | "
                      f"{tp['cpu_ms_per_image']} / {tp['images_per_s_2_idle_cores_from_cpu']} | {tp['images']} |")
     for row in geo.get("scaling", []):
-        lines.append(f"| {row['images']:,} images ({row['stand_ins']:,} stand-ins): audit search s / CPU ms per "
-                     f"image; within one set s / CPU ms per image | {row['audit_s']} / "
-                     f"{row['audit_cpu_ms_per_image']}; {row['within_s']} / {row['within_cpu_ms_per_image']} | "
-                     f"{row['suite_copies_found']} of {row['suite_copies']} suite copies kept |")
+        within = (f"; within one set {row['within_s']} s, {row['within_cpu_ms_per_image']} CPU ms/image"
+                  if "within_s" in row else "")
+        lines.append(f"| {row['images']:,} images ({row['stand_ins']:,} stand-ins): audit (test against train)"
+                     f"{' and prepare (within one set)' if within else ''} | {row['audit_s']} s, "
+                     f"{row['audit_cpu_ms_per_image']} CPU ms/image{within} | "
+                     f"{row['suite_copies_found']} of {row['suite_copies']} suite copies kept, "
+                     f"{row['false_pairs_with_stand_ins']} false pairs, peak {row['peak_rss_gb_after_audit']} GB |")
     for row in geo["matching"]:
         lines.append(f"| find_copies, test against train, {row['images']} images: local search / all (s) | "
                      f"{row['local_search_s']} / {row['find_copies_s']} | {row['local_candidates']} candidates |")
@@ -731,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--match-sizes", type=int, nargs="*", default=[5000, 20000, 35000])
     parser.add_argument("--scale", type=int, nargs="*", default=[2000, 4000, 8000],
                         help="geometric: stand-in images added to time the search at scale (none: skip)")
+    parser.add_argument("--within-max", type=int, default=6000,
+                        help="geometric: time prepare's within-set search only up to this many images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="skip throughput, matching time and the demo check")
     parser.add_argument("--out", type=Path, default=None, help="JSON of the results (default docs/...json)")

@@ -500,13 +500,20 @@ def local_candidates(query: DescriptorSet, reference: DescriptorSet | None = Non
     ref = query if same else reference
     if not (query.has_local and ref.has_local) or not len(query) or not len(ref):
         return np.zeros((0, 3), np.int64)
-    both = query if same else DescriptorSet.concat([query, ref])
-    n = len(both)
-    owner = np.repeat(np.arange(n), np.diff(both.kp_offsets))
-    usable = ~both.blank[owner]  # blank images never vote
+    sets = [query] if same else [query, ref]
+    n = sum(len(s) for s in sets)
+    owner = np.repeat(np.arange(n), np.concatenate([np.diff(s.kp_offsets) for s in sets]))
+    # Only the keypoint arrays are stacked (not whole sets), and only the rows of images that can vote: blank
+    # images never do.
+    usable = np.repeat(~np.concatenate([s.blank for s in sets]), np.concatenate([np.diff(s.kp_offsets) for s in sets]))
+
+    def stacked(name: str) -> np.ndarray:
+        return np.concatenate([getattr(s, name)[usable[start:start + len(getattr(s, name))]]
+                               for s, start in zip(sets, np.cumsum([0] + [int(s.kp_offsets[-1]) for s in sets]))])
+
     side = None if same else np.r_[np.zeros(len(query), np.int64), np.ones(len(ref), np.int64)]
-    pairs, votes = lf.vote_pairs(both.kp_desc[usable], both.kp_desc_mirror[usable], owner[usable], n, side,
-                                 frame=both.kp_frame[usable])
+    pairs, votes = lf.vote_pairs(stacked("kp_desc"), stacked("kp_desc_mirror"), owner[usable], n, side,
+                                 frame=stacked("kp_frame"), min_votes=lf.MIN_VOTES)
     pairs = lf.select_candidates(pairs, votes)
     if not same and len(pairs):
         pairs[:, 1] -= len(query)  # pairs run (query row, len(query) + reference row) since query rows come first

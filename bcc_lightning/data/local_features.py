@@ -139,16 +139,37 @@ def _keys(desc: np.ndarray, table: int) -> np.ndarray:
     """uint64 key of each descriptor in one table: KEY_BYTES bytes at positions fixed by the table's seed."""
     rng = np.random.default_rng([_SEED_KEYS, table])
     cols = rng.choice(DESCRIPTOR_BYTES, KEY_BYTES, replace=False)
-    key = np.zeros(len(desc), np.uint64)
-    for c in cols:
-        key = (key << np.uint64(8)) | desc[:, c].astype(np.uint64)
-    return key
+    # The chosen bytes read as one big-endian word: the first column is the key's highest byte.
+    return np.ascontiguousarray(desc[:, cols]).view(f">u{KEY_BYTES}").ravel().astype(np.uint64)
+
+
+VOTE_THREADS = 2  # tables are hashed in parallel: numpy's sorts and array arithmetic release the GIL
+N_ANGLE_BINS = int(round(360 / ANGLE_BIN))
+N_BINS = 16 * N_ANGLE_BINS  # scale bins: log2 ratio -8..+7 octaves (clipped)
+
+
+def quantised_frame(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoint size and angle as integers for the vote bins: log2 size in 1/256 of a SCALE_BIN, angle in 1/65536
+    of a turn (a difference of two wraps around by itself in 16 bits)."""
+    size = np.round(frame[:, 0].astype(np.float64) / SCALE_BIN * 256).astype(np.int32)
+    angle = (np.round(frame[:, 1].astype(np.float64) / 360.0 * 65536).astype(np.int64) & 0xFFFF).astype(np.int32)
+    return size, angle
+
+
+def vote_bin(size_first: np.ndarray, angle_first: np.ndarray, size_second: np.ndarray,
+             angle_second: np.ndarray) -> np.ndarray:
+    """Bin of the map from the first keypoint to the second (quantised_frame units): scale ratio rounded to
+    SCALE_BIN (clipped to -8..+7 bins), rotation floored to ANGLE_BIN."""
+    scale = np.clip((size_second - size_first + 128) >> 8, -8, 7) + 8
+    turn = (((angle_second - angle_first) & 0xFFFF) * N_ANGLE_BINS) >> 16
+    return scale * N_ANGLE_BINS + turn
 
 
 def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_images: int,
                side: np.ndarray | None = None, tables: int = TABLES,
-               frame: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Image pairs that share hashed descriptors: (M, 3) rows a < b, mirrored (0/1), and their vote counts.
+               frame: np.ndarray | None = None, min_votes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Image pairs that share hashed descriptors: (M, 3) rows a < b, mirrored (0/1), and their vote counts
+    (pairs with fewer than min_votes are dropped here, before they take memory).
 
     desc, desc_mirror: (T, 32) plain and mirrored descriptors of all images stacked; owner: (T,) image of each row.
     A plain descriptor colliding with a mirrored one votes for a mirrored pair (one image a flip of the other).
@@ -156,71 +177,132 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
     side: per image 0/1 to keep only pairs across two sets (query vs reference), None for all pairs.
 
     Cost: one sort of 2T packed (key, row) integers per table. Keys are KEY_BYTES = 4 bytes wide, so unrelated
-    descriptors rarely collide even among tens of millions of keypoints; only the few rows that share their key
-    with a neighbour are enumerated into pairs, so time and memory grow linearly with the number of images.
+    descriptors rarely collide even among tens of millions of keypoints; only rows that share their key with a
+    neighbour are enumerated, and only into the pairs that can vote (across the sides, never mirrored against
+    mirrored). A bucket of more than 2 * BUCKET_CAP rows pairs nothing, so no row has more than that many partners.
     """
     n = len(desc)
-    images = np.concatenate([owner, owner]).astype(np.int64)
+    owner = np.asarray(owner, np.int64)
     if frame is None:
         frame = np.zeros((n, 2), np.float32)
-    log_size = np.concatenate([frame[:, 0], frame[:, 0]]).astype(np.float32)
-    angle = np.concatenate([frame[:, 1], (180.0 - frame[:, 1]) % 360.0]).astype(np.float32)
-    n_angle = int(round(360 / ANGLE_BIN))
-    n_bins = 16 * n_angle  # scale bins: log2 ratio -8..+7 octaves (clipped)
+    # Rows are renumbered so that a sort by (key, row) lays every bucket out in the order the pairing needs: plain
+    # before mirrored and, with sides, query rows before reference rows. A row's partners are then one range of the
+    # bucket: all later rows for a plain row (within one set), the reference rows for a plain query row, the plain
+    # reference rows for a mirrored query row. (Mirror against mirror would repeat plain against plain.)
+    mirror = np.r_[np.zeros(n, np.int8), np.ones(n, np.int8)]
+    group = mirror if side is None else (2 * np.asarray(side)[np.r_[owner, owner]] + mirror).astype(np.int8)
+    perm = np.argsort(group, kind="stable")
+    group, image, flag = group[perm], np.r_[owner, owner][perm], mirror[perm].astype(np.int64)
+    size, angle = quantised_frame(frame)
+    size = np.r_[size, size][perm]
+    angle = np.r_[angle, (32768 - angle) & 0xFFFF][perm]  # a mirrored keypoint's angle is 180 - angle
+    # Code of a vote: ((a * n_images + b) * 2 + mirrored) * N_BINS + bin, as the sum of a part from the first
+    # image's row, a part from the second's (mirrored = flag_a + flag_b: never both) and the bin.
+    first_part = (image * n_images * 2 + flag) * N_BINS
+    second_part = (image * 2 + flag) * N_BINS
+    # With the query images numbered below the reference images (as local_candidates does), a query row is always
+    # the pair's first image; otherwise each pair is put in order.
+    sides = None if side is None else np.asarray(side)[owner]
+    ordered = sides is not None and (not sides.any() or sides.all()
+                                     or owner[sides == 0].max() < owner[sides == 1].min())
     rows = np.arange(2 * n, dtype=np.uint64)
     shift = np.uint64(max(1, int(2 * n).bit_length()))
     low = (np.uint64(1) << shift) - np.uint64(1)
-    codes = []
-    for table in range(tables):
+
+    def table_codes(table: int) -> np.ndarray:
+        keys = np.concatenate([_keys(desc, table), _keys(desc_mirror, table)])[perm]
         # Key and row packed into one uint64: a plain sort (no argsort) orders rows by key.
-        packed = np.sort(np.concatenate([_keys(desc, table), _keys(desc_mirror, table)]) << shift | rows)
+        packed = np.sort(keys << shift | rows)
+        del keys
         key = packed >> shift
         repeated = np.flatnonzero(key[1:] == key[:-1])
         if not len(repeated):
-            continue
+            return np.zeros(0, np.int64)
         # Only rows in a bucket of two or more: usually a small fraction of all rows.
         member = np.zeros(len(key), bool)
         member[repeated] = member[repeated + 1] = True  # (a mask, not np.unique: numpy 2's hash unique is slow)
         member = np.flatnonzero(member)
         key, order = key[member], (packed[member] & low).astype(np.int64)
+        del packed, member
         start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         count = np.diff(np.r_[start, len(key)])
-        # Rows after each row in its bucket; a crowded bucket (each descriptor is in the table twice, plain and
-        # mirrored) pairs nothing. Row i pairs with i + d while d <= after[i]: the list shrinks fast with d.
-        after = np.where(np.repeat(count <= 2 * BUCKET_CAP, count),
-                         np.repeat(start + count, count) - np.arange(len(key)) - 1, 0)
-        img, flag = images[order], (order >= n).astype(np.int64)
-        size_s, angle_s = log_size[order], angle[order]
-        live = np.flatnonzero(after > 0)
-        found = []
-        for d in range(1, 2 * BUCKET_CAP):
-            live = live[after[live] >= d]
-            if not len(live):
-                break
-            a, b = img[live], img[live + d]
-            fa, fb = flag[live], flag[live + d]
-            keep = (a != b) & ((fa & fb) == 0)  # mirror against mirror repeats plain against plain
-            if side is not None:
-                keep &= side[a] != side[b]
-            i, j = live[keep], live[keep] + d
-            a, b, m = a[keep], b[keep], (fa ^ fb)[keep]
-            # The map's scale and rotation as seen from the smaller image index to the larger one.
-            swap = a > b
-            first, second = np.where(swap, j, i), np.where(swap, i, j)
-            scale_bin = np.clip(np.round((size_s[second] - size_s[first]) / SCALE_BIN), -8, 7).astype(np.int64) + 8
-            angle_bin = (np.floor(((angle_s[second] - angle_s[first]) % 360.0) / ANGLE_BIN).astype(np.int64)
-                         % n_angle)
-            pair = (np.minimum(a, b) * n_images + np.maximum(a, b)) * 2 + m
-            found.append(pair * n_bins + scale_bin * n_angle + angle_bin)
-        codes += found
+        # Crowded buckets are common texture ("stop words"): they pair nothing.
+        open_ = count <= 2 * BUCKET_CAP
+        start, count = start[open_], count[open_]
+        position = np.repeat(start, count) + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
+        order = order[position]
+        bucket = np.repeat(np.arange(len(start)), count)
+        g = group[order]
+        end = np.repeat(np.cumsum(count), count)  # bucket ends in the compacted positions
+        here = np.arange(len(order))
+        if side is None:
+            lo = here + 1
+            hi = np.where(g == 0, end, lo)
+        else:
+            # Groups are sorted inside a bucket: the reference rows (group >= 2) start after the query rows.
+            per_group = np.bincount(bucket * 4 + g, minlength=4 * len(start)).reshape(-1, 4)
+            base = np.cumsum(count) - count
+            lo = np.repeat(base + per_group[:, 0] + per_group[:, 1], count)
+            hi = np.where(g == 0, end, np.where(g == 1, lo + np.repeat(per_group[:, 2], count), lo))
+        span = hi - lo
+        source = np.flatnonzero(span > 0)
+        span = span[source]
+        total = int(span.sum())
+        if not total:
+            return np.zeros(0, np.int64)
+        i = np.repeat(source, span)
+        j = np.repeat(lo[source] - (np.cumsum(span) - span), span) + np.arange(total)
+        i, j = order[i], order[j]
+        if not ordered:
+            keep = image[i] != image[j]  # two keypoints of one image
+            i, j = i[keep], j[keep]
+            swap = image[i] > image[j]
+            i, j = np.where(swap, j, i), np.where(swap, i, j)
+        codes = first_part[i] + second_part[j] + vote_bin(size[i], angle[i], size[j], angle[j])
+        codes.sort()  # here, in the thread: the vote count then only merges sorted ranges
+        return codes
+
+    if VOTE_THREADS > 1 and tables > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(VOTE_THREADS) as pool:
+            codes = list(pool.map(table_codes, range(tables)))
+    else:
+        codes = [table_codes(t) for t in range(tables)]
+    return _count_votes(codes, n_images, min_votes)
+
+
+VOTE_PARTS = 8  # the vote count runs over this many ranges of codes, so only one range is ever copied at a time
+
+
+def _count_votes(codes: list[np.ndarray], n_images: int, min_votes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs, votes) from each table's sorted vote codes: a descriptor pair colliding in several tables votes once
+    per table (closer descriptors weigh more), and a pair keeps its fullest (scale, rotation) bin."""
+    codes = [c for c in codes if len(c)]
     if not codes:
         return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
-    # A descriptor pair colliding in several tables votes once per table: closer descriptors weigh more.
-    code, votes = np.unique(np.concatenate(codes), return_counts=True)
-    pair = code // n_bins
-    first = np.r_[0, np.flatnonzero(np.diff(pair)) + 1]
-    votes = np.maximum.reduceat(votes, first)  # the fullest (scale, rotation) bin of each pair and orientation
-    pair = pair[first]
+    # Range limits from the largest table's quantiles: all tables draw from the same pairs.
+    largest = max(codes, key=len)
+    limits = np.unique(largest[(np.arange(1, VOTE_PARTS) * len(largest)) // VOTE_PARTS] // N_BINS) * N_BINS
+    edges = [np.searchsorted(c, limits) for c in codes]
+    found_pairs, found_votes = [], []
+    for part in range(len(limits) + 1):
+        chunk = np.concatenate([c[(e[part - 1] if part else 0):(e[part] if part < len(limits) else len(c))]
+                                for c, e in zip(codes, edges)])
+        if not len(chunk):
+            continue
+        chunk.sort()
+        first = np.r_[0, np.flatnonzero(chunk[1:] != chunk[:-1]) + 1]
+        votes = np.diff(np.r_[first, len(chunk)])
+        pair = chunk[first] // N_BINS
+        del chunk
+        first = np.r_[0, np.flatnonzero(np.diff(pair)) + 1]
+        votes = np.maximum.reduceat(votes, first)
+        pair = pair[first]
+        keep = votes >= min_votes
+        found_pairs.append(pair[keep])
+        found_votes.append(votes[keep])
+    pair, votes = np.concatenate(found_pairs), np.concatenate(found_votes)
     images_pair = pair // 2
     return np.stack([images_pair // n_images, images_pair % n_images, pair % 2], axis=1), votes
 

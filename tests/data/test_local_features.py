@@ -5,18 +5,22 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import numpy as np
+import pytest
 
 from bcc_lightning.data import duplicates as dup
 from bcc_lightning.data import local_features as lf
 
 
-def brute_votes(desc: np.ndarray, mirror: np.ndarray, owner: np.ndarray, frame: np.ndarray, side: np.ndarray,
+def brute_votes(desc: np.ndarray, mirror: np.ndarray, owner: np.ndarray, frame: np.ndarray, side: np.ndarray | None,
                 tables: int) -> dict[tuple[int, int, int], int]:
     """vote_pairs by its definition: every two rows sharing a key in a bucket of at most 2 * BUCKET_CAP rows."""
     n = len(desc)
     images, flags = np.r_[owner, owner], np.r_[np.zeros(n, int), np.ones(n, int)]
-    size = np.r_[frame[:, 0], frame[:, 0]]
-    angle = np.r_[frame[:, 1], (180.0 - frame[:, 1]) % 360.0]
+    # Bins in the module's integer units: log2 size in 1/256 of a scale bin, angle in 1/65536 of a turn.
+    size_q = [int(round(float(s) / lf.SCALE_BIN * 256)) for s in frame[:, 0]]
+    angle_q = [int(round(float(a) / 360.0 * 65536)) % 65536 for a in frame[:, 1]]
+    size = size_q + size_q
+    angle = angle_q + [(32768 - a) % 65536 for a in angle_q]
     bins: Counter = Counter()
     for table in range(tables):
         buckets = defaultdict(list)
@@ -28,12 +32,12 @@ def brute_votes(desc: np.ndarray, mirror: np.ndarray, owner: np.ndarray, frame: 
             for x, first in enumerate(rows):
                 for second in rows[x + 1:]:
                     a, b = images[first], images[second]
-                    if a == b or flags[first] & flags[second] or side[a] == side[b]:
+                    if a == b or flags[first] & flags[second] or (side is not None and side[a] == side[b]):
                         continue
                     i, j = (first, second) if a < b else (second, first)
                     a, b = min(a, b), max(a, b)
-                    scale = int(np.clip(np.round((size[j] - size[i]) / lf.SCALE_BIN), -8, 7))
-                    turn = int(((angle[j] - angle[i]) % 360.0) // lf.ANGLE_BIN)
+                    scale = min(7, max(-8, (size[j] - size[i] + 128) // 256))
+                    turn = (angle[j] - angle[i]) % 65536 * 360 // 65536 // int(lf.ANGLE_BIN)
                     bins[(int(a), int(b), int(flags[i] ^ flags[j]), scale, turn)] += 1
     best: dict[tuple[int, int, int], int] = defaultdict(int)
     for (a, b, m, _, _), votes in bins.items():
@@ -41,7 +45,12 @@ def brute_votes(desc: np.ndarray, mirror: np.ndarray, owner: np.ndarray, frame: 
     return dict(best)
 
 
-def test_vote_pairs_counts_what_its_definition_says() -> None:
+@pytest.mark.parametrize("sides", ["interleaved", "query first", "one set"])
+@pytest.mark.parametrize(("threads", "parts", "min_votes"), [(1, 1, 1), (2, 3, 1), (2, 5, 2)])
+def test_vote_pairs_counts_what_its_definition_says(sides: str, threads: int, parts: int, min_votes: int,
+                                                    monkeypatch) -> None:
+    monkeypatch.setattr(lf, "VOTE_THREADS", threads)
+    monkeypatch.setattr(lf, "VOTE_PARTS", parts)  # the count over code ranges equals the count over all codes
     rng = np.random.default_rng(0)
     # 12 images of 40 keypoints from a small pool of descriptors, so keys collide often and some buckets overflow.
     pool = rng.integers(0, 256, (60, lf.DESCRIPTOR_BYTES), dtype=np.uint8)
@@ -50,11 +59,11 @@ def test_vote_pairs_counts_what_its_definition_says() -> None:
     mirror = pool[rng.integers(0, len(pool), 480)]
     owner = np.repeat(np.arange(12), 40)
     frame = np.stack([rng.uniform(2, 6, 480), rng.uniform(0, 360, 480)], axis=1).astype(np.float32)
-    side = np.arange(12) % 2
-    pairs, votes = lf.vote_pairs(desc, mirror, owner, 12, side, tables=3, frame=frame)
-    assert {tuple(p): v for p, v in zip(pairs.tolist(), votes.tolist())} == brute_votes(desc, mirror, owner, frame,
-                                                                                      side, 3)
-    assert len(pairs) > 20  # the case is not trivial
+    side = {"interleaved": np.arange(12) % 2, "query first": (np.arange(12) >= 5).astype(int), "one set": None}[sides]
+    pairs, votes = lf.vote_pairs(desc, mirror, owner, 12, side, tables=3, frame=frame, min_votes=min_votes)
+    expected = {k: v for k, v in brute_votes(desc, mirror, owner, frame, side, 3).items() if v >= min_votes}
+    assert {tuple(p): v for p, v in zip(pairs.tolist(), votes.tolist())} == expected
+    assert len(pairs) > 20 and {0, 1} <= set(pairs[:, 2].tolist())  # the case is not trivial
 
 
 def test_candidates_come_strongest_first() -> None:
