@@ -183,6 +183,8 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
     """
     n = len(desc)
     owner = np.asarray(owner, np.int64)
+    if not n:
+        return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
     if frame is None:
         frame = np.zeros((n, 2), np.float32)
     # Rows are renumbered so that a sort by (key, row) lays every bucket out in the order the pairing needs: plain
@@ -208,9 +210,20 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
     rows = np.arange(2 * n, dtype=np.uint64)
     shift = np.uint64(max(1, int(2 * n).bit_length()))
     low = (np.uint64(1) << shift) - np.uint64(1)
+    # When each group is one run of rows (always within one set; with sides, when the query's keypoints come
+    # first), a table's keys are read block by block in the new order instead of gathered through perm.
+    cut = np.flatnonzero(np.diff(group)) + 1
+    blocks = [(int(perm[a]), int(perm[b - 1]) + 1) for a, b in zip(np.r_[0, cut], np.r_[cut, 2 * n])]
+    if sum(b - a for a, b in blocks) != 2 * n or any(a < n < b for a, b in blocks):
+        blocks = None
+
+    def table_keys(table: int) -> np.ndarray:
+        if blocks is None:
+            return np.concatenate([_keys(desc, table), _keys(desc_mirror, table)])[perm]
+        return np.concatenate([_keys(desc[a:b] if b <= n else desc_mirror[a - n:b - n], table) for a, b in blocks])
 
     def table_codes(table: int) -> np.ndarray:
-        keys = np.concatenate([_keys(desc, table), _keys(desc_mirror, table)])[perm]
+        keys = table_keys(table)
         # Key and row packed into one uint64: a plain sort (no argsort) orders rows by key.
         packed = np.sort(keys << shift | rows)
         del keys
