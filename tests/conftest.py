@@ -29,9 +29,9 @@ os.environ.setdefault("TIMM_USE_HF_HUB", "0")
 # data.cache=auto (the default) and the audit's descriptors write into the user cache folder: tests use their own.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="bcc_test_cache_")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)  # each pytest process its own
-# pytest-xdist (2 workers, set by the root conftest.py) runs one worker per core: one torch/OpenMP thread each, passed on to the
-# commands the tests start. More threads than cores spin and wait (a tiny training run on 2 busy cores: 192 s with
-# 2 threads, 38 s with 1).
+# pytest-xdist (2 workers, set by the root conftest.py) runs one worker per core: one torch/OpenMP thread each,
+# passed on to the commands the tests start. More threads than cores spin and wait (a tiny training run on 2 busy
+# cores: 192 s with 2 threads, 38 s with 1).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)

@@ -139,8 +139,9 @@ def _keys(desc: np.ndarray, table: int) -> np.ndarray:
     """uint64 key of each descriptor in one table: KEY_BYTES bytes at positions fixed by the table's seed."""
     rng = np.random.default_rng([_SEED_KEYS, table])
     cols = rng.choice(DESCRIPTOR_BYTES, KEY_BYTES, replace=False)
-    # The chosen bytes read as one big-endian word: the first column is the key's highest byte.
-    return np.ascontiguousarray(desc[:, cols]).view(f">u{KEY_BYTES}").ravel().astype(np.uint64)
+    # The chosen bytes read as one big-endian word (KEY_BYTES of 1, 2, 4 or 8; uint8 descriptors): the first column
+    # is the key's highest byte.
+    return np.ascontiguousarray(desc[:, cols], dtype=np.uint8).view(f">u{KEY_BYTES}").ravel().astype(np.uint64)
 
 
 VOTE_THREADS = 2  # tables are hashed in parallel: numpy's sorts and array arithmetic release the GIL
