@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ SUMMARY = "summary.json"
 REJECTED = "rejected.csv"
 # sha256: of the file as written; source_sha256: of the raw file it came from (equal for byte-identical copies).
 MANIFEST_COLUMNS = ("path", "split", "label", "group", "source", "sha256", "augmentation", "fold", "source_sha256")
+log = logging.getLogger(__name__)
+_TOLD_UNREAD: set[str] = set()  # split folders whose unread files were already reported (scan_split runs often)
 HOW_TO_CREATE = (
     "Make it from a raw folder of B/M images with `bcc-prepare raw=RAW out=ROOT`, try the "
     "synthetic demo with `python train.py experiment=demo`, or arrange your images as "
@@ -135,8 +139,14 @@ def scan_split(root: str | Path, split: str) -> list[tuple[Path, int]]:
             f"{ACCEPTED_FOLDER_NAMES}. Rename or move them out of the data root."
         )
     by_label: dict[int, list[Path]] = {0: [], 1: []}
+    unread: list[Path] = []
     for class_dir in class_dirs:
-        by_label[label_from_folder(class_dir.name)].extend(p for p in walk_files(class_dir) if is_image_file(p))
+        for path in walk_files(class_dir):
+            if is_image_file(path):
+                by_label[label_from_folder(class_dir.name)].append(path)
+            elif not is_plainly_not_image(path.name):
+                unread.append(path)
+    _tell_unread(split_dir, unread)
     for label, files in by_label.items():
         if not files:
             raise UserError(
@@ -144,6 +154,19 @@ def scan_split(root: str | Path, split: str) -> list[tuple[Path, int]]:
                 f"split needs both classes with .jpg/.jpeg/.png/.tif/.tiff/.bmp files. {HOW_TO_CREATE}"
             )
     return sorted(((p, label) for label, files in by_label.items() for p in files), key=lambda item: str(item[0]))
+
+
+def _tell_unread(split_dir: Path, unread: list[Path]) -> None:
+    """One warning per split folder for files that may be images but are not read (.webp, .jp2, .svs...): without
+    it they would silently be left out of training and evaluation."""
+    key = str(split_dir.resolve())
+    if not unread or key in _TOLD_UNREAD:
+        return
+    _TOLD_UNREAD.add(key)
+    kinds = ", ".join(f"{ext or 'no extension'} x{n}" for ext, n in Counter(p.suffix.lower() for p in unread).items())
+    log.warning("%s: %d file(s) left out, in formats this tool does not read (%s), e.g. %s. Only %s files are read: "
+                "convert them (for whole-slide images, cut tiles first) if they belong to the data.", split_dir,
+                len(unread), kinds, unread[0], "/".join(sorted(IMAGE_EXTENSIONS)))
 
 
 def fold_samples(root: str | Path, split: str, fold: int) -> list[tuple[Path, int]]:

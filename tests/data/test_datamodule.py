@@ -22,6 +22,20 @@ def test_labels_fixed_whatever_the_folder_names(tmp_path: Path, names: tuple[str
     assert {p.parent.name: label for p, label in samples} == {names[0]: 0, names[1]: 1}
 
 
+def test_files_it_cannot_read_are_reported_once_not_silently_dropped(tmp_path: Path, caplog) -> None:
+    make_folder(tmp_path, per_class=2, splits=("train",))
+    (tmp_path / "train/B/scan.webp").write_bytes(b"RIFF....WEBP")
+    (tmp_path / "train/M/slide.svs").write_bytes(b"II*")
+    (tmp_path / "train/M/notes.txt").write_text("stain batch 3")  # plainly not an image: not worth a word
+    with caplog.at_level("WARNING", logger="bcc_lightning.data.layout"):
+        samples = scan_split(tmp_path, "train")
+        scan_split(tmp_path, "train")  # train, eval and the audit all scan: one warning per folder
+    assert len(samples) == 4
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "2 file(s) left out" in warnings[0]
+    assert ".webp x1" in warnings[0] and ".svs x1" in warnings[0] and "notes.txt" not in warnings[0]
+
+
 def test_malignant_is_one_even_when_it_sorts_first(tmp_path: Path) -> None:
     root = tmp_path / "ok"
     make_folder(root, per_class=1, splits=("train",), names=("benign", "M"))  # 'M' sorts before 'benign'
