@@ -45,7 +45,8 @@ def scan_raw(raw: Path, rejected: list[tuple[str, str]], skipped: list[Path] | N
             rejected.append((rel, "broken symbolic link"))
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            rejected.append((rel, f"not an image file (extension {path.suffix or 'none'!r})"))
+            rejected.append((rel, f"not an image file this tool reads (extension {path.suffix or 'none'!r}; "
+                                  f"convert it to PNG, JPEG or TIFF if it is one)"))
             continue
         label = label_of_path(path.relative_to(raw).parts)
         if label is None:
