@@ -230,3 +230,32 @@ def test_no_private_name_used_across_modules() -> None:
     if bad:
         pytest.fail("a `_private` name is used outside its module; make it public in a wing or do without:\n  "
                     + "\n  ".join(bad), pytrace=False)
+
+
+# Rooms from the bottom up (DESIGN.md, "Who may import whom"): a module imports its own room and the rooms below it.
+ROOMS: list[tuple[str, ...]] = [("utils",), ("data",), ("models",), ("callbacks",), ("reports",),
+                                ("prediction", "serving", "training"), ("tasks",)]
+# The metric registry is one table read by training-time logging (models.module, callbacks.history) and by every
+# report; it lives beside the metrics' functions in reports/ but imports nothing above data, so reading it from a
+# lower room ties no knot (checked below).
+SHARED_TABLES = {f"{PACKAGE}.reports.metrics"}
+
+
+def _rank(module: str) -> int | None:
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None
+    return next((rank for rank, rooms in enumerate(ROOMS) if parts[1] in rooms), None)
+
+
+def test_rooms_import_only_downwards() -> None:
+    edges = package_edges()
+    rooms = {module.split(".")[1] for module in package_modules() if module.count(".") >= 2}
+    assert rooms <= {room for group in ROOMS for room in group}, f"rooms missing from ROOMS: {rooms}"
+    upward = [e for e in edges if e.target not in SHARED_TABLES and _rank(e.source) is not None
+              and _rank(e.target) is not None and _rank(e.target) > _rank(e.source)]
+    if upward:
+        pytest.fail("a module imports a room above its own (move the shared code down, or the caller up):\n  "
+                    + "\n  ".join(map(str, upward)), pytrace=False)
+    table_imports = [e for e in edges if e.source in SHARED_TABLES and (_rank(e.target) or 0) > 1]
+    assert not table_imports, f"a shared table imports above data: {[str(e) for e in table_imports]}"
