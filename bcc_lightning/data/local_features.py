@@ -203,6 +203,8 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
     # image's row, a part from the second's (mirrored = flag_a + flag_b: never both) and the bin.
     first_part = (image * n_images * 2 + flag) * N_BINS
     second_part = (image * 2 + flag) * N_BINS
+    del flag
+    image = image.astype(np.int32) if n_images < 2**31 else image  # only compared from here on
     # With the query images numbered below the reference images (as local_candidates does), a query row is always
     # the pair's first image; otherwise each pair is put in order.
     sides = None if side is None else np.asarray(side)[owner]
@@ -217,6 +219,8 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
     blocks = [(int(perm[a]), int(perm[b - 1]) + 1) for a, b in zip(np.r_[0, cut], np.r_[cut, 2 * n])]
     if sum(b - a for a, b in blocks) != 2 * n or any(a < n < b for a, b in blocks):
         blocks = None
+    else:
+        del perm  # (memory: one int64 per row)
 
     def table_keys(table: int) -> np.ndarray:
         if blocks is None:
@@ -231,7 +235,7 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
         key = packed >> shift
         repeated = np.flatnonzero(key[1:] == key[:-1])
         if not len(repeated):
-            return np.zeros(0, np.int64)
+            return {}
         # Only rows in a bucket of two or more: usually a small fraction of all rows.
         member = np.zeros(len(key), bool)
         member[repeated] = member[repeated + 1] = True  # (a mask, not np.unique: numpy 2's hash unique is slow)
@@ -260,21 +264,29 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
             hi = np.where(g == 0, end, np.where(g == 1, lo + np.repeat(per_group[:, 2], count), lo))
         span = hi - lo
         source = np.flatnonzero(span > 0)
-        span = span[source]
-        total = int(span.sum())
-        if not total:
-            return np.zeros(0, np.int64)
-        i = np.repeat(source, span)
-        j = np.repeat(lo[source] - (np.cumsum(span) - span), span) + np.arange(total)
-        i, j = order[i], order[j]
-        if not ordered:
-            keep = image[i] != image[j]  # two keypoints of one image
-            i, j = i[keep], j[keep]
-            swap = image[i] > image[j]
-            i, j = np.where(swap, j, i), np.where(swap, i, j)
-        codes = first_part[i] + second_part[j] + vote_bin(size[i], angle[i], size[j], angle[j])
-        codes.sort()  # here, in the thread: the vote count then only merges sorted ranges
-        return codes
+        span, lo = span[source], lo[source]
+        blocks: dict[int, list[np.ndarray]] = {}
+        # Pairs are made a slice of rows at a time (about VOTE_CHUNK pairs), so a table's temporaries stay small.
+        ends = np.cumsum(span)
+        cuts = np.searchsorted(ends, np.arange(VOTE_CHUNK, int(ends[-1]) if len(ends) else 0, VOTE_CHUNK))
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(source)]):
+            if a == b:
+                continue
+            part_span = span[a:b]
+            total = int(part_span.sum())
+            i = np.repeat(source[a:b], part_span)
+            j = np.repeat(lo[a:b] - (np.cumsum(part_span) - part_span), part_span) + np.arange(total)
+            i, j = order[i], order[j]
+            if not ordered:
+                keep = image[i] != image[j]  # two keypoints of one image
+                i, j = i[keep], j[keep]
+                swap = image[i] > image[j]
+                i, j = np.where(swap, j, i), np.where(swap, i, j)
+            codes = first_part[i] + second_part[j] + vote_bin(size[i], angle[i], size[j], angle[j])
+            del i, j
+            for block, offsets in _blocks_of(codes).items():
+                blocks.setdefault(block, []).append(offsets)
+        return blocks
 
     if VOTE_THREADS > 1 and tables > 1:
         from concurrent.futures import ThreadPoolExecutor
@@ -286,29 +298,35 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
     return _count_votes(codes, n_images, min_votes)
 
 
-VOTE_PARTS = 8  # the vote count runs over this many ranges of codes, so only one range is ever copied at a time
+PAIR_BLOCK = 1 << 24  # image pairs per block of stored votes: a vote's offset in its block fits in 32 bits
+VOTE_CHUNK = 1 << 22  # pairs enumerated at once in one table
 
 
-def _count_votes(codes: list[np.ndarray], n_images: int, min_votes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pairs, votes) from each table's sorted vote codes: a descriptor pair colliding in several tables votes once
-    per table (closer descriptors weigh more), and a pair keeps its fullest (scale, rotation) bin."""
-    codes = [c for c in codes if len(c)]
-    if not codes:
-        return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
-    # Range limits from the largest table's quantiles: all tables draw from the same pairs.
-    largest = max(codes, key=len)
-    limits = np.unique(largest[(np.arange(1, VOTE_PARTS) * len(largest)) // VOTE_PARTS] // N_BINS) * N_BINS
-    edges = [np.searchsorted(c, limits) for c in codes]
-    found_pairs, found_votes = [], []
-    for part in range(len(limits) + 1):
-        chunk = np.concatenate([c[(e[part - 1] if part else 0):(e[part] if part < len(limits) else len(c))]
-                                for c, e in zip(codes, edges)])
-        if not len(chunk):
-            continue
+def _blocks_of(codes: np.ndarray) -> dict[int, np.ndarray]:
+    """One table's vote codes, sorted and cut into blocks of PAIR_BLOCK pairs, each kept as uint32 offsets from its
+    block's start: half the memory of the codes themselves, which are most of the search's memory."""
+    if not len(codes):
+        return {}
+    codes.sort()  # here, in the table's thread
+    span = N_BINS * PAIR_BLOCK  # a pair's N_BINS codes never straddle two blocks
+    block = codes // span
+    cut = np.flatnonzero(block[1:] != block[:-1]) + 1
+    offsets = (codes - block * span).astype(np.uint32)
+    return dict(zip(block[np.r_[0, cut]].tolist(), np.split(offsets, cut)))
+
+
+def _count_votes(tables: list[dict[int, list[np.ndarray]]], n_images: int, min_votes: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs, votes) from each table's blocks of vote codes (_blocks_of), one block of pairs at a time: a descriptor
+    pair colliding in several tables votes once per table (closer descriptors weigh more), and a pair keeps its
+    fullest (scale, rotation) bin."""
+    found_pairs, found_votes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for block in sorted({b for table in tables for b in table}):
+        chunk = np.concatenate([part for table in tables if block in table for part in table.pop(block)])
         chunk.sort()
         first = np.r_[0, np.flatnonzero(chunk[1:] != chunk[:-1]) + 1]
         votes = np.diff(np.r_[first, len(chunk)])
-        pair = chunk[first] // N_BINS
+        pair = block * PAIR_BLOCK + (chunk[first] // N_BINS).astype(np.int64)
         del chunk
         first = np.r_[0, np.flatnonzero(np.diff(pair)) + 1]
         votes = np.maximum.reduceat(votes, first)

@@ -46,11 +46,14 @@ def brute_votes(desc: np.ndarray, mirror: np.ndarray, owner: np.ndarray, frame: 
 
 
 @pytest.mark.parametrize("sides", ["interleaved", "query first", "one set"])
-@pytest.mark.parametrize(("threads", "parts", "min_votes"), [(1, 1, 1), (2, 3, 1), (2, 5, 2)])
-def test_vote_pairs_counts_what_its_definition_says(sides: str, threads: int, parts: int, min_votes: int,
+@pytest.mark.parametrize(("threads", "block", "chunk", "min_votes"), [(1, 1 << 24, 1 << 22, 1), (2, 3, 7, 1),
+                                                                     (2, 1, 1, 2)])
+def test_vote_pairs_counts_what_its_definition_says(sides: str, threads: int, block: int, chunk: int, min_votes: int,
                                                     monkeypatch) -> None:
     monkeypatch.setattr(lf, "VOTE_THREADS", threads)
-    monkeypatch.setattr(lf, "VOTE_PARTS", parts)  # the count over code ranges equals the count over all codes
+    # Counting block by block, and making pairs a slice of rows at a time, change nothing.
+    monkeypatch.setattr(lf, "PAIR_BLOCK", block)
+    monkeypatch.setattr(lf, "VOTE_CHUNK", chunk)
     rng = np.random.default_rng(0)
     # 12 images of 40 keypoints from a small pool of descriptors, so keys collide often and some buckets overflow.
     pool = rng.integers(0, 256, (60, lf.DESCRIPTOR_BYTES), dtype=np.uint8)
