@@ -502,14 +502,16 @@ def local_candidates(query: DescriptorSet, reference: DescriptorSet | None = Non
         return np.zeros((0, 3), np.int64)
     sets = [query] if same else [query, ref]
     n = sum(len(s) for s in sets)
-    owner = np.repeat(np.arange(n), np.concatenate([np.diff(s.kp_offsets) for s in sets]))
+    per_image = np.concatenate([np.diff(s.kp_offsets) for s in sets])  # keypoints of each image, in row order
+    owner = np.repeat(np.arange(n), per_image)
     # Only the keypoint arrays are stacked (not whole sets), and only the rows of images that can vote: blank
     # images never do.
-    usable = np.repeat(~np.concatenate([s.blank for s in sets]), np.concatenate([np.diff(s.kp_offsets) for s in sets]))
+    usable = np.repeat(~np.concatenate([s.blank for s in sets]), per_image)
+    starts = np.cumsum([0] + [int(s.kp_offsets[-1]) for s in sets])
 
     def stacked(name: str) -> np.ndarray:
-        return np.concatenate([getattr(s, name)[usable[start:start + len(getattr(s, name))]]
-                               for s, start in zip(sets, np.cumsum([0] + [int(s.kp_offsets[-1]) for s in sets]))])
+        return np.concatenate([getattr(s, name)[usable[start:start + int(s.kp_offsets[-1])]]
+                               for s, start in zip(sets, starts)])
 
     side = None if same else np.r_[np.zeros(len(query), np.int64), np.ones(len(ref), np.int64)]
     pairs, votes = lf.vote_pairs(stacked("kp_desc"), stacked("kp_desc_mirror"), owner[usable], n, side,

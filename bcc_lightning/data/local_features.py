@@ -227,7 +227,8 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
             return np.concatenate([_keys(desc, table), _keys(desc_mirror, table)])[perm]
         return np.concatenate([_keys(desc[a:b] if b <= n else desc_mirror[a - n:b - n], table) for a, b in blocks])
 
-    def table_codes(table: int) -> np.ndarray:
+    def table_codes(table: int) -> dict[int, list[np.ndarray]]:
+        """One table's votes, as uint32 offsets per block of image pairs (_blocks_of)."""
         keys = table_keys(table)
         # Key and row packed into one uint64: a plain sort (no argsort) orders rows by key.
         packed = np.sort(keys << shift | rows)
@@ -265,7 +266,7 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
         span = hi - lo
         source = np.flatnonzero(span > 0)
         span, lo = span[source], lo[source]
-        blocks: dict[int, list[np.ndarray]] = {}
+        votes: dict[int, list[np.ndarray]] = {}
         # Pairs are made a slice of rows at a time (about VOTE_CHUNK pairs), so a table's temporaries stay small.
         ends = np.cumsum(span)
         cuts = np.searchsorted(ends, np.arange(VOTE_CHUNK, int(ends[-1]) if len(ends) else 0, VOTE_CHUNK))
@@ -285,17 +286,17 @@ def vote_pairs(desc: np.ndarray, desc_mirror: np.ndarray, owner: np.ndarray, n_i
             codes = first_part[i] + second_part[j] + vote_bin(size[i], angle[i], size[j], angle[j])
             del i, j
             for block, offsets in _blocks_of(codes).items():
-                blocks.setdefault(block, []).append(offsets)
-        return blocks
+                votes.setdefault(block, []).append(offsets)
+        return votes
 
     if VOTE_THREADS > 1 and tables > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(VOTE_THREADS) as pool:
-            codes = list(pool.map(table_codes, range(tables)))
+            per_table = list(pool.map(table_codes, range(tables)))
     else:
-        codes = [table_codes(t) for t in range(tables)]
-    return _count_votes(codes, n_images, min_votes)
+        per_table = [table_codes(t) for t in range(tables)]
+    return _count_votes(per_table, n_images, min_votes)
 
 
 PAIR_BLOCK = 1 << 24  # image pairs per block of stored votes: a vote's offset in its block fits in 32 bits
@@ -317,9 +318,9 @@ def _blocks_of(codes: np.ndarray) -> dict[int, np.ndarray]:
 
 def _count_votes(tables: list[dict[int, list[np.ndarray]]], n_images: int, min_votes: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(pairs, votes) from each table's blocks of vote codes (_blocks_of), one block of pairs at a time: a descriptor
-    pair colliding in several tables votes once per table (closer descriptors weigh more), and a pair keeps its
-    fullest (scale, rotation) bin."""
+    """(pairs, votes) from each table's blocks of vote codes (_blocks_of; the dicts are consumed), one block of pairs
+    at a time: a descriptor pair colliding in several tables votes once per table (closer descriptors weigh more),
+    and a pair keeps its fullest (scale, rotation) bin."""
     found_pairs, found_votes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for block in sorted({b for table in tables for b in table}):
         chunk = np.concatenate([part for table in tables if block in table for part in table.pop(block)])
